@@ -1,0 +1,383 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func newFakeManager(action Action) (*Manager, map[Family]*Fake) {
+	fakes := map[Family]*Fake{IPv4: NewFake(), IPv6: NewFake()}
+	tables := map[Family]Tables{IPv4: fakes[IPv4], IPv6: fakes[IPv6]}
+	return NewManager(Spec{Action: action}, tables, IPv4, IPv6), fakes
+}
+
+// dockerRuleset installs what Docker 20.10 leaves in the filter table.
+func dockerRuleset(t *testing.T, f *Fake) {
+	t.Helper()
+	for _, c := range []string{"DOCKER", "DOCKER-ISOLATION-STAGE-1", DockerUser} {
+		must(t, f.NewChain(Table, c))
+	}
+	must(t, f.Append(Forward, "-j", DockerUser))
+	must(t, f.Append(Forward, "-j", "DOCKER-ISOLATION-STAGE-1"))
+	must(t, f.Append(Forward, "-o", "docker0", "-j", "DOCKER"))
+	must(t, f.Append(Forward, "-i", "docker0", "!", "-o", "docker0", "-j", "ACCEPT"))
+	must(t, f.Append(DockerUser, "-j", "RETURN"))
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+const wantDocker = `:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-ISOLATION-STAGE-1 - [0:0]
+:DOCKER-USER - [0:0]
+:IMDS-GUARD - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o docker0 -j DOCKER
+-A FORWARD -i docker0 ! -o docker0 -j ACCEPT
+-A DOCKER-USER -j IMDS-GUARD
+-A DOCKER-USER -j RETURN
+-A IMDS-GUARD -d 169.254.169.254/32 -j DROP`
+
+func TestEnsureFromDockerRuleset(t *testing.T) {
+	m, fakes := newFakeManager(ActionDrop)
+	dockerRuleset(t, fakes[IPv4])
+	dockerRuleset(t, fakes[IPv6])
+	states, err := m.Ensure(context.Background())
+	must(t, err)
+	for _, st := range states {
+		if !st.Enforced {
+			t.Errorf("%s not enforced: %v", st.Family, st.Problems)
+		}
+	}
+	if got := fakes[IPv4].Dump(); got != wantDocker {
+		t.Errorf("ipv4 ruleset:\n%s\nwant:\n%s", got, wantDocker)
+	}
+	want6 := strings.Replace(wantDocker, "169.254.169.254/32", "fd00:ec2::254/128", 1)
+	if got := fakes[IPv6].Dump(); got != want6 {
+		t.Errorf("ipv6 ruleset:\n%s\nwant:\n%s", got, want6)
+	}
+	// Idempotent: a second pass finds nothing and changes nothing.
+	before := fakes[IPv4].Calls + fakes[IPv6].Calls
+	states, err = m.Ensure(context.Background())
+	must(t, err)
+	if n := fakes[IPv4].Calls + fakes[IPv6].Calls; n != before {
+		t.Errorf("second Ensure made %d changes", n-before)
+	}
+	for _, st := range states {
+		if len(st.Problems) != 0 || !st.Enforced {
+			t.Errorf("second Ensure: %+v", st)
+		}
+	}
+}
+
+func TestEnsureBeforeDocker(t *testing.T) {
+	// The agent may start before docker.service: nothing of Docker exists yet.
+	m, fakes := newFakeManager(ActionReject)
+	states, err := m.Ensure(context.Background())
+	must(t, err)
+	var reasons []Reason
+	for _, p := range states[0].Problems {
+		reasons = append(reasons, p.Reason)
+	}
+	want := []Reason{ReasonChainMissing, ReasonDockerUserMissing, ReasonJumpMissing, ReasonForwardJumpMissing}
+	if !slices.Equal(reasons, want) {
+		t.Errorf("reasons %v, want %v", reasons, want)
+	}
+	got := fakes[IPv6].Dump()
+	want6 := `:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:IMDS-GUARD - [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A IMDS-GUARD -d fd00:ec2::254/128 -p tcp -j REJECT --reject-with tcp-reset
+-A IMDS-GUARD -d fd00:ec2::254/128 -j REJECT --reject-with icmp6-port-unreachable
+-A DOCKER-USER -j IMDS-GUARD`
+	if got != want6 {
+		t.Errorf("ruleset:\n%s\nwant:\n%s", got, want6)
+	}
+}
+
+// drifts are the ways the ruleset breaks in the field, each as the operator
+// command that causes it.
+var drifts = map[string]func(f *Fake){
+	"flush DOCKER-USER":        func(f *Fake) { f.Flush(DockerUser) },
+	"flush FORWARD":            func(f *Fake) { f.Flush(Forward) },
+	"flush IMDS-GUARD":         func(f *Fake) { f.Flush(Chain) },
+	"restore without our rule": func(f *Fake) { f.Reset() },
+	"delete the jump": func(f *Fake) {
+		f.mu.Lock()
+		if rs, ok := f.rules[DockerUser]; ok {
+			f.rules[DockerUser] = slices.DeleteFunc(rs, func(r string) bool { return r == jumpRule(DockerUser, Chain) })
+		}
+		f.mu.Unlock()
+	},
+	"chain removed (-F; -X)": func(f *Fake) {
+		f.Flush(DockerUser)
+		f.Flush(Chain)
+		_ = f.DeleteChain(Chain)
+	},
+	"rule inserted above the jump": func(f *Fake) { _ = f.Insert(Table, DockerUser, 1, "-s", "10.0.0.0/8", "-j", "ACCEPT") },
+	"duplicate jump":               func(f *Fake) { _ = f.Append(DockerUser, "-j", Chain) },
+	"ACCEPT above FORWARD jump":    func(f *Fake) { _ = f.Insert(Table, Forward, 1, "-j", "ACCEPT") },
+	"chain body edited": func(f *Fake) {
+		f.mu.Lock()
+		if _, ok := f.rules[Chain]; ok {
+			f.rules[Chain] = []string{"-A IMDS-GUARD -d 169.254.169.254/32 -j ACCEPT"}
+		}
+		f.mu.Unlock()
+	},
+}
+
+func TestEnsureRepairsEveryDrift(t *testing.T) {
+	for name, drift := range drifts {
+		t.Run(name, func(t *testing.T) {
+			m, fakes := newFakeManager(ActionDrop)
+			f := fakes[IPv4]
+			dockerRuleset(t, f)
+			_, err := m.Ensure(context.Background())
+			must(t, err)
+			drift(f)
+			states, err := m.Ensure(context.Background())
+			must(t, err)
+			if len(states[0].Problems) == 0 {
+				t.Fatalf("drift %q not noticed", name)
+			}
+			if !states[0].Enforced {
+				t.Fatalf("not enforced after repair: %v", states[0].Problems)
+			}
+			assertProtected(t, f)
+		})
+	}
+}
+
+// TestEnsureAnyOrder replays random sequences of drifts and repairs: any
+// state must lead back to protection in one Ensure.
+func TestEnsureAnyOrder(t *testing.T) {
+	names := make([]string, 0, len(drifts))
+	for n := range drifts {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	r := rand.New(rand.NewPCG(1, 2))
+	m, fakes := newFakeManager(ActionDrop)
+	f := fakes[IPv4]
+	dockerRuleset(t, f)
+	for i := 0; i < 300; i++ {
+		for k := r.IntN(3) + 1; k > 0; k-- {
+			drifts[names[r.IntN(len(names))]](f)
+		}
+		states, err := m.Ensure(context.Background())
+		if err != nil || !states[0].Enforced {
+			t.Fatalf("step %d: err=%v state=%+v\n%s", i, err, states[0], f.Dump())
+		}
+		assertProtected(t, f)
+	}
+}
+
+// assertProtected checks the invariant itself, independently of problems():
+// FORWARD reaches DOCKER-USER before anything that accepts, rule 1 of
+// DOCKER-USER is our only jump, and the chain drops IMDS.
+func assertProtected(t *testing.T, f *Fake) {
+	t.Helper()
+	o := parseSave(must1(f.Save(Table)))
+	ok := false
+	for _, r := range o.forward {
+		if r == jumpRule(Forward, DockerUser) {
+			ok = true
+			break
+		}
+		if target(r) == "ACCEPT" {
+			break
+		}
+	}
+	if !ok {
+		t.Fatalf("FORWARD does not reach DOCKER-USER first:\n%s", f.Dump())
+	}
+	if len(o.dockerUser) == 0 || o.dockerUser[0] != jumpRule(DockerUser, Chain) || len(indices(o.dockerUser, jumpRule(DockerUser, Chain))) != 1 {
+		t.Fatalf("DOCKER-USER rule 1 is not the only jump:\n%s", f.Dump())
+	}
+	if !slices.Equal(o.guard, []string{"-A IMDS-GUARD -d 169.254.169.254/32 -j DROP"}) {
+		t.Fatalf("IMDS-GUARD body wrong:\n%s", f.Dump())
+	}
+}
+
+func must1[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func TestCheckChangesNothing(t *testing.T) {
+	m, fakes := newFakeManager(ActionDrop)
+	dockerRuleset(t, fakes[IPv4])
+	before, calls := fakes[IPv4].Dump(), fakes[IPv4].Calls
+	states, err := m.Check(context.Background())
+	must(t, err)
+	if states[0].Enforced || len(states[0].Problems) == 0 {
+		t.Errorf("check says %+v on an unprotected ruleset", states[0])
+	}
+	if fakes[IPv4].Dump() != before || fakes[IPv4].Calls != calls {
+		t.Error("check changed the ruleset")
+	}
+}
+
+func TestFailedRestoreNeverOpens(t *testing.T) {
+	m, fakes := newFakeManager(ActionDrop)
+	f := fakes[IPv4]
+	dockerRuleset(t, f)
+	_, err := m.Ensure(context.Background())
+	must(t, err)
+	f.FailRestore = errors.New("iptables-restore: line 2 failed")
+	f.mu.Lock()
+	f.rules[Chain] = []string{"-A IMDS-GUARD -d 169.254.169.254/32 -j DROP", "-A IMDS-GUARD -j ACCEPT"}
+	f.mu.Unlock()
+	states, err := m.Ensure(context.Background())
+	if err == nil || states[0].Enforced {
+		t.Fatalf("want an error and not enforced, got %v %+v", err, states[0])
+	}
+	if !strings.Contains(err.Error(), "line 2 failed") {
+		t.Errorf("error lost its cause: %v", err)
+	}
+	// The jump stays: a failed rebuild leaves the old chain in force.
+	if o := parseSave(must1(f.Save(Table))); o.dockerUser[0] != jumpRule(DockerUser, Chain) {
+		t.Errorf("jump removed after a failed rebuild:\n%s", f.Dump())
+	}
+}
+
+func TestRemoveOnlyWhatWeOwn(t *testing.T) {
+	m, fakes := newFakeManager(ActionDrop)
+	f := fakes[IPv4]
+	dockerRuleset(t, f)
+	must(t, f.Append(DockerUser, "-s", "10.1.0.0/16", "-j", "DROP"))
+	before := f.Dump()
+	_, err := m.Ensure(context.Background())
+	must(t, err)
+	must(t, f.Append(DockerUser, "-j", Chain)) // a stray duplicate goes too
+	must(t, m.Remove(context.Background()))
+	if got := f.Dump(); got != before {
+		t.Errorf("after remove:\n%s\nwant the ruleset as it was:\n%s", got, before)
+	}
+	// Removing twice is fine.
+	must(t, m.Remove(context.Background()))
+}
+
+func TestCountersSummed(t *testing.T) {
+	m, fakes := newFakeManager(ActionReject)
+	f := fakes[IPv4]
+	dockerRuleset(t, f)
+	_, err := m.Ensure(context.Background())
+	must(t, err)
+	f.SetCounters(Chain, 1, 3, 180)
+	f.SetCounters(Chain, 2, 2, 120)
+	states, err := m.Check(context.Background())
+	must(t, err)
+	if states[0].Packets != 5 || states[0].Bytes != 300 {
+		t.Errorf("counters %d/%d, want 5/300", states[0].Packets, states[0].Bytes)
+	}
+}
+
+func TestForwardJumpOK(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		forward []string
+		ok      bool
+		reason  Reason
+	}{
+		{"empty", nil, false, ReasonForwardJumpMissing},
+		{"first", []string{"-A FORWARD -j DOCKER-USER", "-A FORWARD -j ACCEPT"}, true, ""},
+		{"after a log and a drop", []string{"-A FORWARD -j LOG", "-A FORWARD -s 1.2.3.4/32 -j DROP", "-A FORWARD -j DOCKER-USER"}, true, ""},
+		{"after an accept", []string{"-A FORWARD -i eth1 -j ACCEPT", "-A FORWARD -j DOCKER-USER"}, false, ReasonForwardJumpLate},
+		{"after another chain", []string{"-A FORWARD -j DOCKER-FORWARD", "-A FORWARD -j DOCKER-USER"}, false, ReasonForwardJumpLate},
+		{"after a return", []string{"-A FORWARD -j RETURN", "-A FORWARD -j DOCKER-USER"}, false, ReasonForwardJumpLate},
+		{"conditional jump only", []string{"-A FORWARD -i docker0 -j DOCKER-USER"}, false, ReasonForwardJumpMissing},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ok, reason, _ := forwardJumpOK(tc.forward)
+			if ok != tc.ok || reason != tc.reason {
+				t.Errorf("got %v %q, want %v %q", ok, reason, tc.ok, tc.reason)
+			}
+		})
+	}
+}
+
+func TestParseSave(t *testing.T) {
+	// Real iptables-nft-save -c output from a Docker 20.10 host namespace.
+	out := `# Generated by iptables-nft-save v1.8.9 (nf_tables) on Mon Nov 23 12:00:00 2026
+*filter
+:INPUT ACCEPT [10:600]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-USER - [0:0]
+:IMDS-GUARD - [0:0]
+[4:240] -A FORWARD -j DOCKER-USER
+[0:0] -A FORWARD -o docker0 -j DOCKER
+[4:240] -A DOCKER-USER -j IMDS-GUARD
+[0:0] -A DOCKER-USER -j RETURN
+[3:180] -A IMDS-GUARD -d 169.254.169.254/32 -p tcp -j REJECT --reject-with tcp-reset
+[1:60] -A IMDS-GUARD -d 169.254.169.254/32 -j REJECT --reject-with icmp-port-unreachable
+COMMIT
+# Completed on Mon Nov 23 12:00:00 2026
+`
+	o := parseSave([]byte(out))
+	if !o.dockerUserExists || !o.guardExists {
+		t.Fatalf("chains not found: %+v", o)
+	}
+	if o.packets != 4 || o.bytes != 240 {
+		t.Errorf("counters %d/%d", o.packets, o.bytes)
+	}
+	if !slices.Equal(o.guard, Spec{Action: ActionReject}.Rules(IPv4)) {
+		t.Errorf("guard %q", o.guard)
+	}
+	if ps := o.problems(IPv4, Spec{Action: ActionReject}); len(ps) != 0 {
+		t.Errorf("problems %v", ps)
+	}
+	if ps := o.problems(IPv4, Spec{Action: ActionDrop}); len(ps) != 1 || ps[0].Reason != ReasonChainModified {
+		t.Errorf("action change not seen: %v", ps)
+	}
+}
+
+func TestRestorePayloadDeclaresOnlyOurChain(t *testing.T) {
+	got := string(Spec{Action: ActionDrop}.RestorePayload(IPv4))
+	want := "*filter\n:IMDS-GUARD - [0:0]\n-A IMDS-GUARD -d 169.254.169.254/32 -j DROP\nCOMMIT\n"
+	if got != want {
+		t.Errorf("payload %q, want %q", got, want)
+	}
+}
+
+func BenchmarkRender(b *testing.B) {
+	s := Spec{Action: ActionReject}
+	for b.Loop() {
+		_ = s.RestorePayload(IPv6)
+	}
+}
+
+func BenchmarkEnsureSteadyState(b *testing.B) {
+	m, fakes := newFakeManager(ActionDrop)
+	for _, f := range fakes {
+		for _, c := range []string{"DOCKER", DockerUser} {
+			_ = f.NewChain(Table, c)
+		}
+		_ = f.Append(Forward, "-j", DockerUser)
+	}
+	ctx := context.Background()
+	for b.Loop() {
+		if _, err := m.Ensure(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

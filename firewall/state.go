@@ -1,0 +1,106 @@
+package firewall
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Reason names one way the live firewall can differ from the desired state.
+// Reasons are metric label values: keep them stable.
+type Reason string
+
+const (
+	ReasonChainMissing       Reason = "chain_missing"
+	ReasonChainModified      Reason = "chain_modified"
+	ReasonDockerUserMissing  Reason = "docker_user_missing"
+	ReasonJumpMissing        Reason = "jump_missing"
+	ReasonJumpNotFirst       Reason = "jump_not_first"
+	ReasonJumpDuplicate      Reason = "jump_duplicate"
+	ReasonForwardJumpMissing Reason = "forward_jump_missing"
+	ReasonForwardJumpLate    Reason = "forward_jump_late"
+)
+
+// Reasons lists every Reason, so metrics can start each series at zero.
+var Reasons = []Reason{
+	ReasonChainMissing, ReasonChainModified, ReasonDockerUserMissing, ReasonJumpMissing,
+	ReasonJumpNotFirst, ReasonJumpDuplicate, ReasonForwardJumpMissing, ReasonForwardJumpLate,
+}
+
+// Problem is one deviation found in a family's ruleset.
+type Problem struct {
+	Family Family `json:"family"`
+	Reason Reason `json:"reason"`
+	Detail string `json:"detail"`
+}
+
+func (p Problem) String() string { return fmt.Sprintf("%s: %s", p.Family, p.Detail) }
+
+// observed is what one read of a family's filter table found.
+type observed struct {
+	chains           []string // every chain in the table
+	forward          []string // FORWARD rules, in order
+	dockerUserExists bool
+	dockerUser       []string // DOCKER-USER rules, in order
+	guardExists      bool
+	guard            []string // IMDS-GUARD rules, without counters
+	packets, bytes   uint64   // summed over the IMDS-GUARD rules
+}
+
+// indices returns the positions (0-based) of rule in rules.
+func indices(rules []string, rule string) []int {
+	var out []int
+	for i, r := range rules {
+		if r == rule {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// forwardJumpOK reports whether FORWARD reaches DOCKER-USER before any rule
+// that could accept the packet, and if not, which problem that is.
+func forwardJumpOK(forward []string) (bool, Reason, string) {
+	jump := jumpRule(Forward, DockerUser)
+	for _, r := range forward {
+		if r == jump {
+			return true, "", ""
+		}
+		if !cannotAccept[target(r)] {
+			return false, ReasonForwardJumpLate, fmt.Sprintf("FORWARD rule %q comes before the jump to DOCKER-USER", r)
+		}
+	}
+	return false, ReasonForwardJumpMissing, "FORWARD does not jump to DOCKER-USER"
+}
+
+// problems compares one observation with the spec. It is pure so every
+// combination of drift can be table-tested.
+func (o observed) problems(f Family, spec Spec) []Problem {
+	var ps []Problem
+	add := func(r Reason, format string, a ...any) {
+		ps = append(ps, Problem{Family: f, Reason: r, Detail: fmt.Sprintf(format, a...)})
+	}
+	switch {
+	case !o.guardExists:
+		add(ReasonChainMissing, "chain %s is missing", Chain)
+	case !slices.Equal(o.guard, spec.Rules(f)):
+		add(ReasonChainModified, "chain %s holds %q, want %q", Chain, o.guard, spec.Rules(f))
+	}
+	if !o.dockerUserExists {
+		add(ReasonDockerUserMissing, "chain %s is missing", DockerUser)
+		add(ReasonJumpMissing, "%s does not jump to %s", DockerUser, Chain)
+	} else {
+		idx := indices(o.dockerUser, jumpRule(DockerUser, Chain))
+		switch {
+		case len(idx) == 0:
+			add(ReasonJumpMissing, "%s does not jump to %s", DockerUser, Chain)
+		case idx[0] != 0:
+			add(ReasonJumpNotFirst, "the jump to %s is rule %d of %s, not rule 1", Chain, idx[0]+1, DockerUser)
+		case len(idx) > 1:
+			add(ReasonJumpDuplicate, "%s jumps to %s %d times", DockerUser, Chain, len(idx))
+		}
+	}
+	if ok, reason, detail := forwardJumpOK(o.forward); !ok {
+		add(reason, "%s", detail)
+	}
+	return ps
+}
