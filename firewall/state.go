@@ -104,3 +104,20 @@ func (o observed) problems(f Family, spec Spec) []Problem {
 	}
 	return ps
 }
+
+// Fix says what Ensure does about a problem, for the repair log line.
+func (r Reason) Fix() string {
+	switch r {
+	case ReasonChainMissing, ReasonChainModified:
+		return "rebuilt " + Chain + " with iptables-restore"
+	case ReasonDockerUserMissing:
+		return "created " + DockerUser
+	case ReasonJumpMissing, ReasonJumpNotFirst:
+		return "inserted the jump to " + Chain + " as rule 1 of " + DockerUser
+	case ReasonJumpDuplicate:
+		return "deleted the extra jumps"
+	case ReasonForwardJumpMissing, ReasonForwardJumpLate:
+		return "inserted the jump to " + DockerUser + " as rule 1 of " + Forward
+	}
+	return "repaired"
+}

@@ -1,0 +1,539 @@
+// Package agent is imdsguard's reconcile loop: it computes the desired state
+// from the full picture (firewall, ECS configuration, running containers),
+// applies it, verifies it, and reports the truth. Events and timers only
+// trigger a sync; no event is ever trusted to carry state.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/imdsguard/imdsguard/ecsconfig"
+	"github.com/imdsguard/imdsguard/firewall"
+)
+
+// Firewall is what the loop needs of the firewall package.
+type Firewall interface {
+	Ensure(ctx context.Context) ([]firewall.FamilyState, error)
+	Check(ctx context.Context) ([]firewall.FamilyState, error)
+}
+
+// FirewallFactory detects the iptables backend and builds a Firewall. The
+// agent calls it until it succeeds, so a host without iptables yet (or a
+// broken PATH) is reported and retried rather than fatal.
+type FirewallFactory func() (Firewall, firewall.Backend, error)
+
+// RealFirewall is the FirewallFactory for the host's iptables.
+func RealFirewall(cfg Config) FirewallFactory {
+	return func() (Firewall, firewall.Backend, error) {
+		b, err := firewall.DetectBackend(cfg.IPTablesBackend)
+		if err != nil {
+			return nil, b, fmt.Errorf("detecting the iptables backend: %w", err)
+		}
+		m, err := firewall.NewManagerFor(b, firewall.Spec{Action: cfg.Action}, cfg.Families()...)
+		if err != nil {
+			return nil, b, fmt.Errorf("iptables-%s: %w", b.Mode, err)
+		}
+		return m, b, nil
+	}
+}
+
+// Agent is the daemon's state. One-shot commands use the same code through
+// Once.
+type Agent struct {
+	cfg        Config
+	log        *logrus.Entry
+	newFW      FirewallFactory
+	docker     Docker
+	hooks      Hooks
+	version    string
+	metrics    *metrics
+	runner     *runner
+	watchNFT   func(ctx context.Context, changed func()) error
+	syncCount  uint64
+	ecsWritten bool
+
+	mu          sync.Mutex
+	fw          Firewall
+	backend     firewall.Backend
+	dockerErr   error
+	dockerSeen  bool
+	status      Status
+	repairs     uint64
+	blocked     map[firewall.Family][2]uint64 // accumulated since start
+	lastCounts  map[firewall.Family][2]uint64 // last chain counters seen
+	ready       bool
+	lastSuccess time.Time
+}
+
+// Options are the agent's collaborators.
+type Options struct {
+	Config   Config
+	Log      *logrus.Entry
+	Firewall FirewallFactory
+	// Docker may be nil: the container picture is then reported unknown.
+	Docker  Docker
+	Hooks   Hooks
+	Version string
+	// WatchNFTables subscribes to nf_tables changes; nil disables it.
+	WatchNFTables func(ctx context.Context, changed func()) error
+}
+
+// New builds an agent. Nothing touches the system until Once or Run.
+func New(o Options) *Agent {
+	a := &Agent{
+		cfg: o.Config, log: o.Log, newFW: o.Firewall, docker: o.Docker, hooks: o.Hooks,
+		version: o.Version, watchNFT: o.WatchNFTables,
+		blocked: map[firewall.Family][2]uint64{}, lastCounts: map[firewall.Family][2]uint64{},
+	}
+	a.status = Status{
+		Verdict: VerdictDegraded, Reasons: []string{"starting: no sync has completed yet"},
+		Source: "daemon", Version: o.Version, Firewall: FirewallStatus{Action: string(o.Config.Action)},
+	}
+	return a
+}
+
+// Once runs a single pass. With enforce it repairs the firewall (and, in
+// enforce mode, ecs.config); without, it only reads. It returns the status
+// and an error when something could not be checked at all.
+func (a *Agent) Once(ctx context.Context, enforce bool) (*Status, error) {
+	st, err := a.pass(ctx, enforce)
+	st.Source = "check"
+	if enforce {
+		st.Source = "apply"
+	}
+	return &st, err
+}
+
+// pass gathers the whole picture once and, with enforce, fixes what is
+// wrong. The firewall comes first and does not depend on Docker: Docker
+// being down never stops enforcement.
+func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
+	start := time.Now()
+	st := Status{CheckedAt: start, Version: a.version, Source: "daemon"}
+	var errs, issues []string
+	var hard []error
+
+	// Firewall.
+	fwStates, fwErr := a.firewall(ctx, enforce)
+	a.mu.Lock()
+	st.Firewall = FirewallStatus{Backend: a.backend.Mode, Why: a.backend.Why, Action: string(a.cfg.Action)}
+	a.mu.Unlock()
+	enforced := map[string]bool{}
+	for _, f := range a.cfg.Families() {
+		enforced[string(f)] = false
+	}
+	for _, fs := range fwStates {
+		enforced[string(fs.Family)] = fs.Enforced
+		s := familyStatus(fs)
+		a.mu.Lock()
+		total := a.accumulate(fs)
+		a.mu.Unlock()
+		s.BlockedPackets, s.BlockedBytes = total[0], total[1]
+		if fs.Family == firewall.IPv6 {
+			st.Firewall.IPv6 = s
+		} else {
+			st.Firewall.IPv4 = s
+		}
+	}
+	if fwErr != nil {
+		st.Firewall.Error = fwErr.Error()
+		errs = append(errs, fwErr.Error())
+		if len(fwStates) == 0 {
+			hard = append(hard, fwErr)
+		}
+	}
+	if !a.cfg.IPv6 {
+		st.Firewall.IPv6 = FamilyStatus{Enabled: false}
+	}
+
+	// Containers.
+	var containers []Container
+	var dockerErr error
+	if a.docker == nil {
+		dockerErr = errors.New("no Docker client")
+	} else {
+		a.mu.Lock()
+		dockerErr = a.dockerErr
+		a.mu.Unlock()
+		if dockerErr == nil {
+			containers, dockerErr = a.docker.Containers(ctx)
+		}
+	}
+	st.Docker = DockerStatus{Reachable: dockerErr == nil}
+	if dockerErr != nil {
+		st.Docker.Error = dockerErr.Error()
+		issues = append(issues, "Docker cannot be asked, so running containers are unknown: "+dockerErr.Error())
+	}
+
+	// ECS configuration, and what the running ECS agent applies.
+	ecs, ecsIssues, ecsErr := a.ecs(ctx, containers, enforce)
+	st.ECSConfig = ecs
+	issues = append(issues, ecsIssues...)
+	if ecsErr != nil {
+		errs = append(errs, ecsErr.Error())
+	}
+	awsvpcBlock := ecs.AWSVPCBlockIMDS
+	if ecs.RunningAgent != nil {
+		awsvpcBlock = ecs.RunningAgent.AWSVPCBlockIMDS
+	}
+
+	st.Containers = classify(picture{enforced: enforced, containers: containers, dockerErr: dockerErr, awsvpcBlock: awsvpcBlock})
+	if !a.cfg.IPv6 {
+		delete(enforced, "ipv6")
+	}
+	st.Verdict, st.Reasons = verdict(enforced, st.Containers, issues)
+
+	a.mu.Lock()
+	st.Repairs = a.repairs
+	a.mu.Unlock()
+	dur := time.Since(start)
+	sum := &SyncSummary{At: start, DurationMS: float64(dur.Microseconds()) / 1000, OK: len(errs) == 0}
+	if len(errs) > 0 {
+		sum.Error = fmt.Sprint(errs)
+	}
+	st.LastSync = sum
+	if len(hard) > 0 {
+		return st, errors.Join(hard...)
+	}
+	if len(errs) > 0 {
+		return st, &partialError{msgs: errs}
+	}
+	return st, nil
+}
+
+// partialError means the pass completed but something in it failed: the
+// daemon retries soon, one-shot commands still print what they found.
+type partialError struct{ msgs []string }
+
+func (e *partialError) Error() string { return fmt.Sprint(e.msgs) }
+
+// IsPartial reports whether err only says part of a pass failed.
+func IsPartial(err error) bool {
+	var p *partialError
+	return errors.As(err, &p)
+}
+
+// firewall gets a Firewall (detecting the backend on first use) and checks
+// or enforces it.
+func (a *Agent) firewall(ctx context.Context, enforce bool) ([]firewall.FamilyState, error) {
+	a.mu.Lock()
+	fw := a.fw
+	a.mu.Unlock()
+	if fw == nil {
+		f, b, err := a.newFW()
+		if err != nil {
+			return nil, err
+		}
+		a.mu.Lock()
+		a.fw, a.backend, fw = f, b, f
+		a.mu.Unlock()
+		a.log.WithFields(logrus.Fields{"backend": b.Mode, "why": b.Why}).Info("using iptables backend")
+	}
+	if !enforce {
+		return fw.Check(ctx)
+	}
+	states, err := fw.Ensure(ctx)
+	a.recordRepairs(states)
+	return states, err
+}
+
+// recordRepairs logs every fixed problem once and counts it as a repair.
+// Fixes before the first verified enforcement are the initial setup, not
+// repairs of drift.
+func (a *Agent) recordRepairs(states []firewall.FamilyState) {
+	a.mu.Lock()
+	ready := a.ready
+	a.mu.Unlock()
+	for _, st := range states {
+		for _, p := range st.Problems {
+			fields := logrus.Fields{"family": p.Family, "reason": p.Reason}
+			if !ready {
+				a.log.WithFields(fields).Infof("initial setup: %s; %s", p.Detail, p.Reason.Fix())
+				continue
+			}
+			if !st.Enforced {
+				a.log.WithFields(fields).WithError(st.Err).Errorf("drift not repaired: %s", p.Detail)
+				continue
+			}
+			a.log.WithFields(fields).Warnf("repaired drift: %s; %s", p.Detail, p.Reason.Fix())
+			a.mu.Lock()
+			a.repairs++
+			a.mu.Unlock()
+			if a.metrics != nil {
+				a.metrics.repairs.WithLabelValues(string(p.Family), string(p.Reason)).Inc()
+			}
+		}
+	}
+}
+
+// accumulate turns the chain's counters, which restart from zero whenever
+// the chain is rebuilt, into totals since the agent started. Caller holds mu.
+func (a *Agent) accumulate(fs firewall.FamilyState) [2]uint64 {
+	last := a.lastCounts[fs.Family]
+	cur := [2]uint64{fs.Packets, fs.Bytes}
+	delta := [2]uint64{cur[0] - last[0], cur[1] - last[1]}
+	if fs.Rebuilt || cur[0] < last[0] || cur[1] < last[1] {
+		delta = cur
+	}
+	a.lastCounts[fs.Family] = cur
+	tot := a.blocked[fs.Family]
+	tot[0] += delta[0]
+	tot[1] += delta[1]
+	a.blocked[fs.Family] = tot
+	return tot
+}
+
+// ecs evaluates ECS_AWSVPC_BLOCK_IMDS as the ECS agent will see it, and as
+// the running agent sees it now.
+func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (ECSStatus, []string, error) {
+	st := ECSStatus{Mode: a.cfg.ECSConfigMode}
+	var issues []string
+	if enforce && a.cfg.ECSConfigMode == ECSModeEnforce {
+		changed, err := ecsconfig.Enforce(a.cfg.HostRoot)
+		if err != nil {
+			st.Error = err.Error()
+			return st, []string{"cannot write ECS_AWSVPC_BLOCK_IMDS=true: " + err.Error()}, err
+		}
+		if changed {
+			st.Wrote = true
+			a.log.Warn("wrote ECS_AWSVPC_BLOCK_IMDS=true to /etc/ecs/ecs.config; the ECS agent applies it after a restart")
+		}
+	}
+	in, err := ecsconfig.Load(a.cfg.HostRoot)
+	if err != nil {
+		st.Error = err.Error()
+		return st, []string{"cannot read the ECS configuration: " + err.Error()}, err
+	}
+	res, err := ecsconfig.Evaluate(in)
+	if err != nil {
+		st.Error = err.Error()
+		return st, []string{"cannot evaluate the ECS configuration: " + err.Error()}, err
+	}
+	st.Config = &res
+	st.AWSVPCBlockIMDS = res.AWSVPCBlockIMDS
+	st.Present = in.InstanceConfig.Present || in.UserConfig.Present || in.JSONConfig.Present
+
+	for _, c := range containers {
+		if c.Name != ECSAgentName {
+			continue
+		}
+		st.Present = true
+		env, err := a.docker.Env(ctx, c.ID)
+		if err != nil {
+			issues = append(issues, "cannot read the running ECS agent's environment: "+err.Error())
+			break
+		}
+		run, err := ecsconfig.EvaluateContainerEnv(env, in.JSONConfig)
+		if err != nil {
+			issues = append(issues, "cannot evaluate the running ECS agent's setting: "+err.Error())
+			break
+		}
+		st.RunningAgent = &run
+		st.RestartNeeded = res.AWSVPCBlockIMDS && !run.AWSVPCBlockIMDS
+	}
+	switch {
+	case !st.Present:
+	case st.RestartNeeded:
+		issues = append(issues, "ECS_AWSVPC_BLOCK_IMDS is true in the config files but not in the running ECS agent: restart the ECS agent (systemctl restart ecs)")
+	case !res.AWSVPCBlockIMDS:
+		issues = append(issues, "ECS_AWSVPC_BLOCK_IMDS is not in effect ("+res.Reason+"): awsvpc tasks will reach IMDS")
+	}
+	return st, issues, nil
+}
+
+// sync is one daemon pass: enforce, publish, tell the supervisor.
+func (a *Agent) sync(ctx context.Context) error {
+	st, err := a.pass(ctx, true)
+	a.mu.Lock()
+	a.syncCount++
+	st.Repairs = a.repairs
+	ok := st.Firewall.IPv4.Enforced && (!a.cfg.IPv6 || st.Firewall.IPv6.Enforced)
+	firstReady := ok && !a.ready
+	if ok {
+		a.ready = true
+	}
+	if err == nil {
+		a.lastSuccess = st.CheckedAt
+	}
+	st.LastSync.LastSuccess = a.lastSuccess
+	if !a.ready {
+		// Nothing before the first verified enforcement may claim protection.
+		st.Verdict = VerdictExposed
+		st.Reasons = append([]string{"the block has not been verified in place yet"}, st.Reasons...)
+	}
+	a.status = st
+	a.mu.Unlock()
+	if a.metrics != nil {
+		a.metrics.observe(&st, err)
+	}
+	if firstReady {
+		a.log.WithField("verdict", st.Verdict).Info("IMDS block verified in place")
+		if a.hooks.Ready != nil {
+			a.hooks.Ready()
+		}
+	}
+	if a.hooks.Alive != nil {
+		a.hooks.Alive()
+	}
+	if err != nil {
+		a.log.WithError(err).Warn("sync incomplete; retrying")
+	}
+	return err
+}
+
+// Status returns the last published status.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.status
+}
+
+// Trigger asks the loop for a sync soon.
+func (a *Agent) Trigger() {
+	if a.runner != nil {
+		a.runner.Trigger()
+	}
+}
+
+// Redetect forgets the iptables backend, so the next sync detects it again
+// (SIGHUP: the operator may have switched alternatives).
+func (a *Agent) Redetect() {
+	a.mu.Lock()
+	a.fw = nil
+	a.mu.Unlock()
+	a.Trigger()
+}
+
+// minSyncInterval bounds how often a burst of triggers can run a sync. Our
+// own changes notify us too; this keeps that echo to one extra cheap pass.
+const minSyncInterval = 10 * time.Millisecond
+
+// Run is the daemon: it serves status and metrics and keeps the block in
+// place until ctx ends. Stopping leaves every rule where it is: fail closed.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.metrics = newMetrics(a.version, a.cfg.Families())
+	a.runner = newRunner(a.sync, minSyncInterval, a.cfg.ResyncInterval)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", a.serveStatusJSON)
+	mux.HandleFunc("GET /healthz", a.serveHealthz)
+	stopStatus, err := serveStatus(ctx, a.cfg.StatusSocket, mux)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = stopStatus() }()
+	if a.cfg.MetricsAddr != "" {
+		stopMetrics, err := a.metrics.serve(a.cfg.MetricsAddr, a.serveHealthz)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = stopMetrics() }()
+	}
+
+	var wg sync.WaitGroup
+	if a.docker != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.docker.Watch(ctx, a.runner.Trigger, a.setDockerErr)
+		}()
+	}
+	if a.watchNFT != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.watchFirewall(ctx)
+		}()
+	}
+	a.log.WithFields(logrus.Fields{"resync": a.cfg.ResyncInterval, "action": a.cfg.Action, "ipv6": a.cfg.IPv6}).Info("imdsguard running")
+	a.runner.Loop(ctx)
+	cancel()
+	wg.Wait()
+	if a.hooks.Stopping != nil {
+		a.hooks.Stopping()
+	}
+	a.log.Info("stopped; IMDS rules left in place")
+	return nil
+}
+
+// watchFirewall follows nf_tables changes while the backend is nft. On
+// legacy there are no notifications and the periodic resync is the poll.
+func (a *Agent) watchFirewall(ctx context.Context) {
+	for ctx.Err() == nil {
+		a.mu.Lock()
+		mode := a.backend.Mode
+		a.mu.Unlock()
+		if mode != "nft" {
+			if !sleep(ctx, a.cfg.ResyncInterval) {
+				return
+			}
+			continue
+		}
+		err := a.watchNFT(ctx, a.runner.Trigger)
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.WithError(err).Warn("nf_tables notifications lost; relying on the periodic resync until they are back")
+		a.runner.Trigger()
+		if !sleep(ctx, a.cfg.ResyncInterval) {
+			return
+		}
+	}
+}
+
+func (a *Agent) setDockerErr(err error) {
+	a.mu.Lock()
+	changed := (err == nil) != (a.dockerErr == nil) || !a.dockerSeen
+	a.dockerErr, a.dockerSeen = err, true
+	a.mu.Unlock()
+	if changed {
+		if err != nil {
+			a.log.WithError(err).Warn("Docker unreachable; the firewall is still enforced")
+		} else {
+			a.log.Info("connected to Docker")
+		}
+	}
+}
+
+func (a *Agent) serveStatusJSON(w http.ResponseWriter, r *http.Request) {
+	st := a.Status()
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(&st)
+}
+
+// healthy is true only while the last sync succeeded recently: health means
+// fresh verification, not a live process.
+func (a *Agent) healthy() (bool, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	maxAge := max(3*a.cfg.ResyncInterval, 15*time.Second)
+	switch {
+	case a.lastSuccess.IsZero():
+		return false, "no successful sync yet"
+	case a.status.LastSync != nil && !a.status.LastSync.OK:
+		return false, "last sync failed: " + a.status.LastSync.Error
+	case time.Since(a.lastSuccess) > maxAge:
+		return false, fmt.Sprintf("last successful sync %s ago", time.Since(a.lastSuccess).Round(time.Second))
+	}
+	return true, "ok"
+}
+
+func (a *Agent) serveHealthz(w http.ResponseWriter, r *http.Request) {
+	ok, why := a.healthy()
+	if !ok {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	fmt.Fprintln(w, why)
+}

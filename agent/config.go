@@ -1,0 +1,121 @@
+package agent
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/imdsguard/imdsguard/firewall"
+)
+
+// ECS config modes.
+const (
+	ECSModeCheck   = "check"
+	ECSModeEnforce = "enforce"
+)
+
+// Config is everything the agent is told by flags or IMDSGUARD_* variables.
+type Config struct {
+	HostRoot        string
+	DockerHost      string
+	StatusSocket    string
+	MetricsAddr     string
+	Action          firewall.Action
+	IPv6            bool
+	ECSConfigMode   string
+	ResyncInterval  time.Duration
+	IPTablesBackend string
+	LogFormat       string
+	LogLevel        string
+}
+
+// DefaultStatusSocket is where `imdsguard status` finds the daemon.
+const DefaultStatusSocket = "/run/imdsguard/status.sock"
+
+// Bind registers the flags on fs. Call Finish after fs.Parse.
+func (c *Config) Bind(fs *flag.FlagSet) {
+	dockerHost := os.Getenv("DOCKER_HOST")
+	if dockerHost == "" {
+		dockerHost = "unix:///var/run/docker.sock"
+	}
+	fs.StringVar(&c.HostRoot, "host-root", "/", "directory holding the host's /etc/ecs and /var/lib/ecs (the host's / when run in a container)")
+	fs.StringVar(&c.DockerHost, "docker-host", dockerHost, "Docker daemon address")
+	fs.StringVar(&c.StatusSocket, "status-socket", DefaultStatusSocket, "unix socket serving /status and /healthz (root only)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "127.0.0.1:9721", "address serving Prometheus /metrics; empty disables")
+	fs.Func("action", "what IMDS-GUARD does with IMDS traffic: drop or reject (default drop)", func(s string) error {
+		a, err := firewall.ParseAction(s)
+		c.Action = a
+		return err
+	})
+	c.Action = firewall.ActionDrop
+	fs.BoolVar(&c.IPv6, "ipv6", true, "also block fd00:ec2::254 with ip6tables")
+	fs.StringVar(&c.ECSConfigMode, "ecs-config-mode", ECSModeCheck, "check: report ECS_AWSVPC_BLOCK_IMDS; enforce: also write it to /etc/ecs/ecs.config")
+	fs.DurationVar(&c.ResyncInterval, "resync-interval", 5*time.Second, "full resync period; the only drift detection on iptables-legacy")
+	fs.StringVar(&c.IPTablesBackend, "iptables-backend", "auto", "iptables flavour: auto (follow Docker), nft or legacy")
+	fs.StringVar(&c.LogFormat, "log-format", "auto", "auto (text on a terminal, JSON otherwise), text or json")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+}
+
+// EnvName is the environment variable that sets a flag.
+func EnvName(flagName string) string {
+	return "IMDSGUARD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Finish applies IMDSGUARD_* variables to flags not given on the command line
+// (the command line wins, as systemd's $OPTIONS pattern expects), then checks
+// the result.
+func (c *Config) Finish(fs *flag.FlagSet, getenv func(string) string) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		if v := getenv(EnvName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", EnvName(f.Name), v, err))
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return c.Validate()
+}
+
+// Validate checks values that flag parsing alone cannot.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.ECSConfigMode != ECSModeCheck && c.ECSConfigMode != ECSModeEnforce {
+		errs = append(errs, fmt.Errorf("invalid --ecs-config-mode %q: want check or enforce", c.ECSConfigMode))
+	}
+	if c.ResyncInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("--resync-interval %v is too short: at least 100ms", c.ResyncInterval))
+	}
+	switch c.IPTablesBackend {
+	case "auto", "nft", "legacy":
+	default:
+		errs = append(errs, fmt.Errorf("invalid --iptables-backend %q: want auto, nft or legacy", c.IPTablesBackend))
+	}
+	switch c.LogFormat {
+	case "auto", "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("invalid --log-format %q: want auto, text or json", c.LogFormat))
+	}
+	if c.HostRoot == "" {
+		errs = append(errs, errors.New("--host-root must not be empty"))
+	}
+	return errors.Join(errs...)
+}
+
+// Families lists the IP families the config enforces.
+func (c *Config) Families() []firewall.Family {
+	if c.IPv6 {
+		return []firewall.Family{firewall.IPv4, firewall.IPv6}
+	}
+	return []firewall.Family{firewall.IPv4}
+}

@@ -1,0 +1,163 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/moby/moby/client"
+	"github.com/sirupsen/logrus"
+)
+
+// Container is what the agent needs to know of one running container.
+type Container struct {
+	ID          string
+	Name        string
+	NetworkMode string
+	IPv4, IPv6  []netip.Addr
+	Labels      map[string]string
+}
+
+// Docker is what the loop needs of the Docker daemon.
+type Docker interface {
+	// Containers lists the running containers.
+	Containers(ctx context.Context) ([]Container, error)
+	// Env returns a container's configured environment ("K=V").
+	Env(ctx context.Context, id string) ([]string, error)
+	// Watch calls changed on every relevant event and on every change of
+	// connection, and connected with nil or the reason the daemon cannot be
+	// reached, until ctx ends.
+	Watch(ctx context.Context, changed func(), connected func(error))
+}
+
+// dockerTimeout bounds every call, so a hung daemon cannot hang a sync.
+const dockerTimeout = 5 * time.Second
+
+// mobyDocker is Docker over the moby client. The client negotiates the API
+// version down to the daemon's (1.40 and up: Docker 19.03 onwards).
+type mobyDocker struct {
+	cli *client.Client
+	log *logrus.Entry
+}
+
+// NewDocker connects lazily to the daemon at host.
+func NewDocker(host string, log *logrus.Entry) (Docker, error) {
+	cli, err := client.New(client.WithHost(host))
+	if err != nil {
+		return nil, fmt.Errorf("docker client for %s: %w", host, err)
+	}
+	return &mobyDocker{cli: cli, log: log}, nil
+}
+
+func (d *mobyDocker) Containers(ctx context.Context) ([]Container, error) {
+	ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+	defer cancel()
+	res, err := d.cli.ContainerList(ctx, client.ContainerListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing containers: %w", err)
+	}
+	out := make([]Container, 0, len(res.Items))
+	for _, s := range res.Items {
+		c := Container{
+			ID:          s.ID,
+			NetworkMode: s.HostConfig.NetworkMode,
+			Labels:      s.Labels,
+		}
+		if len(s.Names) > 0 {
+			c.Name = strings.TrimPrefix(s.Names[0], "/")
+		}
+		if s.NetworkSettings != nil {
+			names := make([]string, 0, len(s.NetworkSettings.Networks))
+			for n := range s.NetworkSettings.Networks {
+				names = append(names, n)
+			}
+			sort.Strings(names) // stable output for status and tests
+			for _, n := range names {
+				ep := s.NetworkSettings.Networks[n]
+				if ep == nil {
+					continue
+				}
+				if ep.IPAddress.IsValid() {
+					c.IPv4 = append(c.IPv4, ep.IPAddress)
+				}
+				if ep.GlobalIPv6Address.IsValid() {
+					c.IPv6 = append(c.IPv6, ep.GlobalIPv6Address)
+				}
+			}
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func (d *mobyDocker) Env(ctx context.Context, id string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+	defer cancel()
+	res, err := d.cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("inspecting %s: %w", id, err)
+	}
+	if res.Container.Config == nil {
+		return nil, nil
+	}
+	return res.Container.Config.Env, nil
+}
+
+// Watch follows the event stream. A dockerd restart ends the stream, and
+// events in the gap are lost, so every (re)subscription is followed by a
+// full resync (the changed call) rather than by replaying events.
+func (d *mobyDocker) Watch(ctx context.Context, changed func(), connected func(error)) {
+	filters := make(client.Filters).
+		Add("type", "container", "network").
+		Add("event", "start", "die", "destroy", "create", "connect", "disconnect")
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		pctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+		// ForceNegotiate: the daemon may have been upgraded or downgraded
+		// while it was away.
+		_, err := d.cli.Ping(pctx, client.PingOptions{NegotiateAPIVersion: true, ForceNegotiate: true})
+		cancel()
+		if err != nil {
+			connected(fmt.Errorf("docker daemon unreachable: %w", err))
+			changed()
+			if !sleep(ctx, backoff) {
+				return
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		ectx, cancel := context.WithCancel(ctx)
+		res := d.cli.Events(ectx, client.EventsListOptions{Filters: filters})
+		connected(nil)
+		changed()
+		backoff = 100 * time.Millisecond
+	stream:
+		for {
+			select {
+			case <-ctx.Done():
+				break stream
+			case m := <-res.Messages:
+				d.log.WithFields(logrus.Fields{"type": m.Type, "action": m.Action, "id": short(m.Actor.ID)}).Debug("docker event")
+				changed()
+			case err := <-res.Err:
+				if ctx.Err() == nil {
+					d.log.WithError(err).Info("docker event stream ended; reconnecting")
+					connected(fmt.Errorf("docker event stream ended: %w", err))
+					changed()
+				}
+				break stream
+			}
+		}
+		cancel()
+	}
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

@@ -1,0 +1,161 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/imdsguard/imdsguard/firewall"
+)
+
+// metrics lives in its own registry: the agent's series only, no Go runtime
+// noise unless asked for, and nothing global.
+type metrics struct {
+	reg          *prometheus.Registry
+	verdict      *prometheus.GaugeVec
+	rulePresent  *prometheus.GaugeVec
+	repairs      *prometheus.CounterVec
+	blockedPkts  *prometheus.GaugeVec
+	blockedBytes *prometheus.GaugeVec
+	containers   *prometheus.GaugeVec
+	ecsSetting   prometheus.Gauge
+	ecsRestart   prometheus.Gauge
+	dockerUp     prometheus.Gauge
+	lastSuccess  prometheus.Gauge
+	syncDuration prometheus.Histogram
+	syncFailures prometheus.Counter
+	repairsByFam map[firewall.Family]bool
+}
+
+func newMetrics(version string, families []firewall.Family) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		verdict: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "imdsguard_verdict", Help: "1 for the host's current verdict (protected, degraded, exposed), 0 for the others.",
+		}, []string{"verdict"}),
+		rulePresent: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "imdsguard_rule_present", Help: "1 when the IMDS block is verified in place for the family.",
+		}, []string{"family"}),
+		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "imdsguard_repairs_total", Help: "Drift repaired, by family and reason.",
+		}, []string{"family", "reason"}),
+		// Gauges fed from kernel counters that restart when the chain is
+		// rebuilt; the agent accumulates them, so they only grow while it runs.
+		blockedPkts: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "imdsguard_blocked_packets_total", Help: "Packets to IMDS blocked since the agent started.",
+		}, []string{"family"}),
+		blockedBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "imdsguard_blocked_bytes_total", Help: "Bytes to IMDS blocked since the agent started.",
+		}, []string{"family"}),
+		containers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "imdsguard_containers", Help: "Running containers by network mode and whether IMDS is blocked for them.",
+		}, []string{"network_mode", "protected"}),
+		ecsSetting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "imdsguard_ecs_awsvpc_block_imds", Help: "1 when ECS_AWSVPC_BLOCK_IMDS is effectively true in the ECS config files.",
+		}),
+		ecsRestart: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "imdsguard_ecs_agent_restart_needed", Help: "1 when the running ECS agent does not yet apply ECS_AWSVPC_BLOCK_IMDS=true from the files.",
+		}),
+		dockerUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "imdsguard_docker_up", Help: "1 when the Docker daemon answered the last sync.",
+		}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "imdsguard_last_successful_sync_timestamp_seconds", Help: "Unix time of the last sync that verified everything.",
+		}),
+		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "imdsguard_sync_duration_seconds", Help: "Duration of a full sync.",
+			Buckets: []float64{.005, .01, .02, .05, .1, .2, .5, 1, 2, 5},
+		}),
+		syncFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "imdsguard_sync_failures_total", Help: "Syncs that did not complete.",
+		}),
+	}
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "imdsguard_build_info", Help: "Always 1; the version label says which build runs.",
+		ConstLabels: prometheus.Labels{"version": version},
+	})
+	info.Set(1)
+	m.reg.MustRegister(m.verdict, m.rulePresent, m.repairs, m.blockedPkts, m.blockedBytes, m.containers,
+		m.ecsSetting, m.ecsRestart, m.dockerUp, m.lastSuccess, m.syncDuration, m.syncFailures, info)
+	// Every series exists from the start, so rate() and alerts see zeros
+	// rather than gaps.
+	for _, f := range families {
+		for _, r := range firewall.Reasons {
+			m.repairs.WithLabelValues(string(f), string(r))
+		}
+		m.rulePresent.WithLabelValues(string(f))
+		m.blockedPkts.WithLabelValues(string(f))
+		m.blockedBytes.WithLabelValues(string(f))
+	}
+	for _, v := range []string{VerdictProtected, VerdictDegraded, VerdictExposed} {
+		m.verdict.WithLabelValues(v)
+	}
+	return m
+}
+
+// observe publishes one sync's status.
+func (m *metrics) observe(st *Status, err error) {
+	for _, v := range []string{VerdictProtected, VerdictDegraded, VerdictExposed} {
+		m.verdict.WithLabelValues(v).Set(b2f(st.Verdict == v))
+	}
+	for fam, fs := range map[string]FamilyStatus{"ipv4": st.Firewall.IPv4, "ipv6": st.Firewall.IPv6} {
+		if !fs.Enabled {
+			continue
+		}
+		m.rulePresent.WithLabelValues(fam).Set(b2f(fs.Enforced))
+		m.blockedPkts.WithLabelValues(fam).Set(float64(fs.BlockedPackets))
+		m.blockedBytes.WithLabelValues(fam).Set(float64(fs.BlockedBytes))
+	}
+	m.containers.Reset()
+	for _, c := range st.Containers {
+		m.containers.WithLabelValues(c.NetworkMode, fmt.Sprint(c.Protected)).Inc()
+	}
+	m.ecsSetting.Set(b2f(st.ECSConfig.AWSVPCBlockIMDS))
+	m.ecsRestart.Set(b2f(st.ECSConfig.RestartNeeded))
+	m.dockerUp.Set(b2f(st.Docker.Reachable))
+	if st.LastSync != nil {
+		m.syncDuration.Observe(st.LastSync.DurationMS / 1000)
+	}
+	if err != nil {
+		m.syncFailures.Inc()
+	} else {
+		m.lastSuccess.Set(float64(st.CheckedAt.UnixNano()) / 1e9)
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// serve exposes /metrics (and /healthz, for probes that speak HTTP) on addr.
+func (m *metrics) serve(addr string, healthz http.HandlerFunc) (func() error, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 4,
+	}))
+	mux.HandleFunc("GET /healthz", healthz)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			_ = err // the listener was closed under us; Run's shutdown reports nothing more useful
+		}
+	}()
+	return func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return srv.Shutdown(ctx)
+	}, nil
+}

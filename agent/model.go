@@ -1,0 +1,182 @@
+package agent
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Verdicts, from best to worst.
+const (
+	VerdictProtected = "protected"
+	VerdictDegraded  = "degraded"
+	VerdictExposed   = "exposed"
+)
+
+// ECS labels Docker carries for ECS-managed containers.
+const (
+	LabelTaskARN       = "com.amazonaws.ecs.task-arn"
+	LabelContainerName = "com.amazonaws.ecs.container-name"
+	// PauseContainerName is the ECS container name of an awsvpc task's
+	// network-namespace holder.
+	PauseContainerName = "~internal~ecs~pause"
+	// ECSAgentName is the container ecs-init runs the ECS agent in.
+	ECSAgentName = "ecs-agent"
+)
+
+// Network modes as Docker reports them in HostConfig.NetworkMode.
+const (
+	ModeBridge    = "bridge"
+	ModeHost      = "host"
+	ModeNone      = "none"
+	ModeContainer = "container"
+	ModeAWSVPC    = "awsvpc"
+	ModeUserNet   = "user-defined"
+)
+
+// ContainerStatus is one running container as status reports it.
+type ContainerStatus struct {
+	ID          string `json:"id"`
+	Name        string `json:"name"`
+	NetworkMode string `json:"network_mode"`
+	// Protected is true when this container cannot reach IMDS.
+	Protected bool   `json:"protected"`
+	Reason    string `json:"reason"`
+	// Expected marks a container that reaches IMDS by design (the ECS
+	// agent): reported, but not counted against the host.
+	Expected     bool   `json:"expected,omitempty"`
+	TaskARN      string `json:"task_arn,omitempty"`
+	ECSContainer string `json:"ecs_container,omitempty"`
+}
+
+// picture is everything one sync learned; classify turns it into a verdict.
+type picture struct {
+	// enforced per family; a missing key means the family is disabled.
+	enforced map[string]bool
+	// containers is nil when Docker could not be asked.
+	containers []Container
+	dockerErr  error
+	// awsvpcBlock is what the running ECS agent applies to new awsvpc
+	// tasks (or, with no agent running, what it will apply when it starts).
+	awsvpcBlock bool
+}
+
+// modeClass folds Docker's network mode strings into the classes that
+// decide protection: "default" and named networks are bridges too.
+func modeClass(c Container) (class, target string) {
+	m := c.NetworkMode
+	switch {
+	case m == "" || m == "default" || m == ModeBridge:
+		return ModeBridge, ""
+	case m == ModeHost:
+		return ModeHost, ""
+	case m == ModeNone:
+		if c.Labels[LabelTaskARN] != "" {
+			return ModeAWSVPC, ""
+		}
+		return ModeNone, ""
+	case strings.HasPrefix(m, "container:"):
+		return ModeContainer, strings.TrimPrefix(m, "container:")
+	}
+	return ModeUserNet, ""
+}
+
+// classify decides, for every container, whether it can reach IMDS. It is
+// pure: everything it needs is in p.
+func classify(p picture) []ContainerStatus {
+	byID := make(map[string]Container, len(p.containers))
+	byName := make(map[string]Container, len(p.containers))
+	for _, c := range p.containers {
+		byID[c.ID] = c
+		byName[c.Name] = c
+	}
+	out := make([]ContainerStatus, 0, len(p.containers))
+	for _, c := range p.containers {
+		class, _ := modeClass(c)
+		st := ContainerStatus{
+			ID: short(c.ID), Name: c.Name, NetworkMode: class,
+			TaskARN: c.Labels[LabelTaskARN], ECSContainer: c.Labels[LabelContainerName],
+		}
+		st.Protected, st.Reason = protection(p, c, byID, byName, 0)
+		if class == ModeHost && c.Name == ECSAgentName {
+			st.Expected = true
+			st.Reason = "the ECS agent runs on the host network and needs IMDS"
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// protection follows container:<id> chains to the namespace owner.
+func protection(p picture, c Container, byID, byName map[string]Container, depth int) (bool, string) {
+	class, target := modeClass(c)
+	switch class {
+	case ModeHost:
+		return false, "host network: traffic leaves from the host itself, which DOCKER-USER never sees"
+	case ModeNone:
+		return true, "no network"
+	case ModeAWSVPC:
+		if p.awsvpcBlock {
+			return true, "awsvpc task: ECS_AWSVPC_BLOCK_IMDS is in effect for tasks the ECS agent starts"
+		}
+		return false, "awsvpc task: ECS_AWSVPC_BLOCK_IMDS is not in effect in the running ECS agent"
+	case ModeContainer:
+		owner, ok := byID[target]
+		if !ok {
+			owner, ok = byName[target]
+		}
+		if !ok {
+			for id, o := range byID {
+				if strings.HasPrefix(id, target) {
+					owner, ok = o, true
+					break
+				}
+			}
+		}
+		if !ok || depth > 8 {
+			return false, fmt.Sprintf("shares the network of %s, which is not running", short(target))
+		}
+		prot, why := protection(p, owner, byID, byName, depth+1)
+		return prot, fmt.Sprintf("shares the network of %s: %s", owner.Name, why)
+	}
+	// Bridge and user-defined networks: forwarded traffic, DOCKER-USER.
+	v4, v6 := p.enforced["ipv4"], p.enforced["ipv6"]
+	_, v6On := p.enforced["ipv6"]
+	switch {
+	case !v4:
+		return false, "bridged, but the IPv4 block is not in place"
+	case len(c.IPv6) > 0 && !v6On:
+		return false, "bridged with IPv6, and IPv6 blocking is disabled (--ipv6=false)"
+	case len(c.IPv6) > 0 && !v6:
+		return false, "bridged with IPv6, but the IPv6 block is not in place"
+	}
+	return true, "bridged: DOCKER-USER sends IMDS traffic to IMDS-GUARD"
+}
+
+// verdict sums up the host. exposed: the bridge block itself is not in
+// force. degraded: the block holds but something is missing or unknown — a
+// container that can reach IMDS, Docker unreachable, a failed sync.
+func verdict(enforced map[string]bool, containers []ContainerStatus, issues []string) (string, []string) {
+	var reasons []string
+	exposed := false
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		if ok, on := enforced[fam]; on && !ok {
+			reasons = append(reasons, fmt.Sprintf("the %s block is not in place", fam))
+			exposed = true
+		}
+	}
+	for _, c := range containers {
+		if !c.Protected && !c.Expected {
+			reasons = append(reasons, fmt.Sprintf("container %s can reach IMDS: %s", c.Name, c.Reason))
+		}
+	}
+	reasons = append(reasons, issues...)
+	switch {
+	case exposed:
+		return VerdictExposed, reasons
+	case len(reasons) > 0:
+		return VerdictDegraded, reasons
+	}
+	return VerdictProtected, nil
+}
