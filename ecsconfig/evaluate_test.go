@@ -109,7 +109,7 @@ func TestEvaluate(t *testing.T) {
 		{
 			name: "double-quoted", user: present("ECS_CLUSTER=prod\n\nECS_AWSVPC_BLOCK_IMDS=\"true\"\n"),
 			want: false, source: SourceDefault,
-			reason: []string{`"true" in quotes at /etc/ecs/ecs.config:3 is not a boolean to the ECS agent (ecs-init keeps quotes); the setting is not set, so the default false applies`},
+			reason:   []string{`"true" in quotes at /etc/ecs/ecs.config:3 is not a boolean to the ECS agent (ecs-init keeps quotes); the setting is not set, so the default false applies`},
 			findings: []wantFinding{{user, 3, KindQuotedValue, `"true" in quotes at /etc/ecs/ecs.config:3 is not a boolean`}},
 		},
 		{

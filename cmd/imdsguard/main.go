@@ -32,12 +32,12 @@ const (
 )
 
 var commands = map[string]command{
-	"run":      {"run the daemon: enforce, repair drift, serve status and metrics", cmdRun},
-	"apply":    {"enforce once; exit 0 when the rules are in place", cmdApply},
-	"check":    {"report whether this host is protected, changing nothing (exit 0 protected, 1 not, 2 could not check)", cmdCheck},
-	"status":   {"ask the running daemon for its status", cmdStatus},
-	"remove":   {"delete imdsguard's rules (the daemon must be stopped)", cmdRemove},
-	"version":  {"print the version", cmdVersion},
+	"run":     {"run the daemon: enforce, repair drift, serve status and metrics", cmdRun},
+	"apply":   {"enforce once; exit 0 when the rules are in place", cmdApply},
+	"check":   {"report whether this host is protected, changing nothing (exit 0 protected, 1 not, 2 could not check)", cmdCheck},
+	"status":  {"ask the running daemon for its status", cmdStatus},
+	"remove":  {"delete imdsguard's rules (the daemon must be stopped)", cmdRemove},
+	"version": {"print the version", cmdVersion},
 }
 
 func main() {
