@@ -1,0 +1,394 @@
+package sandbox
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// StartDockerd starts dockerd in the host namespace and waits until its
+// API answers (and the busybox image is imported).
+func (s *Sandbox) StartDockerd(ctx context.Context) error {
+	if s.dockerd != nil {
+		if done, _ := s.dockerd.Exited(); !done {
+			return errors.New("sandbox: dockerd already running")
+		}
+	}
+	start := time.Now()
+	cfg := filepath.Join(s.Dir, "daemon.json")
+	if err := os.WriteFile(cfg, []byte("{}\n"), 0o644); err != nil {
+		return err
+	}
+	args := []string{
+		"-H", s.DockerHost,
+		"--data-root", filepath.Join(s.Dir, "data"),
+		"--exec-root", filepath.Join(s.Dir, "exec"),
+		"--pidfile", filepath.Join(s.Dir, "docker.pid"),
+		"--config-file", cfg, // ignore the machine's /etc/docker/daemon.json
+		"--cgroup-parent", s.CgroupParent, // per-sandbox, so Close can find and remove it
+		"--ipv6", "--fixed-cidr-v6", DockerV6CIDR,
+		"--iptables=true",
+		"--shutdown-timeout", "3",
+	}
+	args = append(args, s.opts.DockerdArgs...)
+	p, err := startIn(s.Dir, s.HostNetNSPath, "dockerd", "dockerd", args, s.Env())
+	if err != nil {
+		return err
+	}
+	s.dockerd = p
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	for {
+		if _, err := s.dockerCtx(ctx, 5*time.Second, "version", "--format", "{{.Server.Version}}"); err == nil {
+			break
+		}
+		if done, werr := p.Exited(); done {
+			return fmt.Errorf("sandbox: dockerd exited: %v\n%s", werr, tail(p.Log(), 40))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("sandbox: dockerd API not up: %w\n%s", ctx.Err(), tail(p.Log(), 40))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	s.logf("sandbox %s: dockerd (pid %d) up in %v", s.ID, p.Pid(), time.Since(start).Round(time.Millisecond))
+	if !s.imageReady {
+		t := time.Now()
+		if err := s.importImage(ctx); err != nil {
+			return err
+		}
+		s.imageReady = true
+		s.logf("sandbox %s: image imported in %v", s.ID, time.Since(t).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// StopDockerd stops dockerd by pid (SIGTERM; SIGKILL after 20s) and waits
+// for it, its containerd and the shims to be gone.
+func (s *Sandbox) StopDockerd() error {
+	p := s.dockerd
+	if p == nil {
+		return nil
+	}
+	start := time.Now()
+	err := p.Stop(20 * time.Second)
+	s.dockerd = nil
+	// containerd exits with dockerd; shims may lag or be orphaned.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left := pidsMentioning(s.Dir)
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			err = errors.Join(err, killPids(left))
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.logf("sandbox %s: dockerd stopped in %v", s.ID, time.Since(start).Round(time.Millisecond))
+	return err
+}
+
+// RestartDockerd stops and starts dockerd; the data root (images,
+// networks, stopped containers) persists.
+func (s *Sandbox) RestartDockerd(ctx context.Context) error {
+	if err := s.StopDockerd(); err != nil {
+		return err
+	}
+	return s.StartDockerd(ctx)
+}
+
+// DockerdPid is the running dockerd's pid, or 0.
+func (s *Sandbox) DockerdPid() int {
+	if s.dockerd == nil {
+		return 0
+	}
+	if done, _ := s.dockerd.Exited(); done {
+		return 0
+	}
+	return s.dockerd.Pid()
+}
+
+// DockerdLog returns dockerd's output so far.
+func (s *Sandbox) DockerdLog() string {
+	return readFileString(filepath.Join(s.Dir, "dockerd.log"))
+}
+
+// Docker runs the docker CLI against the sandbox daemon (60s limit) and
+// returns trimmed stdout.
+func (s *Sandbox) Docker(args ...string) (string, error) {
+	return s.dockerCtx(context.Background(), 60*time.Second, args...)
+}
+
+func (s *Sandbox) dockerCtx(ctx context.Context, timeout time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.dockerCLI, args...)
+	cmd.Env = s.Env()
+	cmd.WaitDelay = 2 * time.Second
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%v)", err, ctx.Err())
+		}
+		return strings.TrimSpace(string(out)), fmt.Errorf("docker %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// importImage builds a rootfs tarball from the static busybox (plus applet
+// symlinks) and docker-imports it: no registry is needed.
+func (s *Sandbox) importImage(ctx context.Context) error {
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		return fmt.Errorf("sandbox: busybox: %w", err)
+	}
+	out, err := exec.CommandContext(ctx, bb, "--list").Output()
+	if err != nil {
+		return fmt.Errorf("sandbox: busybox --list: %w", err)
+	}
+	tarPath := filepath.Join(s.Dir, "busybox.tar")
+	if err := writeRootfs(tarPath, bb, strings.Fields(string(out))); err != nil {
+		return err
+	}
+	if _, err := s.dockerCtx(ctx, 60*time.Second, "import", "--change", `CMD ["sh"]`, tarPath, Image); err != nil {
+		return err
+	}
+	return nil
+}
+
+func writeRootfs(path, busybox string, applets []string) error {
+	bin, err := os.ReadFile(busybox)
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	tw := tar.NewWriter(f)
+	now := time.Now()
+	for _, d := range []string{"bin/", "etc/", "tmp/", "proc/", "sys/", "dev/", "root/"} {
+		mode := int64(0o755)
+		if d == "tmp/" {
+			mode = 0o1777
+		}
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: mode, ModTime: now}); err != nil {
+			return err
+		}
+	}
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(bin)), ModTime: now}); err != nil {
+		return err
+	}
+	if _, err := tw.Write(bin); err != nil {
+		return err
+	}
+	for _, a := range applets {
+		if a == "busybox" || strings.Contains(a, "/") {
+			continue
+		}
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + a, Linkname: "busybox", ModTime: now}); err != nil {
+			return err
+		}
+	}
+	passwd := "root:x:0:0:root:/root:/bin/sh\n"
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "etc/passwd", Mode: 0o644, Size: int64(len(passwd)), ModTime: now}); err != nil {
+		return err
+	}
+	if _, err := tw.Write([]byte(passwd)); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// RunContainer starts a detached busybox container running sleep, named
+// name, with extra `docker run` flags (e.g. "--network", "v6net"). It
+// returns once the container's IPv6 addresses (if any) can reach their
+// gateway, so a first IPv6 probe does not race DAD or neighbour discovery.
+func (s *Sandbox) RunContainer(name string, dockerArgs ...string) (string, error) {
+	// --init: sleep as pid 1 would ignore SIGTERM and stall every stop.
+	args := append([]string{"run", "-d", "--init", "--name", name}, dockerArgs...)
+	args = append(args, Image, "sleep", "86400")
+	id, err := s.Docker(args...)
+	if err != nil {
+		return "", err
+	}
+	gws, err := s.v6Gateways(name)
+	if err != nil {
+		return id, err
+	}
+	for _, gw := range gws {
+		if err := s.waitPing(name, gw, 10*time.Second); err != nil {
+			return id, err
+		}
+	}
+	return id, nil
+}
+
+func (s *Sandbox) v6Gateways(container string) ([]string, error) {
+	out, err := s.Docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", container)
+	if err != nil {
+		return nil, err
+	}
+	var nets map[string]struct {
+		IPv6Gateway       string
+		GlobalIPv6Address string
+	}
+	if err := json.Unmarshal([]byte(out), &nets); err != nil {
+		return nil, fmt.Errorf("inspect %s: %w", container, err)
+	}
+	var gws []string
+	for _, n := range nets {
+		if n.IPv6Gateway != "" && n.GlobalIPv6Address != "" {
+			gws = append(gws, n.IPv6Gateway)
+		}
+	}
+	return gws, nil
+}
+
+func (s *Sandbox) waitPing(container, addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		_, err := s.dockerCtx(context.Background(), 5*time.Second, "exec", container, "ping", "-c", "1", "-W", "1", addr)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("container %s cannot ping %s: %w", container, addr, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// CreateNetwork creates a user-defined bridge network with IPv6. Subnets
+// may be empty for the daemon's choice (v4) but IPv6 needs v6subnet.
+func (s *Sandbox) CreateNetwork(name, v4subnet, v6subnet string) error {
+	args := []string{"network", "create", "--driver", "bridge", "--ipv6"}
+	if v4subnet != "" {
+		args = append(args, "--subnet", v4subnet)
+	}
+	if v6subnet != "" {
+		args = append(args, "--subnet", v6subnet)
+	}
+	_, err := s.Docker(append(args, name)...)
+	return err
+}
+
+func (s *Sandbox) removeAllContainers() {
+	if s.DockerdPid() == 0 {
+		return
+	}
+	ids, err := s.dockerCtx(context.Background(), 10*time.Second, "ps", "-aq")
+	if err != nil || ids == "" {
+		return
+	}
+	_, _ = s.dockerCtx(context.Background(), 30*time.Second, append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
+}
+
+// Probe errors, matched with errors.Is.
+var (
+	ErrRefused     = errors.New("connection refused")
+	ErrTimeout     = errors.New("connection timed out")
+	ErrUnreachable = errors.New("unreachable")
+)
+
+// Probe opens a TCP connection from inside container to addr:port
+// (addr an IP literal, IPv6 without brackets) with busybox nc. It returns
+// nil when the connection is established, or an error wrapping ErrRefused,
+// ErrTimeout or ErrUnreachable when it can tell which.
+func (s *Sandbox) Probe(container, addr string, port int, timeout time.Duration) error {
+	secs := int((timeout + time.Second - 1) / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	addr = strings.Trim(addr, "[]")
+	ctx, cancel := context.WithTimeout(context.Background(), timeout+10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.dockerCLI, "exec", container, "nc", "-w", strconv.Itoa(secs), addr, strconv.Itoa(port))
+	cmd.Env = s.Env()
+	cmd.WaitDelay = 2 * time.Second
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("probe %s -> [%s]:%d: %w", container, addr, port, classify(string(out)+" "+err.Error(), ctx.Err() != nil))
+}
+
+func classify(msg string, timedOut bool) error {
+	l := strings.ToLower(msg)
+	switch {
+	case strings.Contains(l, "refused"):
+		return fmt.Errorf("%w: %s", ErrRefused, strings.TrimSpace(msg))
+	case timedOut || strings.Contains(l, "timed out") || strings.Contains(l, "timeout"):
+		return fmt.Errorf("%w: %s", ErrTimeout, strings.TrimSpace(msg))
+	case strings.Contains(l, "unreachable") || strings.Contains(l, "no route"):
+		return fmt.Errorf("%w: %s", ErrUnreachable, strings.TrimSpace(msg))
+	}
+	return errors.New(strings.TrimSpace(msg))
+}
+
+// HTTPGet sends an HTTP/1.0 GET for path to addr:port from inside
+// container (busybox nc) and returns the body of a 200 answer.
+func (s *Sandbox) HTTPGet(container, addr string, port int, path string) (string, error) {
+	addr = strings.Trim(addr, "[]")
+	host := addr
+	if strings.Contains(addr, ":") {
+		host = "[" + addr + "]"
+	}
+	req := fmt.Sprintf(`GET %s HTTP/1.0\r\nHost: %s\r\n\r\n`, path, host)
+	script := fmt.Sprintf(`printf '%s' | nc -w 3 %s %d`, req, addr, port)
+	out, err := s.dockerCtx(context.Background(), 15*time.Second, "exec", container, "sh", "-c", script)
+	if err != nil {
+		return "", classify(err.Error(), false)
+	}
+	head, body, ok := strings.Cut(out, "\r\n\r\n")
+	if !ok {
+		return "", fmt.Errorf("GET %s from %s: malformed answer %q", path, container, out)
+	}
+	if status, _, _ := strings.Cut(head, "\r\n"); !strings.Contains(status, " 200 ") {
+		return "", fmt.Errorf("GET %s from %s: %s", path, container, status)
+	}
+	return body, nil
+}
+
+// ReadIMDS reads instance-id from IMDS over IPv4 inside container, as an
+// SDK in a task would.
+func (s *Sandbox) ReadIMDS(container string) (string, error) {
+	return s.HTTPGet(container, IMDSv4, 80, "/latest/meta-data/instance-id")
+}
+
+// ReadIMDSv6 is ReadIMDS over IPv6 (fd00:ec2::254).
+func (s *Sandbox) ReadIMDSv6(container string) (string, error) {
+	return s.HTTPGet(container, IMDSv6, 80, "/latest/meta-data/instance-id")
+}
+
+func readFileString(p string) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return fmt.Sprintf("(reading %s: %v)", p, err)
+	}
+	return string(b)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
