@@ -38,6 +38,8 @@ var commands = map[string]command{
 	"status":  {"ask the running daemon for its status", cmdStatus},
 	"remove":  {"delete imdsguard's rules (the daemon must be stopped)", cmdRemove},
 	"version": {"print the version", cmdVersion},
+
+	"userdata": {"print EC2 user data that installs imdsguard and runs it before dockerd", cmdUserdata},
 }
 
 func main() {
