@@ -289,17 +289,6 @@ func (s *Sandbox) CreateNetwork(name, v4subnet, v6subnet string) error {
 	return err
 }
 
-func (s *Sandbox) removeAllContainers() {
-	if s.DockerdPid() == 0 {
-		return
-	}
-	ids, err := s.dockerCtx(context.Background(), 10*time.Second, "ps", "-aq")
-	if err != nil || ids == "" {
-		return
-	}
-	_, _ = s.dockerCtx(context.Background(), 30*time.Second, append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
-}
-
 // Probe errors, matched with errors.Is.
 var (
 	ErrRefused     = errors.New("connection refused")

@@ -506,10 +506,8 @@ func (s *Sandbox) close() error {
 	for i := len(procs) - 1; i >= 0; i-- {
 		errs = append(errs, procs[i].Stop(5*time.Second))
 	}
-	if s.dockerd != nil {
-		s.removeAllContainers()
-		errs = append(errs, s.StopDockerd())
-	}
+	// dockerd stops its containers itself (--init makes that quick).
+	errs = append(errs, s.StopDockerd())
 	for _, m := range mocks {
 		errs = append(errs, m.Stop(2*time.Second))
 	}
