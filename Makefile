@@ -29,3 +29,32 @@ tools:
 	@if [ ! -x $(TOOLS)/bin/ec2-metadata-mock ]; then \
 		GOBIN=$(TOOLS)/bin $(GO) install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$(MOCK_VERSION); \
 	fi
+
+# --- packaging (systemd units, .deb/.rpm, user data, AMI) ---
+.PHONY: package test-packaging verify-units
+DIST := dist
+GOARCH ?= $(shell $(GO) env GOARCH)
+# v1.2.3 on a tag; 1.2.3+4.gabcdef after it; 0.0.0+git.abcdef without tags.
+PKG_VERSION ?= $(shell d=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) && echo "$${d\#v}" | sed 's/-/+/; s/-/./g' || echo "0.0.0+git.$$(git rev-parse --short HEAD)")
+
+# CGO_ENABLED=0: one static binary runs on Amazon Linux 2/2023 and Debian
+# whatever glibc the build host has.
+package:
+	CGO_ENABLED=0 $(MAKE) --no-print-directory build
+	rm -rf $(DIST)/stage && mkdir -p $(DIST)/stage/doc
+	cp packaging/INSTALL.md $(DIST)/stage/doc/
+	for f in README.md LICENSE; do if [ -f $$f ]; then cp $$f $(DIST)/stage/doc/; fi; done
+	rm -f $(DIST)/imdsguard*.deb $(DIST)/imdsguard*.rpm
+	for p in deb rpm; do \
+		VERSION='$(PKG_VERSION)' GOARCH=$(GOARCH) $(GO) tool nfpm package \
+			--config packaging/nfpm.yaml --packager $$p --target $(DIST)/ || exit 1; \
+	done
+	@ls -l $(DIST)/*.deb $(DIST)/*.rpm
+
+verify-units:
+	bash packaging/test/verify-units.sh
+
+# Installs what it needs with apt-get; the boot test caches its Debian tree
+# under /var/cache/imdsguard-test.
+test-packaging: package
+	bash packaging/test/run.sh
