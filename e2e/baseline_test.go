@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"errors"
 	"os"
 	"strconv"
@@ -21,20 +20,8 @@ func TestBaseline(t *testing.T) {
 }
 
 func testBaseline(t *testing.T, backend sandbox.Backend) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces and runs dockerd")
-	}
 	start := time.Now()
-	s, err := sandbox.New(context.Background(), sandbox.Options{Backend: backend, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := false
-	t.Cleanup(func() {
-		if !closed {
-			_ = s.Close()
-		}
-	})
+	s := sandbox.NewT(t, sandbox.Options{Backend: backend}) // skips unless root
 	bringUp := time.Since(start)
 
 	if _, err := s.RunContainer("onbridge"); err != nil {
@@ -101,7 +88,6 @@ func testBaseline(t *testing.T, backend sandbox.Backend) {
 
 	pid, dir, nss := s.DockerdPid(), s.Dir, []string{s.HostNetNSPath, s.IMDSNetNSPath}
 	start = time.Now()
-	closed = true
 	if err := s.Close(); err != nil {
 		t.Errorf("close: %v", err)
 	}

@@ -81,24 +81,24 @@ func dialIn(ctx context.Context, path, addr string, port int) (net.Conn, error) 
 	return c, err
 }
 
-// netnsInode identifies a namespace so processes inside it can be found.
-func netnsInode(path string) (uint64, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		return 0, err
-	}
-	return st.Ino, nil
-}
-
 // pidsInNetNS lists processes whose network namespace is the one at path.
+// It returns nothing unless path really is a namespace (a half-created
+// netns file is a plain tmpfs inode, whose number could match the root
+// namespace's) and differs from the caller's own namespace.
 func pidsInNetNS(path string) []int {
-	ino, err := netnsInode(path)
-	if err != nil {
+	var st, self syscall.Stat_t
+	if syscall.Stat(path, &st) != nil || syscall.Stat("/proc/self/ns/net", &self) != nil {
 		return nil
 	}
-	want := fmt.Sprintf("net:[%d]", ino)
+	if st.Dev != self.Dev || st.Ino == self.Ino {
+		return nil
+	}
+	want := fmt.Sprintf("net:[%d]", st.Ino)
 	var pids []int
 	for _, pid := range allPids() {
+		if pid == 1 || pid == os.Getpid() {
+			continue
+		}
 		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil && l == want {
 			pids = append(pids, pid)
 		}
@@ -113,7 +113,7 @@ func pidsMentioning(s string) []int {
 	var pids []int
 	self := os.Getpid()
 	for _, pid := range allPids() {
-		if pid == self {
+		if pid == self || pid == 1 {
 			continue
 		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))

@@ -28,7 +28,7 @@ func NewT(t testing.TB, opts Options) *Sandbox {
 	}
 	var guard *time.Timer
 	if d, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
-		if dl, ok := d.Deadline(); ok {
+		if dl, ok := d.Deadline(); ok && time.Until(dl) > 30*time.Second {
 			guard = time.AfterFunc(time.Until(dl)-15*time.Second, func() { _ = s.Close() })
 		}
 	}
