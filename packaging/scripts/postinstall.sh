@@ -23,21 +23,26 @@ fi
 [ -d /run/systemd/system ] || exit 0
 systemctl daemon-reload
 
-if [ "$upgrade" = no ]; then
+if [ "$upgrade" = yes ] && systemctl is-active --quiet imdsguard.service; then
+	# In strict mode docker.service Requires= imdsguard, so restarting
+	# imdsguard would restart dockerd and every container. Leave that to the
+	# admin.
+	if systemctl show -p RequiredBy --value imdsguard.service 2>/dev/null | grep -qw docker.service; then
+		echo "imdsguard: docker.service requires imdsguard (strict mode); not restarting it, which would restart Docker." >&2
+		echo "imdsguard: the new version runs after the next 'systemctl restart imdsguard' or reboot." >&2
+		exit 0
+	fi
+	systemctl restart imdsguard.service ||
+		echo "imdsguard: restart failed; see 'journalctl -u imdsguard'" >&2
+	exit 0
+fi
+
+# Fresh install, or a .deb reinstalled after 'remove' (dpkg then passes the
+# old version, and the enablement was kept): start it unless disabled.
+if systemctl is-enabled --quiet imdsguard.service; then
 	# A failed start must not leave the package half-configured; the unit
 	# restarts itself and the admin can look at the journal.
 	systemctl start imdsguard.service ||
 		echo "imdsguard: service did not start; see 'journalctl -u imdsguard'" >&2
-	exit 0
 fi
-
-# In strict mode docker.service Requires= imdsguard, so restarting imdsguard
-# would restart dockerd and every container. Leave that to the admin.
-if systemctl show -p RequiredBy --value imdsguard.service 2>/dev/null | grep -qw docker.service; then
-	echo "imdsguard: docker.service requires imdsguard (strict mode); not restarting it, which would restart Docker." >&2
-	echo "imdsguard: the new version runs after the next 'systemctl restart imdsguard' or reboot." >&2
-	exit 0
-fi
-systemctl try-restart imdsguard.service ||
-	echo "imdsguard: restart failed; see 'journalctl -u imdsguard'" >&2
 exit 0

@@ -9,4 +9,9 @@ remove | purge | 0)
 	fi
 	;;
 esac
+# deb purge: drop the enablement kept since 'remove' (the unit file is gone,
+# so 'systemctl disable' can no longer find its [Install] section).
+if [ "${1:-}" = purge ]; then
+	rm -f /etc/systemd/system/multi-user.target.wants/imdsguard.service
+fi
 exit 0

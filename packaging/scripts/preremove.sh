@@ -18,10 +18,12 @@ if [ -d /run/systemd/system ] &&
 	exit 1
 fi
 
-if command -v systemctl >/dev/null 2>&1; then
-	if [ -d /run/systemd/system ]; then
-		systemctl stop imdsguard.service || true
-	fi
+if [ -d /run/systemd/system ]; then
+	systemctl stop imdsguard.service || true
+fi
+# rpm forgets everything on erase; dpkg keeps configuration until purge
+# (postremove), so a reinstalled .deb comes back enabled, as Debian does.
+if [ "$1" = 0 ] && command -v systemctl >/dev/null 2>&1; then
 	systemctl disable imdsguard.service || true
 fi
 
