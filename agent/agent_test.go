@@ -1,0 +1,473 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/imdsguard/imdsguard/firewall"
+)
+
+// fakeDocker is a Docker whose containers and reachability tests set.
+type fakeDocker struct {
+	mu         sync.Mutex
+	containers []Container
+	env        map[string][]string
+	err        error
+}
+
+func (d *fakeDocker) Containers(context.Context) ([]Container, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]Container(nil), d.containers...), d.err
+}
+
+func (d *fakeDocker) Env(_ context.Context, id string) ([]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.env[id], nil
+}
+
+func (d *fakeDocker) Watch(ctx context.Context, changed func(), connected func(error)) {
+	connected(nil)
+	changed()
+	<-ctx.Done()
+}
+
+func testLog(t *testing.T) *logrus.Entry {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	if testing.Verbose() {
+		l.SetOutput(os.Stderr)
+	}
+	return logrus.NewEntry(l)
+}
+
+type fixture struct {
+	fakes  map[firewall.Family]*firewall.Fake
+	docker *fakeDocker
+	cfg    Config
+	agent  *Agent
+	ready  atomic.Int32
+	nft    chan func() // the watcher's changed callback, once subscribed
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	fx := &fixture{
+		fakes:  map[firewall.Family]*firewall.Fake{firewall.IPv4: firewall.NewFake(), firewall.IPv6: firewall.NewFake()},
+		docker: &fakeDocker{env: map[string][]string{}},
+		nft:    make(chan func(), 1),
+		cfg: Config{
+			HostRoot: dir, StatusSocket: filepath.Join(dir, "status.sock"), Action: firewall.ActionDrop,
+			IPv6: true, ECSConfigMode: ECSModeCheck, ResyncInterval: time.Hour, IPTablesBackend: "auto",
+		},
+	}
+	return fx
+}
+
+func (fx *fixture) build(t *testing.T) *Agent {
+	tables := map[firewall.Family]firewall.Tables{firewall.IPv4: fx.fakes[firewall.IPv4], firewall.IPv6: fx.fakes[firewall.IPv6]}
+	mgr := firewall.NewManager(firewall.Spec{Action: fx.cfg.Action}, tables, fx.cfg.Families()...)
+	fx.agent = New(Options{
+		Config: fx.cfg, Log: testLog(t), Docker: fx.docker, Version: "test",
+		Firewall: func() (Firewall, firewall.Backend, error) {
+			return mgr, firewall.Backend{Mode: "nft", Why: "test"}, nil
+		},
+		Hooks: Hooks{Ready: func() { fx.ready.Add(1) }},
+		WatchNFTables: func(ctx context.Context, changed func()) error {
+			fx.nft <- changed
+			<-ctx.Done()
+			return nil
+		},
+	})
+	return fx.agent
+}
+
+// start runs the daemon until the test ends.
+func (fx *fixture) start(t *testing.T) {
+	t.Helper()
+	a := fx.build(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
+
+// eventually polls cond; the deadline only bounds a hung test, it is not a
+// performance claim.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestLoopEnforcesAndRepairsDrift(t *testing.T) {
+	fx := newFixture(t)
+	fx.docker.containers = []Container{{ID: "aaaaaaaaaaaaaaaa", Name: "web", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.2")}}}
+	fx.start(t)
+	eventually(t, "first sync", func() bool { return fx.agent.Status().Verdict == VerdictProtected })
+	if fx.ready.Load() != 1 {
+		t.Fatalf("Ready called %d times", fx.ready.Load())
+	}
+	if st := fx.agent.Status(); st.Repairs != 0 {
+		t.Fatalf("initial setup counted as %d repairs", st.Repairs)
+	}
+	changed := <-fx.nft
+
+	// Drift: someone flushes DOCKER-USER; the nf_tables watcher says so.
+	fx.fakes[firewall.IPv4].Flush(firewall.DockerUser)
+	changed()
+	eventually(t, "repair", func() bool { return fx.agent.Status().Repairs == 1 })
+	st := fx.agent.Status()
+	if st.Verdict != VerdictProtected || !st.Firewall.IPv4.Enforced {
+		t.Fatalf("after repair: %+v", st)
+	}
+	if !strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-A DOCKER-USER -j IMDS-GUARD") {
+		t.Fatal("jump not back")
+	}
+	if fx.ready.Load() != 1 {
+		t.Fatalf("Ready called again after a repair")
+	}
+
+	// The status socket tells the same story.
+	qs, err := QueryStatus(context.Background(), fx.cfg.StatusSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qs.Verdict != VerdictProtected || qs.Repairs != 1 || len(qs.Containers) != 1 || !qs.Containers[0].Protected {
+		t.Fatalf("status over the socket: %+v", qs)
+	}
+}
+
+func TestNothingProtectedBeforeFirstEnforcement(t *testing.T) {
+	fx := newFixture(t)
+	fx.fakes[firewall.IPv6].FailRestore = errors.New("ip6tables-restore: no IPv6 here")
+	fx.start(t)
+	<-fx.nft
+	eventually(t, "a sync", func() bool { return fx.agent.Status().LastSync != nil })
+	st := fx.agent.Status()
+	if st.Verdict != VerdictExposed {
+		t.Fatalf("verdict %s with IPv6 never enforced", st.Verdict)
+	}
+	if fx.ready.Load() != 0 {
+		t.Fatal("Ready sent although IPv6 was never enforced")
+	}
+	if ok, _ := fx.agent.healthy(); ok {
+		t.Fatal("healthy without a successful sync")
+	}
+	// The IPv4 block is in place all the same: one family failing does not
+	// stop the other.
+	if !st.Firewall.IPv4.Enforced {
+		t.Fatal("IPv4 not enforced")
+	}
+}
+
+func TestDockerDownStillEnforces(t *testing.T) {
+	fx := newFixture(t)
+	fx.docker.err = errors.New("dial unix /var/run/docker.sock: connect: no such file or directory")
+	a := fx.build(t)
+	st, err := a.Once(context.Background(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Firewall.IPv4.Enforced || !st.Firewall.IPv6.Enforced {
+		t.Fatal("firewall not enforced while Docker is down")
+	}
+	if st.Verdict != VerdictDegraded || st.Docker.Reachable {
+		t.Fatalf("verdict %s, docker %+v", st.Verdict, st.Docker)
+	}
+}
+
+func TestCheckChangesNothing(t *testing.T) {
+	fx := newFixture(t)
+	a := fx.build(t)
+	st, err := a.Once(context.Background(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Verdict != VerdictExposed {
+		t.Fatalf("verdict %s on an empty firewall", st.Verdict)
+	}
+	if fx.fakes[firewall.IPv4].Calls != 0 {
+		t.Fatal("check changed the firewall")
+	}
+}
+
+func TestECSSettingAndRunningAgent(t *testing.T) {
+	fx := newFixture(t)
+	if err := os.MkdirAll(filepath.Join(fx.cfg.HostRoot, "etc/ecs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(fx.cfg.HostRoot, "etc/ecs/ecs.config"), []byte("ECS_CLUSTER=demo\nECS_AWSVPC_BLOCK_IMDS=true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fx.docker.containers = []Container{
+		{ID: "agent000000000000", Name: ECSAgentName, NetworkMode: "host"},
+		{ID: "pause000000000000", Name: "ecs-task-1-internalecspause", NetworkMode: "none",
+			Labels: map[string]string{LabelTaskARN: "arn:aws:ecs:us-east-1:1:task/c/1", LabelContainerName: PauseContainerName}},
+		{ID: "app00000000000000", Name: "ecs-task-1-app", NetworkMode: "container:pause000000000000",
+			Labels: map[string]string{LabelTaskARN: "arn:aws:ecs:us-east-1:1:task/c/1", LabelContainerName: "app"}},
+	}
+	// The running agent was started before the file said true.
+	fx.docker.env["agent000000000000"] = []string{"ECS_CLUSTER=demo"}
+	a := fx.build(t)
+	st, err := a.Once(context.Background(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.ECSConfig.AWSVPCBlockIMDS || !st.ECSConfig.RestartNeeded {
+		t.Fatalf("ecs %+v", st.ECSConfig)
+	}
+	if st.Verdict != VerdictDegraded {
+		t.Fatalf("verdict %s", st.Verdict)
+	}
+	byName := map[string]ContainerStatus{}
+	for _, c := range st.Containers {
+		byName[c.Name] = c
+	}
+	if c := byName["ecs-task-1-app"]; c.Protected || !strings.Contains(c.Reason, "shares the network of ecs-task-1-internalecspause") {
+		t.Fatalf("app container: %+v", c)
+	}
+	if c := byName[ECSAgentName]; c.Protected || !c.Expected {
+		t.Fatalf("ecs-agent: %+v", c)
+	}
+	// After the agent restarts with the setting, the task is protected and
+	// the host is too.
+	fx.docker.env["agent000000000000"] = []string{"ECS_CLUSTER=demo", "ECS_AWSVPC_BLOCK_IMDS=true"}
+	st, _ = a.Once(context.Background(), true)
+	if st.Verdict != VerdictProtected || st.ECSConfig.RestartNeeded {
+		t.Fatalf("after restart: %s %v", st.Verdict, st.Reasons)
+	}
+}
+
+func TestECSEnforceWritesConfig(t *testing.T) {
+	fx := newFixture(t)
+	fx.cfg.ECSConfigMode = ECSModeEnforce
+	a := fx.build(t)
+	st, err := a.Once(context.Background(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.ECSConfig.Wrote || !st.ECSConfig.AWSVPCBlockIMDS {
+		t.Fatalf("ecs %+v", st.ECSConfig)
+	}
+	b, err := os.ReadFile(filepath.Join(fx.cfg.HostRoot, "etc/ecs/ecs.config"))
+	if err != nil || !strings.Contains(string(b), "ECS_AWSVPC_BLOCK_IMDS=true") {
+		t.Fatalf("ecs.config: %q %v", b, err)
+	}
+	// Check mode (Once without enforce) never writes.
+	fx2 := newFixture(t)
+	fx2.cfg.ECSConfigMode = ECSModeEnforce
+	if _, err := fx2.build(t).Once(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(fx2.cfg.HostRoot, "etc/ecs/ecs.config")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("check wrote ecs.config: %v", err)
+	}
+}
+
+func TestMalformedECSJSONIsReportedNotFatal(t *testing.T) {
+	fx := newFixture(t)
+	if err := os.MkdirAll(filepath.Join(fx.cfg.HostRoot, "etc/ecs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(fx.cfg.HostRoot, "etc/ecs/ecs.config.json"), []byte("{not json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := fx.build(t).Once(context.Background(), true)
+	if err == nil || !IsPartial(err) {
+		t.Fatalf("want a partial error, got %v", err)
+	}
+	if !st.Firewall.IPv4.Enforced {
+		t.Fatal("bad ECS config stopped enforcement")
+	}
+	if st.Verdict != VerdictDegraded || st.ECSConfig.Error == "" {
+		t.Fatalf("verdict %s, ecs %+v", st.Verdict, st.ECSConfig)
+	}
+}
+
+func TestClassify(t *testing.T) {
+	v6 := []netip.Addr{netip.MustParseAddr("fd00:d0c::2")}
+	base := func() picture {
+		return picture{enforced: map[string]bool{"ipv4": true, "ipv6": true}, awsvpcBlock: true}
+	}
+	for _, tc := range []struct {
+		name      string
+		p         func(p *picture)
+		c         Container
+		protected bool
+		reason    string
+	}{
+		{"default bridge", nil, Container{NetworkMode: "default"}, true, "bridged"},
+		{"named network", nil, Container{NetworkMode: "appnet"}, true, "bridged"},
+		{"host", nil, Container{NetworkMode: "host"}, false, "host network"},
+		{"none without ECS", nil, Container{NetworkMode: "none"}, true, "no network"},
+		{"awsvpc with the setting", nil, Container{NetworkMode: "none", Labels: map[string]string{LabelTaskARN: "x"}}, true, "in effect"},
+		{"awsvpc without the setting", func(p *picture) { p.awsvpcBlock = false }, Container{NetworkMode: "none", Labels: map[string]string{LabelTaskARN: "x"}}, false, "not in effect"},
+		{"bridge, v4 not enforced", func(p *picture) { p.enforced["ipv4"] = false }, Container{NetworkMode: "bridge"}, false, "IPv4 block is not in place"},
+		{"bridge with v6, v6 not enforced", func(p *picture) { p.enforced["ipv6"] = false }, Container{NetworkMode: "bridge", IPv6: v6}, false, "IPv6 block is not in place"},
+		{"bridge with v6, v6 disabled", func(p *picture) { delete(p.enforced, "ipv6") }, Container{NetworkMode: "bridge", IPv6: v6}, false, "--ipv6=false"},
+		{"bridge v4 only, v6 not enforced", func(p *picture) { p.enforced["ipv6"] = false }, Container{NetworkMode: "bridge"}, true, "bridged"},
+		{"container: of a missing one", nil, Container{NetworkMode: "container:deadbeef"}, false, "not running"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := base()
+			if tc.p != nil {
+				tc.p(&p)
+			}
+			tc.c.ID, tc.c.Name = "cccccccccccccccc", "c"
+			p.containers = []Container{tc.c}
+			got := classify(p)[0]
+			if got.Protected != tc.protected || !strings.Contains(got.Reason, tc.reason) {
+				t.Errorf("got %v %q, want %v and a reason with %q", got.Protected, got.Reason, tc.protected, tc.reason)
+			}
+		})
+	}
+}
+
+func TestContainerModeFollowsOwner(t *testing.T) {
+	p := picture{enforced: map[string]bool{"ipv4": true}, containers: []Container{
+		{ID: "1111111111111111", Name: "hostly", NetworkMode: "host"},
+		{ID: "2222222222222222", Name: "sidecar", NetworkMode: "container:hostly"},
+		{ID: "3333333333333333", Name: "bridged", NetworkMode: "bridge"},
+		{ID: "4444444444444444", Name: "sidecar2", NetworkMode: "container:333333333333"},
+	}}
+	got := map[string]bool{}
+	for _, c := range classify(p) {
+		got[c.Name] = c.Protected
+	}
+	if got["sidecar"] || !got["sidecar2"] {
+		t.Fatalf("got %v", got)
+	}
+}
+
+func TestVerdict(t *testing.T) {
+	ok := []ContainerStatus{{Name: "a", Protected: true}}
+	for _, tc := range []struct {
+		name       string
+		enforced   map[string]bool
+		containers []ContainerStatus
+		issues     []string
+		want       string
+	}{
+		{"all good", map[string]bool{"ipv4": true, "ipv6": true}, ok, nil, VerdictProtected},
+		{"v6 missing", map[string]bool{"ipv4": true, "ipv6": false}, ok, nil, VerdictExposed},
+		{"host container", map[string]bool{"ipv4": true}, []ContainerStatus{{Name: "h", Reason: "host network"}}, nil, VerdictDegraded},
+		{"ecs agent is expected", map[string]bool{"ipv4": true}, []ContainerStatus{{Name: "ecs-agent", Expected: true}}, nil, VerdictProtected},
+		{"docker down", map[string]bool{"ipv4": true}, nil, []string{"Docker cannot be asked"}, VerdictDegraded},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, reasons := verdict(tc.enforced, tc.containers, tc.issues)
+			if got != tc.want {
+				t.Errorf("verdict %s (%v), want %s", got, reasons, tc.want)
+			}
+			if (got == VerdictProtected) != (len(reasons) == 0) {
+				t.Errorf("reasons %v with verdict %s", reasons, got)
+			}
+		})
+	}
+}
+
+func TestRunnerCoalescesAndRetries(t *testing.T) {
+	var runs atomic.Int32
+	release := make(chan struct{})
+	fail := atomic.Bool{}
+	fail.Store(true)
+	r := newRunner(func(ctx context.Context) error {
+		n := runs.Add(1)
+		if n == 2 {
+			<-release // hold the second run while triggers pile up
+		}
+		if n == 1 && fail.Load() {
+			return errors.New("transient")
+		}
+		return nil
+	}, time.Millisecond, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Loop(ctx)
+	// Run 1 fails; the retry is run 2, with no trigger needed.
+	eventually(t, "retry after failure", func() bool { return runs.Load() == 2 })
+	for range 100 {
+		r.Trigger()
+	}
+	close(release)
+	eventually(t, "coalesced run", func() bool { return runs.Load() == 3 })
+	time.Sleep(50 * time.Millisecond)
+	if n := runs.Load(); n != 3 {
+		t.Fatalf("100 triggers during one run gave %d more runs, want 1", n-2)
+	}
+}
+
+func TestConfigEnvAndFlags(t *testing.T) {
+	env := map[string]string{"IMDSGUARD_ACTION": "reject", "IMDSGUARD_IPV6": "false", "IMDSGUARD_RESYNC_INTERVAL": "2s", "IMDSGUARD_LOG_LEVEL": "debug"}
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	var c Config
+	c.Bind(fs)
+	if err := fs.Parse([]string{"--log-level=warn"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Finish(fs, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if c.Action != firewall.ActionReject || c.IPv6 || c.ResyncInterval != 2*time.Second {
+		t.Fatalf("env not applied: %+v", c)
+	}
+	if c.LogLevel != "warn" {
+		t.Fatalf("the command line must win over the environment: %q", c.LogLevel)
+	}
+	fs = flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	c = Config{}
+	c.Bind(fs)
+	_ = fs.Parse(nil)
+	err := c.Finish(fs, func(k string) string { return map[string]string{"IMDSGUARD_ACTION": "allow"}[k] })
+	if err == nil || !strings.Contains(err.Error(), "IMDSGUARD_ACTION") {
+		t.Fatalf("bad env value: %v", err)
+	}
+}
+
+func TestHealthzFollowsSyncs(t *testing.T) {
+	fx := newFixture(t)
+	fx.start(t)
+	eventually(t, "first sync", func() bool { ok, _ := fx.agent.healthy(); return ok })
+	rec := &recorder{header: http.Header{}}
+	fx.agent.serveHealthz(rec, nil)
+	if rec.code != 0 && rec.code != http.StatusOK {
+		t.Fatalf("healthz %d", rec.code)
+	}
+}
+
+type recorder struct {
+	header http.Header
+	code   int
+	body   strings.Builder
+}
+
+func (r *recorder) Header() http.Header         { return r.header }
+func (r *recorder) Write(b []byte) (int, error) { return r.body.Write(b) }
+func (r *recorder) WriteHeader(c int)           { r.code = c }
