@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -81,10 +82,18 @@ func (s *Sandbox) StopDockerd() error {
 	start := time.Now()
 	err := p.Stop(20 * time.Second)
 	s.dockerd = nil
-	// containerd exits with dockerd; shims may lag or be orphaned.
+	// containerd exits with dockerd; shims may lag or be orphaned. Processes
+	// the test started itself (the agent) mention the directory too, and
+	// must survive a dockerd restart.
+	s.mu.Lock()
+	keep := map[int]bool{}
+	for _, p := range s.procs {
+		keep[p.Pid()] = true
+	}
+	s.mu.Unlock()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		left := pidsMentioning(s.Dir)
+		left := slices.DeleteFunc(pidsMentioning(s.Dir), func(pid int) bool { return keep[pid] })
 		if len(left) == 0 {
 			break
 		}
