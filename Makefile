@@ -5,16 +5,31 @@ BIN := bin/imdsguard
 TOOLS := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(PATH)
 
-.PHONY: build test test-unit test-e2e deps demo bench vet tools
+.PHONY: build test test-unit test-e2e demo vet tools
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 build:
-	$(GO) build -o $(BIN) ./cmd/imdsguard
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/imdsguard
+
+# test: installs what is missing (apt packages, the metadata mock), then the
+# unit tests, then the end-to-end tests in simulated ECS container
+# instances (root only: they skip, saying so, for other users).
+test: tools vet test-unit test-e2e test-packaging
+
+test-e2e: tools
+	$(GO) test -count=1 -timeout 30m ./e2e/...
+
+# demo: a container reads IMDS, imdsguard starts, the container cannot,
+# its neighbours still answer, drift is repaired; then everything is torn down.
+demo: tools build
+	$(GO) run ./e2e/demo --imdsguard $(BIN)
 
 vet:
 	$(GO) vet ./...
 
 test-unit:
-	$(GO) test -count=1 ./agent/... ./firewall/... ./ecsconfig/... ./cmd/...
+	$(GO) test -count=1 ./agent/... ./firewall/... ./ecsconfig/... ./cmd/... ./packaging/...
 
 # tools: what the e2e sandbox (e2e/sandbox) needs. Apt packages are
 # installed only when missing; the metadata mock is pinned.
