@@ -139,9 +139,7 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) int {
 
 func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var asJSON bool
-	cfg, log, done, code := setup("apply", args, stderr, func(fs *flag.FlagSet) {
-		fs.BoolVar(&asJSON, "json", false, "print the status as JSON")
-	})
+	cfg, log, done, code := setup("apply", args, stderr, jsonFlag(&asJSON))
 	if done {
 		return code
 	}
@@ -171,9 +169,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var asJSON bool
-	cfg, log, done, code := setup("check", args, stderr, func(fs *flag.FlagSet) {
-		fs.BoolVar(&asJSON, "json", false, "print the status as JSON")
-	})
+	cfg, log, done, code := setup("check", args, stderr, jsonFlag(&asJSON))
 	if done {
 		return code
 	}
@@ -196,6 +192,11 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return st.ExitCode()
 }
 
+// jsonFlag registers --json for the commands that print a status.
+func jsonFlag(asJSON *bool) func(*flag.FlagSet) {
+	return func(fs *flag.FlagSet) { fs.BoolVar(asJSON, "json", false, "print the status as JSON") }
+}
+
 func printStatus(w io.Writer, st *agent.Status, asJSON bool) {
 	if asJSON {
 		enc := json.NewEncoder(w)
@@ -208,9 +209,7 @@ func printStatus(w io.Writer, st *agent.Status, asJSON bool) {
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var asJSON bool
-	cfg, _, done, code := setup("status", args, stderr, func(fs *flag.FlagSet) {
-		fs.BoolVar(&asJSON, "json", false, "print the status as JSON")
-	})
+	cfg, _, done, code := setup("status", args, stderr, jsonFlag(&asJSON))
 	if done {
 		return code
 	}
