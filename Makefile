@@ -73,3 +73,12 @@ verify-units:
 # under /var/cache/imdsguard-test.
 test-packaging: package
 	bash packaging/test/run.sh
+
+# --- benchmarks (bench/README.md); root, like the e2e sandbox ---
+.PHONY: bench-quick
+bench: build tools
+	GO=$(GO) $(GO) run ./bench -out bench/results
+
+# Under 5 minutes; small counts, for checking the harness, not for claims.
+bench-quick: build tools
+	GO=$(GO) $(GO) run ./bench -quick -out bench/results

@@ -1,0 +1,485 @@
+package main
+
+import (
+	"cmp"
+	"encoding/csv"
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+)
+
+type stats struct {
+	n                            int
+	min, med, p95, p99, max, avg float64
+}
+
+// summarize uses nearest-rank percentiles: with n samples, p99 is the
+// ceil(0.99 n)-th smallest, so for n < 100 it is the maximum.
+func summarize(v []float64) stats {
+	if len(v) == 0 {
+		return stats{}
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	rank := func(p float64) float64 {
+		i := int(math.Ceil(p*float64(len(s)))) - 1
+		return s[max(0, min(i, len(s)-1))]
+	}
+	sum := 0.0
+	for _, x := range s {
+		sum += x
+	}
+	return stats{n: len(s), min: s[0], med: rank(0.5), p95: rank(0.95), p99: rank(0.99), max: s[len(s)-1], avg: sum / float64(len(s))}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func fmtMS(v float64) string {
+	switch {
+	case v >= 10000:
+		return fmt.Sprintf("%.1f s", v/1000)
+	case v >= 100:
+		return fmt.Sprintf("%.0f ms", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f ms", v)
+	}
+	return fmt.Sprintf("%.2f ms", v)
+}
+
+type group struct {
+	label    string
+	samples  []sample
+	repaired []float64
+	window   time.Duration
+}
+
+func (g group) notRepaired() int { return len(g.samples) - len(g.repaired) }
+
+// groups splits samples of one scenario by contender (and optionally kind),
+// in a fixed contender order.
+func groups(all []sample, scenario string, byKind bool) []group {
+	order := map[string]int{"imdsguard (nft)": 0, "imdsguard (legacy)": 1, "poll (nft)": 2, "static (nft)": 3}
+	idx := map[string]int{}
+	var gs []group
+	for _, s := range all {
+		if s.Scenario != scenario {
+			continue
+		}
+		l := fmt.Sprintf("%s (%s)", s.Contender, s.Backend)
+		if byKind {
+			l += "\x00" + s.Kind
+		}
+		i, ok := idx[l]
+		if !ok {
+			i = len(gs)
+			idx[l] = i
+			gs = append(gs, group{label: l})
+		}
+		g := &gs[i]
+		g.samples = append(g.samples, s)
+		g.window = max(g.window, s.Window)
+		if s.Repaired {
+			g.repaired = append(g.repaired, ms(s.Latency))
+		}
+	}
+	kindIdx := func(l string) int {
+		_, k, _ := strings.Cut(l, "\x00")
+		return slices.Index(driftKinds, k)
+	}
+	slices.SortStableFunc(gs, func(a, b group) int {
+		ca, _, _ := strings.Cut(a.label, "\x00")
+		cb, _, _ := strings.Cut(b.label, "\x00")
+		if c := cmp.Compare(order[ca], order[cb]); c != 0 {
+			return c
+		}
+		return cmp.Compare(kindIdx(a.label), kindIdx(b.label))
+	})
+	return gs
+}
+
+func latencyRow(name string, g group) string {
+	st := summarize(g.repaired)
+	nr := "0"
+	if n := g.notRepaired(); n > 0 {
+		nr = fmt.Sprintf("**%d** (not within %v)", n, g.window)
+	}
+	if st.n == 0 {
+		return fmt.Sprintf("| %s | %d | — | — | — | — | — | %s |", name, len(g.samples), nr)
+	}
+	return fmt.Sprintf("| %s | %d | %s | %s | %s | %s | %s | %s |", name, len(g.samples),
+		fmtMS(st.min), fmtMS(st.med), fmtMS(st.p95), fmtMS(st.p99), fmtMS(st.max), nr)
+}
+
+func writeReport(res *results, dir string) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	base := res.started.UTC().Format("2006-01-02")
+	if res.cfg.quick {
+		base += "-quick"
+	}
+	mdPath := filepath.Join(dir, base+".md")
+	pngPath := filepath.Join(dir, base+".png")
+	csvPath := filepath.Join(dir, base+".csv")
+	if err := writeChart(res, pngPath); err != nil {
+		return nil, fmt.Errorf("chart: %w", err)
+	}
+	if err := writeCSV(res, csvPath); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(mdPath, []byte(markdown(res, filepath.Base(pngPath), filepath.Base(csvPath))), 0o644); err != nil {
+		return nil, err
+	}
+	return []string{mdPath, pngPath, csvPath}, nil
+}
+
+func writeCSV(res *results, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := csv.NewWriter(f)
+	_ = w.Write([]string{"scenario", "contender", "backend", "drift", "repaired", "latency_ms", "window_s"})
+	all := slices.Clone(res.samples)
+	if res.scale != nil {
+		all = append(all, res.scale.Repair...)
+	}
+	for _, s := range all {
+		_ = w.Write([]string{s.Scenario, s.Contender, s.Backend, s.Kind, strconv.FormatBool(s.Repaired),
+			strconv.FormatFloat(ms(s.Latency), 'f', 3, 64), strconv.FormatFloat(s.Window.Seconds(), 'f', 0, 64)})
+	}
+	w.Flush()
+	if err := w.Error(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+type target struct {
+	what, goal, got string
+	met             bool
+	known           bool
+}
+
+func evalTargets(res *results) []target {
+	var ts []target
+	var nft, legacy group
+	for _, g := range groups(res.samples, "repair", false) {
+		switch g.label {
+		case "imdsguard (nft)":
+			nft = g
+		case "imdsguard (legacy)":
+			legacy = g
+		}
+	}
+	if len(nft.samples) > 0 {
+		st := summarize(nft.repaired)
+		ok := nft.notRepaired() == 0
+		ts = append(ts,
+			target{"repair p50, iptables-nft", "< 20 ms", fmtMS(st.med), ok && st.med < 20, true},
+			target{"repair p99, iptables-nft", "< 100 ms", fmtMS(st.p99), ok && st.p99 < 100, true})
+	}
+	if len(legacy.samples) > 0 {
+		st := summarize(legacy.repaired)
+		lim := ms(res.cfg.resync) + 50
+		ts = append(ts, target{"repair max, iptables-legacy", fmt.Sprintf("≤ resync interval + 50 ms (%s)", fmtMS(lim)), fmtMS(st.max), legacy.notRepaired() == 0 && st.max <= lim, true})
+	}
+	for _, r := range res.restarts {
+		if len(r.Resync) == 0 {
+			continue
+		}
+		var v []float64
+		for _, d := range r.Resync {
+			v = append(v, ms(d))
+		}
+		st := summarize(v)
+		ts = append(ts, target{"dockerd restart → resynced, " + r.Label, "< 1 s", "max " + fmtMS(st.max), st.max < 1000, true})
+	}
+	for _, f := range res.footprint {
+		switch f.Phase {
+		case "idle":
+			ts = append(ts, target{"idle CPU, " + f.Label, "< 0.5 % of one core", fmt.Sprintf("%.3f %% (agent alone %.3f %%)", f.CPUAll, f.CPUOwn), f.CPUAll < 0.5, true})
+			ts = append(ts, target{"RSS idle, " + f.Label, "< 30 MiB", fmt.Sprintf("max %.1f MiB", f.RSSMax), f.RSSMax < 30, true})
+		case "churn":
+			ts = append(ts, target{"RSS under churn, " + f.Label, "< 30 MiB", fmt.Sprintf("max %.1f MiB", f.RSSMax), f.RSSMax < 30, true})
+		}
+	}
+	if s := res.scale; s != nil {
+		st := summarize(s.SyncMS)
+		ts = append(ts, target{fmt.Sprintf("sync with %d containers (agent-reported)", s.Containers), "< 200 ms", fmt.Sprintf("median %s, max %s", fmtMS(st.med), fmtMS(st.max)), st.n > 0 && st.max < 200, true})
+	}
+	return ts
+}
+
+func markdown(res *results, png, csvName string) string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	mode := "full"
+	if res.cfg.quick {
+		mode = "quick (`make bench-quick`: small counts, not for claims)"
+	}
+	p("# imdsguard benchmark, %s", res.started.UTC().Format("2006-01-02 15:04 MST"))
+	p("")
+	p("Mode: %s. Wall time: %v. Method and targets: [bench/README.md](../README.md). Raw samples: [%s](%s).", mode, res.took.Round(time.Second), csvName, csvName)
+	p("")
+	p("| Machine | |")
+	p("|---|---|")
+	for _, kv := range res.machine {
+		p("| %s | %s |", kv[0], strings.ReplaceAll(kv[1], "|", "/"))
+	}
+	p("")
+	if len(res.errors) > 0 {
+		p("**Errors during the run** (the figures they affect are missing or partial):")
+		p("")
+		for _, e := range res.errors {
+			p("- `%s`", strings.ReplaceAll(strings.SplitN(e, "\n", 2)[0], "`", "'"))
+		}
+		p("")
+	}
+	p("## Targets")
+	p("")
+	p("| Target | Goal | Measured | |")
+	p("|---|---|---|---|")
+	for _, t := range evalTargets(res) {
+		v := "met"
+		if !t.met {
+			v = "**missed**"
+		}
+		p("| %s | %s | %s | %s |", t.what, t.goal, t.got, v)
+	}
+	p("")
+	p("## 1. Drift repair latency")
+	p("")
+	p("Time from the drift's commit to the block verified back in the kernel's ruleset. Not repaired: drifts still open when the window closed (the harness then restored the ruleset itself).")
+	p("")
+	p("![repair latency](%s)", png)
+	p("")
+	p("| Contender | drifts | min | median | p95 | p99 | max | not repaired |")
+	p("|---|---|---|---|---|---|---|---|")
+	for _, g := range groups(res.samples, "repair", false) {
+		p("%s", latencyRow("**"+g.label+"**", g))
+	}
+	p("")
+	p("By drift kind:")
+	p("")
+	p("| Contender | drift | n | min | median | p95 | p99 | max | not repaired |")
+	p("|---|---|---|---|---|---|---|---|---|")
+	for _, g := range groups(res.samples, "repair", true) {
+		c, k, _ := strings.Cut(g.label, "\x00")
+		p("%s", latencyRow(c+" | "+k, g))
+	}
+	p("")
+	p("## 2. Exposure")
+	p("")
+	p("A container sends an HTTP GET for instance-id to 169.254.169.254 every 10 ms (background busybox `nc -w 1`, so a dropped probe does not delay the next); a probe counts as answered when the instance ID came back. Each drift's window closes when the block is verified back or after %v, when the harness restores the ruleset itself.", res.cfg.expWindow)
+	p("")
+	p("| Contender | drifts | probes sent | answered | answered per drift | ≈ open time per drift | probe spacing |")
+	p("|---|---|---|---|---|---|---|")
+	for _, e := range sortByLabel(res.exposure, func(e exposureResult) string { return e.Label }) {
+		per := float64(e.Answered) / float64(max(e.Drifts, 1))
+		p("| %s | %d | %d | %d | %.1f | %s | %s |", e.Label, e.Drifts, e.Issued, e.Answered, per,
+			fmtMS(per*ms(e.Spacing)), e.Spacing.Round(100*time.Microsecond))
+	}
+	p("")
+	p("## 3. dockerd restart")
+	p("")
+	p("dockerd is stopped (its containers with it) and started again. Resynced: the first `/status` (polled every 5 ms) after dockerd answers `/_ping` (polled every 5 ms) that shows Docker reachable, a sync begun after the stop, and IPv4 enforced. A prober container with `--restart always` probes IMDS every 10 ms whenever it runs; the ruleset is also read every 20 ms throughout.")
+	p("")
+	p("| Contender | restarts | resync after dockerd answers (each) | probes sent | answered | ruleset reads without the block |")
+	p("|---|---|---|---|---|---|")
+	for _, r := range sortByLabel(res.restarts, func(r restartResult) string { return r.Label }) {
+		var ds []string
+		for _, d := range r.Resync {
+			ds = append(ds, fmtMS(ms(d)))
+		}
+		rs := "n/a"
+		if len(ds) > 0 {
+			rs = strings.Join(ds, ", ")
+		}
+		p("| %s | %d | %s | %d | %d | %d of %d |", r.Label, r.Restarts, rs, r.Issued, r.Answered, r.Unblocked, r.Checks)
+	}
+	p("")
+	p("## 4. Footprint")
+	p("")
+	p("CPU from /proc/PID/stat (utime+stime; \"with children\" adds the iptables-save/-restore processes the agent waits for), as %% of one core over the phase. RSS = VmRSS sampled every second.")
+	p("")
+	p("| Agent | phase | duration | CPU, agent | CPU, with children | RSS median | RSS max | load |")
+	p("|---|---|---|---|---|---|---|---|")
+	for _, f := range res.footprint {
+		p("| %s | %s | %v | %.3f %% | %.3f %% | %.1f MiB | %.1f MiB | %s |", f.Label, f.Phase, f.Duration.Round(time.Second), f.CPUOwn, f.CPUAll, f.RSSMed, f.RSSMax, cmp.Or(f.Note, "none"))
+	}
+	p("")
+	p("## 5. Scale")
+	p("")
+	if s := res.scale; s != nil {
+		st := summarize(s.SyncMS)
+		var rep []float64
+		nr := 0
+		for _, x := range s.Repair {
+			if x.Repaired {
+				rep = append(rep, ms(x.Latency))
+			} else {
+				nr++
+			}
+		}
+		rs := summarize(rep)
+		p("%s with %d running containers (started in %v).", s.Label, s.Containers, s.StartTook.Round(time.Second))
+		p("")
+		p("| Measure | n | min | median | p95 | max |")
+		p("|---|---|---|---|---|---|")
+		if st.n > 0 {
+			p("| sync duration (agent's `last_sync.duration_ms`) | %d | %s | %s | %s | %s |", st.n, fmtMS(st.min), fmtMS(st.med), fmtMS(st.p95), fmtMS(st.max))
+		}
+		if rs.n > 0 {
+			p("| repair latency, measured from outside | %d | %s | %s | %s | %s |", rs.n, fmtMS(rs.min), fmtMS(rs.med), fmtMS(rs.p95), fmtMS(rs.max))
+		}
+		if nr > 0 {
+			p("")
+			p("%d drifts not repaired within 10 s.", nr)
+		}
+	} else {
+		p("Not run.")
+	}
+	p("")
+	p("## 6. Micro-benchmarks")
+	p("")
+	p("`go test -run '^$' -bench . -benchmem ./ecsconfig/ ./firewall/ ./bench/`")
+	p("")
+	p("| Benchmark | ns/op | B/op | allocs/op |")
+	p("|---|---|---|---|")
+	for _, m := range res.micro {
+		p("| %s | %.0f | %.0f | %.0f |", m.Name, m.NsOp, m.BytesOp, m.Allocs)
+	}
+	return b.String()
+}
+
+func sortByLabel[T any](v []T, label func(T) string) []T {
+	order := map[string]int{"imdsguard (nft)": 0, "imdsguard (legacy)": 1, "poll (nft)": 2, "static (nft)": 3}
+	s := slices.Clone(v)
+	slices.SortStableFunc(s, func(a, b T) int { return cmp.Compare(order[label(a)], order[label(b)]) })
+	return s
+}
+
+// writeChart draws the empirical CDF of repair latency per contender on a
+// log time axis: the fraction of drifts repaired within x. A line that
+// stops below 1 is drifts never repaired; static never leaves 0.
+func writeChart(res *results, path string) error {
+	p := plot.New()
+	p.Title.Text = "IMDS block: time from drift to verified repair"
+	p.X.Label.Text = "time since the drift (log scale)"
+	p.Y.Label.Text = "fraction of drifts repaired"
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = msTicks{}
+	p.Y.Min, p.Y.Max = 0, 1.02
+	p.Add(plotter.NewGrid())
+	p.Legend.Top = false
+	p.Legend.Left = false
+	p.Legend.XOffs = -vg.Points(5)
+	p.Legend.YOffs = vg.Points(5)
+	colors := map[string]color.Color{
+		"imdsguard (nft)":    color.RGBA{0x1f, 0x77, 0xb4, 0xff},
+		"imdsguard (legacy)": color.RGBA{0x2c, 0xa0, 0x2c, 0xff},
+		"poll (nft)":         color.RGBA{0xff, 0x7f, 0x0e, 0xff},
+		"static (nft)":       color.RGBA{0xd6, 0x27, 0x28, 0xff},
+	}
+	xmin, xmax := 1.0, 100000.0
+	for _, g := range groups(res.samples, "repair", false) {
+		n := len(g.samples)
+		rep := slices.Clone(g.repaired)
+		slices.Sort(rep)
+		var name string
+		if len(rep) == 0 {
+			name = fmt.Sprintf("%s: 0 of %d repaired within %v", g.label, n, g.window)
+		} else {
+			st := summarize(rep)
+			name = fmt.Sprintf("%s: n=%d, median %s", g.label, n, fmtMS(st.med))
+			if nr := g.notRepaired(); nr > 0 {
+				name += fmt.Sprintf(", %d never within %v", nr, g.window)
+			}
+		}
+		xys := make(plotter.XYs, 0, len(rep)+2)
+		xys = append(xys, plotter.XY{X: max(xmin, 0.5), Y: 0})
+		for i, v := range rep {
+			xys = append(xys, plotter.XY{X: max(v, xmin), Y: float64(i+1) / float64(n)})
+		}
+		end := ms(g.window)
+		if len(rep) > 0 && rep[len(rep)-1] > end {
+			end = rep[len(rep)-1]
+		}
+		xys = append(xys, plotter.XY{X: min(max(end, xmin), xmax), Y: float64(len(rep)) / float64(n)})
+		l, err := plotter.NewLine(xys)
+		if err != nil {
+			return err
+		}
+		l.StepStyle = plotter.PostStep
+		l.Color = colors[g.label]
+		l.Width = vg.Points(2)
+		if len(rep) == 0 {
+			l.Dashes = []vg.Length{vg.Points(6), vg.Points(4)}
+		}
+		p.Add(l)
+		p.Legend.Add(name, l)
+	}
+	for _, tl := range []struct {
+		x    float64
+		text string
+	}{{20, "20 ms"}, {100, "100 ms"}, {ms(res.cfg.resync) + 50, "resync + 50 ms"}} {
+		v, err := plotter.NewLine(plotter.XYs{{X: tl.x, Y: 0}, {X: tl.x, Y: 1.02}})
+		if err != nil {
+			return err
+		}
+		v.Color = color.Gray{Y: 0x90}
+		v.Dashes = []vg.Length{vg.Points(2), vg.Points(2)}
+		p.Add(v)
+	}
+	p.X.Min, p.X.Max = xmin, xmax
+	p.Legend.TextStyle.Font.Size = vg.Points(9)
+	_ = draw.PosRight
+	return p.Save(10*vg.Inch, 5.5*vg.Inch, path)
+}
+
+// msTicks labels a millisecond log axis in human units.
+type msTicks struct{}
+
+func (msTicks) Ticks(min, max float64) []plot.Tick {
+	var ts []plot.Tick
+	for v := 1.0; v <= max*1.0001; v *= 10 {
+		if v < min*0.9999 {
+			continue
+		}
+		label := fmtMS(v)
+		switch v {
+		case 1000:
+			label = "1 s"
+		case 10000:
+			label = "10 s"
+		case 100000:
+			label = "100 s"
+		case 1:
+			label = "1 ms"
+		case 10:
+			label = "10 ms"
+		case 100:
+			label = "100 ms"
+		}
+		ts = append(ts, plot.Tick{Value: v, Label: label})
+		for m := 2.0; m < 10; m++ {
+			if v*m <= max {
+				ts = append(ts, plot.Tick{Value: v * m})
+			}
+		}
+	}
+	return ts
+}
