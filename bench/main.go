@@ -31,6 +31,7 @@ type config struct {
 	staticWindow      time.Duration
 	expDrifts         int
 	expDriftsBaseline int // static and poll
+	expDriftsLegacy   int // each costs up to one resync interval
 	expWindow         time.Duration
 	restarts          int
 	idle, idleLegacy  time.Duration
@@ -43,7 +44,7 @@ type config struct {
 func fullConfig() *config {
 	return &config{
 		nftPerKind: 200, legacyPerKind: 15, staticN: 5, pollN: 5, staticWindow: 30 * time.Second,
-		expDrifts: 50, expDriftsBaseline: 10, expWindow: 6 * time.Second,
+		expDrifts: 50, expDriftsBaseline: 10, expDriftsLegacy: 50, expWindow: 6 * time.Second,
 		restarts: 5, idle: 10 * time.Minute, idleLegacy: 3 * time.Minute, churn: 2 * time.Minute,
 		scale: 500, scaleDrift: 20, resync: 5 * time.Second,
 	}
@@ -53,7 +54,7 @@ func quickConfig() *config {
 	return &config{
 		quick:      true,
 		nftPerKind: 15, legacyPerKind: 2, staticN: 2, pollN: 1, staticWindow: 5 * time.Second,
-		expDrifts: 10, expDriftsBaseline: 3, expWindow: 6 * time.Second,
+		expDrifts: 10, expDriftsBaseline: 3, expDriftsLegacy: 4, expWindow: 6 * time.Second,
 		restarts: 1, idle: 20 * time.Second, idleLegacy: 20 * time.Second, churn: 10 * time.Second,
 		scale: 30, scaleDrift: 5, resync: 5 * time.Second, parallel: true,
 	}

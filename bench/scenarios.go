@@ -182,8 +182,11 @@ func (c *contender) stopProber(name string) (probeLog, error) {
 
 func scenarioExposure(ctx context.Context, c *contender, cfg *config, res *results) error {
 	drifts := cfg.expDrifts
-	if c.kind != kindImdsguard {
+	switch {
+	case c.kind != kindImdsguard:
 		drifts = cfg.expDriftsBaseline
+	case c.backend == sandbox.BackendLegacy:
+		drifts = cfg.expDriftsLegacy
 	}
 	_, _, _, settleMin, jitter := c.repairPlan(cfg)
 	if c.kind == kindPoll {
