@@ -474,7 +474,13 @@ func (a *Agent) watchFirewall(ctx context.Context) {
 		mode := a.backend.Mode
 		a.mu.Unlock()
 		if mode != "nft" {
-			if !sleep(ctx, a.cfg.ResyncInterval) {
+			// Until the first sync has detected the backend, look again
+			// soon: waiting a whole resync would leave nft drift unwatched.
+			wait := a.cfg.ResyncInterval
+			if mode == "" {
+				wait = 20 * time.Millisecond
+			}
+			if !sleep(ctx, wait) {
 				return
 			}
 			continue
