@@ -97,6 +97,19 @@ func (fx *fixture) build(t *testing.T) *Agent {
 	return fx.agent
 }
 
+// watcher returns the nf_tables watcher's callback once the agent has
+// subscribed.
+func (fx *fixture) watcher(t *testing.T) func() {
+	t.Helper()
+	select {
+	case changed := <-fx.nft:
+		return changed
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent never subscribed to nf_tables notifications")
+		return nil
+	}
+}
+
 // start runs the daemon until the test ends.
 func (fx *fixture) start(t *testing.T) {
 	t.Helper()
@@ -136,7 +149,7 @@ func TestLoopEnforcesAndRepairsDrift(t *testing.T) {
 	if st := fx.agent.Status(); st.Repairs != 0 {
 		t.Fatalf("initial setup counted as %d repairs", st.Repairs)
 	}
-	changed := <-fx.nft
+	changed := fx.watcher(t)
 
 	// Drift: someone flushes DOCKER-USER; the nf_tables watcher says so.
 	fx.fakes[firewall.IPv4].Flush(firewall.DockerUser)
@@ -167,7 +180,7 @@ func TestNothingProtectedBeforeFirstEnforcement(t *testing.T) {
 	fx := newFixture(t)
 	fx.fakes[firewall.IPv6].FailRestore = errors.New("ip6tables-restore: no IPv6 here")
 	fx.start(t)
-	<-fx.nft
+	fx.watcher(t)
 	eventually(t, "a sync", func() bool { return fx.agent.Status().LastSync != nil })
 	st := fx.agent.Status()
 	if st.Verdict != VerdictExposed {
