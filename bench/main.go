@@ -38,7 +38,6 @@ type config struct {
 	churn             time.Duration
 	scale, scaleDrift int
 	resync            time.Duration
-	parallel          bool // legacy, static and poll side by side
 }
 
 func fullConfig() *config {
@@ -56,7 +55,7 @@ func quickConfig() *config {
 		nftPerKind: 15, legacyPerKind: 2, staticN: 2, pollN: 1, staticWindow: 5 * time.Second,
 		expDrifts: 10, expDriftsBaseline: 3, expDriftsLegacy: 4, expWindow: 6 * time.Second,
 		restarts: 1, idle: 20 * time.Second, idleLegacy: 20 * time.Second, churn: 10 * time.Second,
-		scale: 30, scaleDrift: 5, resync: 5 * time.Second, parallel: true,
+		scale: 30, scaleDrift: 5, resync: 5 * time.Second,
 	}
 }
 
@@ -151,31 +150,14 @@ func main() {
 	if want("poll") {
 		rest = append(rest, func() { runContender(ctx, kindPoll, sandbox.BackendNFT, binPath, cfg, res, logf) })
 	}
-	if cfg.parallel {
-		var wg sync.WaitGroup
-		for _, f := range rest {
-			wg.Add(1)
-			go func() { defer wg.Done(); f() }()
-		}
-		wg.Wait()
-	} else {
-		// static and poll are measured in seconds: they can share the
-		// machine with each other, not with the agent.
-		var baseline []func()
-		for i, f := range rest {
-			if want("imdsguard-legacy") && i == 0 {
-				f()
-				continue
-			}
-			baseline = append(baseline, f)
-		}
-		var wg sync.WaitGroup
-		for _, f := range baseline {
-			wg.Add(1)
-			go func() { defer wg.Done(); f() }()
-		}
-		wg.Wait()
+	// Second-scale measurements: they can share the machine with each
+	// other, not with imdsguard on nft.
+	var wg sync.WaitGroup
+	for _, f := range rest {
+		wg.Add(1)
+		go func() { defer wg.Done(); f() }()
 	}
+	wg.Wait()
 	res.took = time.Since(res.started)
 	if ctx.Err() != nil {
 		logf("interrupted; sandboxes closed, nothing written")

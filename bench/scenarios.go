@@ -452,7 +452,7 @@ func scenarioFootprint(ctx context.Context, c *contender, idle, churn time.Durat
 // and is removed when it exits, so about as many stop as start.
 func (c *contender) churn(ctx context.Context) string {
 	var started, failed atomic.Int64
-	sem := make(chan struct{}, 48)
+	sem := make(chan struct{}, 8) // more in flight only queues in dockerd and drags the phase out
 	var wg sync.WaitGroup
 	t0 := time.Now()
 	tick := time.NewTicker(50 * time.Millisecond)
