@@ -416,6 +416,9 @@ func (a *Agent) Redetect() {
 // own changes notify us too; this keeps that echo to one extra cheap pass.
 const minSyncInterval = 10 * time.Millisecond
 
+// dockerSyncInterval bounds the syncs Docker events cause to ten a second.
+const dockerSyncInterval = 100 * time.Millisecond
+
 // Run is the daemon: it serves status and metrics and keeps the block in
 // place until ctx ends. Stopping leaves every rule where it is: fail closed.
 func (a *Agent) Run(ctx context.Context) error {
@@ -445,7 +448,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.docker.Watch(ctx, a.runner.Trigger, a.setDockerErr)
+			// Container churn sends several events per container; each
+			// would be a full sync. The firewall does not depend on them,
+			// so they are throttled; nf_tables changes are not.
+			a.docker.Watch(ctx, throttle(dockerSyncInterval, a.runner.Trigger), a.setDockerErr)
 		}()
 	}
 	if a.watchNFT != nil {

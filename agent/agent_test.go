@@ -484,3 +484,20 @@ type recorder struct {
 func (r *recorder) Header() http.Header         { return r.header }
 func (r *recorder) Write(b []byte) (int, error) { return r.body.Write(b) }
 func (r *recorder) WriteHeader(c int)           { r.code = c }
+
+func TestThrottleFiresFirstAndLast(t *testing.T) {
+	var n atomic.Int32
+	fire := throttle(time.Hour, func() { n.Add(1) })
+	for range 50 {
+		fire()
+	}
+	if got := n.Load(); got != 1 {
+		t.Fatalf("a burst fired %d times at once, want 1", got)
+	}
+	var m atomic.Int32
+	fire = throttle(20*time.Millisecond, func() { m.Add(1) })
+	for range 50 {
+		fire()
+	}
+	eventually(t, "the trailing call", func() bool { return m.Load() == 2 })
+}

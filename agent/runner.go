@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"sync"
 	"time"
 )
 
@@ -95,5 +96,36 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return false
 	case <-t.C:
 		return true
+	}
+}
+
+// throttle wraps a trigger so a burst of calls fires it at once and then at
+// most once per interval, always once more after the burst: the first event
+// is acted on immediately and the last one is never lost.
+func throttle(interval time.Duration, fire func()) func() {
+	var (
+		mu      sync.Mutex
+		last    time.Time
+		pending bool
+	)
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if pending {
+			return
+		}
+		wait := interval - time.Since(last)
+		if wait <= 0 {
+			last = time.Now()
+			fire()
+			return
+		}
+		pending = true
+		time.AfterFunc(wait, func() {
+			mu.Lock()
+			pending, last = false, time.Now()
+			mu.Unlock()
+			fire()
+		})
 	}
 }

@@ -32,6 +32,9 @@ func WatchNFTables(ctx context.Context, changed func()) error {
 	stop := context.AfterFunc(ctx, s.Close)
 	defer stop()
 	defer s.Close()
+	// Anything that changed before the subscription took effect (at start,
+	// or while re-subscribing after an error) sent no notification to us.
+	changed()
 	for {
 		msgs, _, err := s.Receive()
 		if ctx.Err() != nil {
