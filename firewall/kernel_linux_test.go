@@ -4,10 +4,14 @@ package firewall
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -126,4 +130,123 @@ func kernelRoundTrip(t *testing.T, mode string, action Action) {
 	if !strings.Contains(string(out), ":"+DockerUser) {
 		t.Fatalf("remove deleted DOCKER-USER:\n%s", out)
 	}
+}
+
+// TestKernelSpec checks that exemptions and host-network cgroup rules read
+// back exactly as rendered on both flavours, and that the cgroup match
+// drops IMDS traffic from a process in the cgroup and nothing else.
+func TestKernelSpec(t *testing.T) {
+	root := cgroup2Mount(t)
+	cg := "/imdsguard-test-" + strconv.Itoa(os.Getpid())
+	dir := filepath.Join(root, cg)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Skipf("cannot create a cgroup v2 group under %s: %v", root, err)
+	}
+	t.Cleanup(func() { _ = os.Remove(dir) })
+	for _, mode := range []string{"nft", "legacy"} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == "legacy" {
+				legacyPath(t)
+			}
+			for _, action := range []Action{ActionDrop, ActionReject} {
+				inNewNetns(t, func() { kernelSpec(t, mode, action, dir, cg) })
+			}
+		})
+	}
+}
+
+func kernelSpec(t *testing.T, mode string, action Action, dir, cg string) {
+	b, err := DetectBackend(mode)
+	if err != nil {
+		t.Fatalf("detect: %v", err)
+	}
+	spec := Spec{Action: action,
+		Exempt: map[Family][]netip.Addr{
+			IPv4: {netip.MustParseAddr("172.17.0.3"), netip.MustParseAddr("172.17.0.10")},
+			IPv6: {netip.MustParseAddr("fd00:ec2:d0c::2"), netip.MustParseAddr("fd00:ec2:d0c:0:0:0:0:10")},
+		},
+		Host: &HostSpec{Cgroups: []string{cg}},
+	}
+	m, err := NewManagerFor(b, spec, IPv4, IPv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i, what := range []string{"first", "steady"} {
+		states, err := m.Ensure(ctx)
+		if err != nil {
+			t.Fatalf("%s ensure: %v", what, err)
+		}
+		for _, st := range states {
+			if !st.Enforced || (i == 1 && len(st.Problems)+len(st.Updates) != 0) {
+				t.Fatalf("%s %s: %+v", what, st.Family, st)
+			}
+		}
+	}
+
+	// Traffic: IMDS's address on lo, one connection from inside the
+	// cgroup (dropped) and one from outside (answered).
+	if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v %s", err, out)
+	}
+	if out, err := exec.Command("ip", "addr", "add", "169.254.169.254/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("address: %v %s", err, out)
+	}
+	l, err := net.Listen("tcp", "169.254.169.254:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	dial := func(inCgroup bool) error {
+		script := "exec busybox nc -w 1 169.254.169.254 80 </dev/null"
+		if inCgroup {
+			script = "echo $$ > " + filepath.Join(dir, "cgroup.procs") + " && " + script
+		}
+		out, err := exec.Command("sh", "-c", script).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
+	}
+	if err := dial(false); err != nil {
+		t.Fatalf("outside the cgroup: %v", err)
+	}
+	if err := dial(true); err == nil {
+		t.Fatal("inside the cgroup: IMDS answered")
+	}
+	if err := m.Remove(ctx); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	if err := dial(true); err != nil {
+		t.Fatalf("after remove, inside the cgroup: %v", err)
+	}
+}
+
+// cgroup2Mount finds where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup
+// on a unified host, /sys/fs/cgroup/unified on a hybrid one.
+func cgroup2Mount(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		t.Skip(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[2] == "cgroup2" {
+			return f[1]
+		}
+	}
+	t.Skip("no cgroup v2 hierarchy mounted")
+	return ""
 }

@@ -35,6 +35,10 @@ type FamilyState struct {
 	// the chain was last rebuilt.
 	Packets uint64 `json:"blocked_packets"`
 	Bytes   uint64 `json:"blocked_bytes"`
+	// Updates are changes of the desired state applied by Ensure — an
+	// exemption or a host-network cgroup came or went — as opposed to drift,
+	// which is in Problems.
+	Updates []string `json:"updates,omitempty"`
 	// Rebuilt is set when Ensure replaced the chain, which zeroes its counters.
 	Rebuilt bool  `json:"-"`
 	Err     error `json:"-"`
@@ -45,21 +49,62 @@ type Manager struct {
 	spec     Spec
 	families []Family
 	tables   map[Family]Tables
+	// verified are the chain bodies the last Ensure verified in place, per
+	// family: a live chain still equal to them differs from a new spec
+	// because the spec changed, not because someone edited it.
+	verified map[Family]bodies
 	// mu serializes our own changes: the daemon and a concurrent check share
 	// nothing else, and interleaved fixes could double-insert a jump.
 	mu sync.Mutex
 }
 
+type bodies struct{ guard, host []string }
+
 // NewManager builds a manager over one Tables per family, in the given order.
 func NewManager(spec Spec, tables map[Family]Tables, families ...Family) *Manager {
-	return &Manager{spec: spec, families: families, tables: tables}
+	return &Manager{spec: spec, families: families, tables: tables, verified: map[Family]bodies{}}
 }
 
 // Families returns the families the manager enforces.
 func (m *Manager) Families() []Family { return slices.Clone(m.families) }
 
-// Spec returns the desired chain body.
-func (m *Manager) Spec() Spec { return m.spec }
+// Spec returns the desired state.
+func (m *Manager) Spec() Spec {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.spec
+}
+
+// SetSpec replaces the desired state; the next Ensure applies it. The agent
+// calls it in every sync with the exemptions and cgroups of that moment.
+func (m *Manager) SetSpec(s Spec) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.spec = s
+}
+
+// splitUpdates takes out of ps the chain differences that only a changed
+// spec explains (the live body is still what the last Ensure verified), and
+// describes them as updates.
+func (m *Manager) splitUpdates(f Family, o observed, ps []Problem) ([]Problem, []string) {
+	last, ok := m.verified[f]
+	if !ok {
+		return ps, nil
+	}
+	var updates []string
+	keep := ps[:0:0]
+	for _, p := range ps {
+		switch {
+		case p.Reason == ReasonChainModified && slices.Equal(o.guard, last.guard):
+			updates = append(updates, fmt.Sprintf("%s: %s %q -> %q", f, Chain, o.guard, m.spec.Rules(f)))
+		case p.Reason == ReasonHostChainModified && slices.Equal(o.host, last.host):
+			updates = append(updates, fmt.Sprintf("%s: %s %q -> %q", f, HostChain, o.host, m.spec.HostRules(f)))
+		default:
+			keep = append(keep, p)
+		}
+	}
+	return keep, updates
+}
 
 // observe reads one family's filter table. One iptables-save instead of
 // three `iptables -S CHAIN` calls: a consistent snapshot at a third of the
@@ -75,6 +120,9 @@ func observe(t Tables) (observed, error) {
 
 // Check reads every family and reports what is wrong, changing nothing.
 func (m *Manager) Check(ctx context.Context) ([]FamilyState, error) {
+	m.mu.Lock()
+	spec := m.spec
+	m.mu.Unlock()
 	var errs []error
 	states := make([]FamilyState, 0, len(m.families))
 	for _, f := range m.families {
@@ -84,7 +132,7 @@ func (m *Manager) Check(ctx context.Context) ([]FamilyState, error) {
 			st.Err = fmt.Errorf("%s: %w", f, err)
 			errs = append(errs, st.Err)
 		} else {
-			st.Problems = o.problems(f, m.spec)
+			st.Problems = o.problems(f, spec)
 			st.Enforced = len(st.Problems) == 0
 			st.Packets, st.Bytes = o.packets, o.bytes
 		}
@@ -123,10 +171,11 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 	if err != nil {
 		return st, err
 	}
-	st.Problems = o.problems(f, m.spec)
-	if len(st.Problems) == 0 {
+	st.Problems, st.Updates = m.splitUpdates(f, o, o.problems(f, m.spec))
+	if len(st.Problems) == 0 && len(st.Updates) == 0 {
 		st.Enforced = true
 		st.Packets, st.Bytes = o.packets, o.bytes
+		m.verified[f] = bodies{guard: o.guard, host: o.host}
 		return st, nil
 	}
 
@@ -137,9 +186,22 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 	for _, p := range st.Problems {
 		reasons[p.Reason] = true
 	}
+	if len(st.Updates) > 0 {
+		// Both bodies are cheap to render and compare; rebuild whichever
+		// differs.
+		reasons[ReasonChainModified] = !slices.Equal(o.guard, m.spec.Rules(f))
+		reasons[ReasonHostChainModified] = m.spec.Host != nil && !slices.Equal(o.host, m.spec.HostRules(f))
+	}
 	if reasons[ReasonChainMissing] || reasons[ReasonChainModified] {
 		if err := t.Restore(m.spec.RestorePayload(f)); err != nil {
 			errs = append(errs, fmt.Errorf("rebuilding %s: %w", Chain, err))
+		} else {
+			st.Rebuilt = true
+		}
+	}
+	if reasons[ReasonHostChainMissing] || reasons[ReasonHostChainModified] {
+		if err := t.Restore(m.spec.HostRestorePayload(f)); err != nil {
+			errs = append(errs, fmt.Errorf("rebuilding %s: %w", HostChain, err))
 		} else {
 			st.Rebuilt = true
 		}
@@ -163,6 +225,13 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 			errs = append(errs, fmt.Errorf("inserting the %s jump to %s: %w", Forward, DockerUser, err))
 		}
 	}
+	if reasons[ReasonOutputJumpMissing] || reasons[ReasonOutputJumpNotFirst] || reasons[ReasonOutputJumpDuplicate] {
+		// After a failed rebuild the chain may not exist; the insert then
+		// fails and is reported, and nothing that exists is removed.
+		if err := fixFirstJump(t, o.output, Output, HostChain); err != nil {
+			errs = append(errs, err)
+		}
+	}
 
 	// Verify with a fresh read: only the kernel's word counts as enforced.
 	o, err = observe(t)
@@ -172,6 +241,9 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 	left := o.problems(f, m.spec)
 	st.Packets, st.Bytes = o.packets, o.bytes
 	st.Enforced = len(left) == 0
+	if st.Enforced {
+		m.verified[f] = bodies{guard: o.guard, host: o.host}
+	}
 	if len(left) > 0 {
 		for _, p := range left {
 			errs = append(errs, fmt.Errorf("still wrong after repair: %s", p.Detail))
@@ -211,9 +283,9 @@ func fixFirstJump(t Tables, rules []string, from, to string) error {
 	return errors.Join(errs...)
 }
 
-// Remove deletes what imdsguard owns — every DOCKER-USER jump to IMDS-GUARD
-// and the chain itself — and nothing else: DOCKER-USER and its FORWARD jump
-// belong to Docker.
+// Remove deletes what imdsguard owns — every DOCKER-USER jump to IMDS-GUARD,
+// every OUTPUT jump to IMDS-GUARD-HOST, and the two chains — and nothing
+// else: DOCKER-USER and its FORWARD jump belong to Docker.
 func (m *Manager) Remove(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -231,11 +303,24 @@ func (m *Manager) Remove(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("%s: deleting the %s jump to %s: %w", f, DockerUser, Chain, err))
 			}
 		}
-		if o.guardExists {
-			if err := t.ClearAndDeleteChain(Table, Chain); err != nil {
-				errs = append(errs, fmt.Errorf("%s: deleting %s: %w", f, Chain, err))
+		idx = indices(o.output, jumpRule(Output, HostChain))
+		for i := len(idx) - 1; i >= 0; i-- {
+			if err := t.DeleteById(Table, Output, idx[i]+1); err != nil {
+				errs = append(errs, fmt.Errorf("%s: deleting the %s jump to %s: %w", f, Output, HostChain, err))
 			}
 		}
+		for _, c := range []struct {
+			name   string
+			exists bool
+		}{{Chain, o.guardExists}, {HostChain, o.hostExists}} {
+			if !c.exists {
+				continue
+			}
+			if err := t.ClearAndDeleteChain(Table, c.name); err != nil {
+				errs = append(errs, fmt.Errorf("%s: deleting %s: %w", f, c.name, err))
+			}
+		}
+		delete(m.verified, f)
 	}
 	return errors.Join(errs...)
 }

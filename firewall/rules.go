@@ -9,6 +9,7 @@ package firewall
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 )
@@ -48,6 +49,10 @@ const (
 	Chain      = "IMDS-GUARD"
 	DockerUser = "DOCKER-USER"
 	Forward    = "FORWARD"
+	// HostChain blocks IMDS for chosen host-network containers. It hangs
+	// off OUTPUT, the only hook that sees traffic the host itself sends.
+	HostChain = "IMDS-GUARD-HOST"
+	Output    = "OUTPUT"
 )
 
 // IMDS addresses, exactly one host each: 169.254.170.2 (ECS task
@@ -58,9 +63,25 @@ const (
 	IMDSv6 = "fd00:ec2::254/128"
 )
 
-// Spec is the desired state of the owned chain.
+// Spec is the desired state of the owned chains. The agent computes a new
+// one from the running containers in every sync.
 type Spec struct {
 	Action Action
+	// Exempt are container addresses allowed to reach IMDS: one ACCEPT rule
+	// each, ahead of the block. Only /32 and /128: an exemption never covers
+	// an address that no exempt container holds.
+	Exempt map[Family][]netip.Addr
+	// Host, when set, makes OUTPUT rule 1 jump to HostChain, which blocks
+	// IMDS for sockets in these cgroup v2 paths. Nil leaves HostChain and
+	// its jump alone.
+	Host *HostSpec
+}
+
+// HostSpec lists the cgroup v2 paths (as in the "0::" line of
+// /proc/PID/cgroup) of host-network containers whose IMDS traffic is
+// blocked.
+type HostSpec struct {
+	Cgroups []string
 }
 
 // imdsAddr is the destination the family blocks.
@@ -72,30 +93,102 @@ func imdsAddr(f Family) string {
 }
 
 // Rules renders the IMDS-GUARD body for a family in the normalized form that
-// `iptables -S` prints, so the live chain can be compared line by line.
+// `iptables -S` prints, so the live chain can be compared line by line:
+// exemptions first, sorted, then the block.
 func (s Spec) Rules(f Family) []string {
 	dst := imdsAddr(f)
+	var out []string
+	for _, a := range ExemptAddrs(f, s.Exempt[f]) {
+		out = append(out, "-A "+Chain+" -s "+netip.PrefixFrom(a, a.BitLen()).String()+" -d "+dst+" -j ACCEPT")
+	}
+	return append(out, s.block(f, Chain, "")...)
+}
+
+// block renders the drop or reject rules of chain, with an extra match
+// ("-m cgroup --path ...") after the destination and protocol.
+func (s Spec) block(f Family, chain, match string) []string {
+	dst := imdsAddr(f)
+	if match != "" {
+		match = " " + match
+	}
 	if s.Action == ActionReject {
 		unreach := "icmp-port-unreachable"
 		if f == IPv6 {
 			unreach = "icmp6-port-unreachable"
 		}
 		return []string{
-			"-A " + Chain + " -d " + dst + " -p tcp -j REJECT --reject-with tcp-reset",
-			"-A " + Chain + " -d " + dst + " -j REJECT --reject-with " + unreach,
+			"-A " + chain + " -d " + dst + " -p tcp" + match + " -j REJECT --reject-with tcp-reset",
+			"-A " + chain + " -d " + dst + match + " -j REJECT --reject-with " + unreach,
 		}
 	}
-	return []string{"-A " + Chain + " -d " + dst + " -j DROP"}
+	return []string{"-A " + chain + " -d " + dst + match + " -j DROP"}
+}
+
+// ExemptAddrs returns the addresses of family f in addrs that may carry an
+// exemption, sorted and without duplicates: never an unspecified,
+// loopback or multicast address, which would not name one container.
+func ExemptAddrs(f Family, addrs []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range addrs {
+		a = a.Unmap()
+		if !a.IsValid() || a.Is4() != (f == IPv4) || a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.Zone() != "" {
+			continue
+		}
+		out = append(out, a)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}
+
+// HostRules renders the HostChain body: the block once per cgroup path,
+// sorted. Paths that could not name one container (the root, or anything
+// iptables would have to quote differently) are left out.
+func (s Spec) HostRules(f Family) []string {
+	if s.Host == nil {
+		return nil
+	}
+	paths := slices.Clone(s.Host.Cgroups)
+	slices.Sort(paths)
+	var out []string
+	for _, p := range slices.Compact(paths) {
+		if !ValidCgroupPath(p) {
+			continue
+		}
+		out = append(out, s.block(f, HostChain, `-m cgroup --path "`+p+`"`)...)
+	}
+	return out
+}
+
+// ValidCgroupPath accepts an absolute cgroup v2 path below the root made of
+// the characters Docker, systemd and ECS use, so it renders and reads back
+// unchanged.
+func ValidCgroupPath(p string) bool {
+	if len(p) < 2 || p[0] != '/' || strings.Contains(p, "//") || strings.Contains(p, "/../") || strings.HasSuffix(p, "/..") {
+		return false
+	}
+	for _, r := range p {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-:@+=,~", r)
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // RestorePayload renders the iptables-restore --noflush input that rebuilds
 // IMDS-GUARD. Only our own chain is declared: a ":CHAIN" line flushes that
 // chain, and declaring DOCKER-USER would wipe the operator's rules.
-func (s Spec) RestorePayload(f Family) []byte {
+func (s Spec) RestorePayload(f Family) []byte { return restorePayload(Chain, s.Rules(f)) }
+
+// HostRestorePayload rebuilds HostChain. It is a separate transaction from
+// IMDS-GUARD: a cgroup that vanished fails this one, never the main block.
+func (s Spec) HostRestorePayload(f Family) []byte { return restorePayload(HostChain, s.HostRules(f)) }
+
+func restorePayload(chain string, rules []string) []byte {
 	var b strings.Builder
 	b.WriteString("*" + Table + "\n")
-	b.WriteString(":" + Chain + " - [0:0]\n")
-	for _, r := range s.Rules(f) {
+	b.WriteString(":" + chain + " - [0:0]\n")
+	for _, r := range rules {
 		b.WriteString(r + "\n")
 	}
 	b.WriteString("COMMIT\n")
@@ -135,14 +228,22 @@ func parseSave(out []byte) observed {
 			o.forward = append(o.forward, line)
 		case DockerUser:
 			o.dockerUser = append(o.dockerUser, line)
+		case Output:
+			o.output = append(o.output, line)
 		case Chain:
 			o.guard = append(o.guard, line)
+		case HostChain:
+			o.host = append(o.host, line)
+		}
+		// Exemptions accept: only the block's counters are blocked traffic.
+		if (chain == Chain || chain == HostChain) && target(line) != "ACCEPT" {
 			o.packets += pkts
 			o.bytes += bytes
 		}
 	}
 	o.dockerUserExists = slices.Contains(o.chains, DockerUser)
 	o.guardExists = slices.Contains(o.chains, Chain)
+	o.hostExists = slices.Contains(o.chains, HostChain)
 	return o
 }
 

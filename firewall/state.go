@@ -18,12 +18,20 @@ const (
 	ReasonJumpDuplicate      Reason = "jump_duplicate"
 	ReasonForwardJumpMissing Reason = "forward_jump_missing"
 	ReasonForwardJumpLate    Reason = "forward_jump_late"
+	// Host-network blocking (only with Spec.Host).
+	ReasonHostChainMissing    Reason = "host_chain_missing"
+	ReasonHostChainModified   Reason = "host_chain_modified"
+	ReasonOutputJumpMissing   Reason = "output_jump_missing"
+	ReasonOutputJumpNotFirst  Reason = "output_jump_not_first"
+	ReasonOutputJumpDuplicate Reason = "output_jump_duplicate"
 )
 
 // Reasons lists every Reason, so metrics can start each series at zero.
 var Reasons = []Reason{
 	ReasonChainMissing, ReasonChainModified, ReasonDockerUserMissing, ReasonJumpMissing,
 	ReasonJumpNotFirst, ReasonJumpDuplicate, ReasonForwardJumpMissing, ReasonForwardJumpLate,
+	ReasonHostChainMissing, ReasonHostChainModified, ReasonOutputJumpMissing, ReasonOutputJumpNotFirst,
+	ReasonOutputJumpDuplicate,
 }
 
 // Problem is one deviation found in a family's ruleset.
@@ -43,7 +51,10 @@ type observed struct {
 	dockerUser       []string // DOCKER-USER rules, in order
 	guardExists      bool
 	guard            []string // IMDS-GUARD rules, without counters
-	packets, bytes   uint64   // summed over the IMDS-GUARD rules
+	output           []string // OUTPUT rules, in order
+	hostExists       bool
+	host             []string // IMDS-GUARD-HOST rules
+	packets, bytes   uint64   // summed over the blocking rules of both chains
 }
 
 // indices returns the positions (0-based) of rule in rules.
@@ -102,6 +113,23 @@ func (o observed) problems(f Family, spec Spec) []Problem {
 	if ok, reason, detail := forwardJumpOK(o.forward); !ok {
 		add(reason, "%s", detail)
 	}
+	if spec.Host == nil {
+		return ps
+	}
+	switch want := spec.HostRules(f); {
+	case !o.hostExists:
+		add(ReasonHostChainMissing, "chain %s is missing", HostChain)
+	case !slices.Equal(o.host, want):
+		add(ReasonHostChainModified, "chain %s holds %q, want %q", HostChain, o.host, want)
+	}
+	switch idx := indices(o.output, jumpRule(Output, HostChain)); {
+	case len(idx) == 0:
+		add(ReasonOutputJumpMissing, "%s does not jump to %s", Output, HostChain)
+	case idx[0] != 0:
+		add(ReasonOutputJumpNotFirst, "the jump to %s is rule %d of %s, not rule 1", HostChain, idx[0]+1, Output)
+	case len(idx) > 1:
+		add(ReasonOutputJumpDuplicate, "%s jumps to %s %d times", Output, HostChain, len(idx))
+	}
 	return ps
 }
 
@@ -118,6 +146,12 @@ func (r Reason) Fix() string {
 		return "deleted the extra jumps"
 	case ReasonForwardJumpMissing, ReasonForwardJumpLate:
 		return "inserted the jump to " + DockerUser + " as rule 1 of " + Forward
+	case ReasonHostChainMissing, ReasonHostChainModified:
+		return "rebuilt " + HostChain + " with iptables-restore"
+	case ReasonOutputJumpMissing, ReasonOutputJumpNotFirst:
+		return "inserted the jump to " + HostChain + " as rule 1 of " + Output
+	case ReasonOutputJumpDuplicate:
+		return "deleted the extra jumps"
 	}
 	return "repaired"
 }
