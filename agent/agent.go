@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,8 @@ import (
 type Firewall interface {
 	Ensure(ctx context.Context) ([]firewall.FamilyState, error)
 	Check(ctx context.Context) ([]firewall.FamilyState, error)
+	// SetSpec sets the desired state for the next Ensure or Check.
+	SetSpec(firewall.Spec)
 }
 
 // FirewallFactory detects the iptables backend and builds a Firewall. The
@@ -71,6 +74,15 @@ type Agent struct {
 	lastCounts  map[firewall.Family][2]uint64 // last chain counters seen
 	ready       bool
 	lastSuccess time.Time
+
+	namespaces Namespaces
+	sys        System
+	// routesSeen marks awsvpc tasks (by pause ID) verified protected, so a
+	// route that goes missing later is counted as drift.
+	routesSeen map[string]bool
+	watches    map[string]nsWatch
+	runCtx     context.Context
+	wg         sync.WaitGroup
 }
 
 // Options are the agent's collaborators.
@@ -84,6 +96,11 @@ type Options struct {
 	Version string
 	// WatchNFTables subscribes to nf_tables changes; nil disables it.
 	WatchNFTables func(ctx context.Context, changed func()) error
+	// Namespaces reaches awsvpc tasks' network namespaces; nil reports
+	// their routes as unknown.
+	Namespaces Namespaces
+	// System reads cgroups for host-network blocking; nil is the machine.
+	System System
 }
 
 // New builds an agent. Nothing touches the system until Once or Run.
@@ -92,6 +109,19 @@ func New(o Options) *Agent {
 		cfg: o.Config, log: o.Log, newFW: o.Firewall, docker: o.Docker, hooks: o.Hooks,
 		version: o.Version, watchNFT: o.WatchNFTables,
 		blocked: map[firewall.Family][2]uint64{}, lastCounts: map[firewall.Family][2]uint64{},
+		namespaces: o.Namespaces, sys: o.System, routesSeen: map[string]bool{}, watches: map[string]nsWatch{},
+	}
+	if a.sys == nil {
+		a.sys = realSystem{}
+	}
+	if a.namespaces == nil {
+		ns, err := NewNamespaces()
+		if err != nil {
+			// Without the host's identity no namespace is safe to touch.
+			o.Log.WithError(err).Warn("awsvpc task namespaces will not be checked")
+		} else {
+			a.namespaces = ns
+		}
 	}
 	a.status = Status{
 		Verdict: VerdictDegraded, Reasons: []string{"starting: no sync has completed yet"},
@@ -121,8 +151,41 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	var errs, issues []string
 	var hard []error
 
+	// Containers.
+	var containers []Container
+	var dockerErr error
+	if a.docker == nil {
+		dockerErr = errors.New("no Docker client")
+	} else {
+		a.mu.Lock()
+		dockerErr = a.dockerErr
+		a.mu.Unlock()
+		if dockerErr == nil {
+			containers, dockerErr = a.docker.Containers(ctx)
+		}
+		if dockerErr != nil {
+			containers = nil // a partial list must not keep an exemption alive
+		}
+	}
+	st.Docker = DockerStatus{Reachable: dockerErr == nil}
+	if dockerErr != nil {
+		st.Docker.Error = dockerErr.Error()
+		issues = append(issues, "Docker cannot be asked, so running containers are unknown: "+dockerErr.Error())
+	}
+
+	// What the firewall must hold follows from the running containers:
+	// exemptions and host-network cgroups. Without a container list every
+	// exemption goes (fail closed) and the host chain is left as it is
+	// (dropping its rules would unblock containers that may still run).
+	exempt, exemptList, exemptAddrs := exemptions(a.cfg, containers)
+	host, hostSpec, hostBlocked := a.hostNetwork(ctx, containers, exempt)
+	if dockerErr != nil {
+		hostSpec = nil
+	}
+	st.Exemptions, st.HostNetwork = exemptList, &host
+
 	// Firewall.
-	fwStates, fwErr := a.firewall(ctx, enforce)
+	fwStates, fwErr := a.firewall(ctx, enforce, firewall.Spec{Action: a.cfg.Action, Exempt: exemptAddrs, Host: hostSpec})
 	a.mu.Lock()
 	st.Firewall = FirewallStatus{Backend: a.backend.Mode, Why: a.backend.Why, Action: string(a.cfg.Action)}
 	a.mu.Unlock()
@@ -154,25 +217,6 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 		st.Firewall.IPv6 = FamilyStatus{Enabled: false}
 	}
 
-	// Containers.
-	var containers []Container
-	var dockerErr error
-	if a.docker == nil {
-		dockerErr = errors.New("no Docker client")
-	} else {
-		a.mu.Lock()
-		dockerErr = a.dockerErr
-		a.mu.Unlock()
-		if dockerErr == nil {
-			containers, dockerErr = a.docker.Containers(ctx)
-		}
-	}
-	st.Docker = DockerStatus{Reachable: dockerErr == nil}
-	if dockerErr != nil {
-		st.Docker.Error = dockerErr.Error()
-		issues = append(issues, "Docker cannot be asked, so running containers are unknown: "+dockerErr.Error())
-	}
-
 	// ECS configuration, and what the running ECS agent applies.
 	ecs, ecsIssues, ecsErr := a.ecs(ctx, containers, enforce)
 	st.ECSConfig = ecs
@@ -185,7 +229,27 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 		awsvpcBlock = ecs.RunningAgent.AWSVPCBlockIMDS
 	}
 
-	st.Containers = classify(picture{enforced: enforced, containers: containers, dockerErr: dockerErr, awsvpcBlock: awsvpcBlock})
+	// awsvpc tasks: their own namespaces, after the firewall so a slow or
+	// failing namespace never delays the bridge block.
+	awsvpc, tasks, watch := a.awsvpc(ctx, containers, exempt, enforce)
+	st.AWSVPC = &awsvpc
+	if !fwAllEnforced(fwStates) {
+		clear(hostBlocked) // the host chain is not verified
+	}
+	for _, t := range awsvpc.Tasks {
+		if t.Exempt == "" && len(t.NetAdmin) > 0 && awsvpc.Mode != ECSModeEnforce {
+			issues = append(issues, fmt.Sprintf("awsvpc task %s: %s can delete its IMDS blackhole route and nothing would repair it (--awsvpc-mode check)", t.Pause, strings.Join(t.NetAdmin, ", ")))
+		}
+	}
+	a.mu.Lock()
+	runCtx := a.runCtx
+	a.mu.Unlock()
+	if enforce && runCtx != nil && a.namespaces != nil && dockerErr == nil {
+		a.watchNamespaces(runCtx, watch)
+	}
+
+	st.Containers = classify(picture{enforced: enforced, containers: containers, dockerErr: dockerErr, awsvpcBlock: awsvpcBlock,
+		awsvpc: tasks, hostBlocked: hostBlocked, exempt: exempt})
 	if !a.cfg.IPv6 {
 		delete(enforced, "ipv6")
 	}
@@ -221,9 +285,19 @@ func IsPartial(err error) bool {
 	return errors.As(err, &p)
 }
 
+// fwAllEnforced reports whether every family was verified in place.
+func fwAllEnforced(states []firewall.FamilyState) bool {
+	for _, st := range states {
+		if !st.Enforced {
+			return false
+		}
+	}
+	return len(states) > 0
+}
+
 // firewall gets a Firewall (detecting the backend on first use) and checks
-// or enforces it.
-func (a *Agent) firewall(ctx context.Context, enforce bool) ([]firewall.FamilyState, error) {
+// or enforces spec.
+func (a *Agent) firewall(ctx context.Context, enforce bool, spec firewall.Spec) ([]firewall.FamilyState, error) {
 	a.mu.Lock()
 	fw := a.fw
 	a.mu.Unlock()
@@ -237,6 +311,7 @@ func (a *Agent) firewall(ctx context.Context, enforce bool) ([]firewall.FamilySt
 		a.mu.Unlock()
 		a.log.WithFields(logrus.Fields{"backend": b.Mode, "why": b.Why}).Info("using iptables backend")
 	}
+	fw.SetSpec(spec)
 	if !enforce {
 		return fw.Check(ctx)
 	}
@@ -253,6 +328,9 @@ func (a *Agent) recordRepairs(states []firewall.FamilyState) {
 	ready := a.ready
 	a.mu.Unlock()
 	for _, st := range states {
+		for _, u := range st.Updates {
+			a.log.WithField("family", st.Family).Infof("applied a changed exemption or host-network set: %s", u)
+		}
 		for _, p := range st.Problems {
 			fields := logrus.Fields{"family": p.Family, "reason": p.Reason}
 			if !ready {
@@ -462,9 +540,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	a.log.WithFields(logrus.Fields{"resync": a.cfg.ResyncInterval, "action": a.cfg.Action, "ipv6": a.cfg.IPv6}).Info("imdsguard running")
+	a.mu.Lock()
+	a.runCtx = ctx
+	a.mu.Unlock()
 	a.runner.Loop(ctx)
 	cancel()
 	wg.Wait()
+	a.wg.Wait() // route watchers
 	if a.hooks.Stopping != nil {
 		a.hooks.Stopping()
 	}

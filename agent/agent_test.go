@@ -62,6 +62,11 @@ type fixture struct {
 	agent  *Agent
 	ready  atomic.Int32
 	nft    chan func() // the watcher's changed callback, once subscribed
+	// Optional collaborators for the awsvpc, host-network and exemption
+	// tests; nil keeps the defaults.
+	ns   Namespaces
+	sys  System
+	insp map[string]Details // makes the Docker an Inspector when set
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -82,8 +87,12 @@ func newFixture(t *testing.T) *fixture {
 func (fx *fixture) build(t *testing.T) *Agent {
 	tables := map[firewall.Family]firewall.Tables{firewall.IPv4: fx.fakes[firewall.IPv4], firewall.IPv6: fx.fakes[firewall.IPv6]}
 	mgr := firewall.NewManager(firewall.Spec{Action: fx.cfg.Action}, tables, fx.cfg.Families()...)
+	var docker Docker = fx.docker
+	if fx.insp != nil {
+		docker = &inspectingDocker{fakeDocker: fx.docker, det: fx.insp}
+	}
 	fx.agent = New(Options{
-		Config: fx.cfg, Log: testLog(t), Docker: fx.docker, Version: "test",
+		Config: fx.cfg, Log: testLog(t), Docker: docker, Version: "test", Namespaces: fx.ns, System: fx.sys,
 		Firewall: func() (Firewall, firewall.Backend, error) {
 			return mgr, firewall.Backend{Mode: "nft", Why: "test"}, nil
 		},

@@ -11,11 +11,14 @@ import (
 	"github.com/imdsguard/imdsguard/firewall"
 )
 
-// ECS config modes.
+// ECS config modes, also the --awsvpc-mode values.
 const (
 	ECSModeCheck   = "check"
 	ECSModeEnforce = "enforce"
 )
+
+// DefaultExemptLabel marks a container allowed to reach IMDS.
+const DefaultExemptLabel = "imdsguard.allow-imds=true"
 
 // Config is everything the agent is told by flags or IMDSGUARD_* variables.
 type Config struct {
@@ -30,6 +33,17 @@ type Config struct {
 	IPTablesBackend string
 	LogFormat       string
 	LogLevel        string
+	// AWSVPCMode is check (report each task's blackhole routes) or
+	// enforce (add missing ones and repair deletions).
+	AWSVPCMode string
+	// BlockHostNetwork blocks IMDS for host-network containers by cgroup
+	// (cgroup v2 only); the ECS agent and the host itself are never matched.
+	BlockHostNetwork bool
+	// ExemptLabel is "key=value" (or "key" for any value): containers
+	// carrying it may reach IMDS.
+	ExemptLabel string
+	// ExemptTaskFamilies are ECS task definition families that may reach IMDS.
+	ExemptTaskFamilies []string
 }
 
 // DefaultStatusSocket is where `imdsguard status` finds the daemon.
@@ -57,6 +71,17 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.IPTablesBackend, "iptables-backend", "auto", "iptables flavour: auto (follow Docker), nft or legacy")
 	fs.StringVar(&c.LogFormat, "log-format", "auto", "auto (text on a terminal, JSON otherwise), text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.AWSVPCMode, "awsvpc-mode", ECSModeCheck, "check: report each awsvpc task's IMDS blackhole routes; enforce: also add missing ones and repair deletions")
+	fs.BoolVar(&c.BlockHostNetwork, "block-host-network", false, "block IMDS for host-network containers by cgroup (cgroup v2 hosts); never the ECS agent or the host")
+	fs.StringVar(&c.ExemptLabel, "exempt-label", DefaultExemptLabel, "containers with this label (key=value, or key for any value) may reach IMDS; empty disables")
+	fs.Func("exempt-task-family", "ECS task definition family whose containers may reach IMDS (repeatable, or comma-separated)", func(s string) error {
+		for _, f := range strings.Split(s, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				c.ExemptTaskFamilies = append(c.ExemptTaskFamilies, f)
+			}
+		}
+		return nil
+	})
 }
 
 // EnvName is the environment variable that sets a flag.
@@ -92,6 +117,12 @@ func (c *Config) Validate() error {
 	var errs []error
 	if c.ECSConfigMode != ECSModeCheck && c.ECSConfigMode != ECSModeEnforce {
 		errs = append(errs, fmt.Errorf("invalid --ecs-config-mode %q: want check or enforce", c.ECSConfigMode))
+	}
+	if c.AWSVPCMode != ECSModeCheck && c.AWSVPCMode != ECSModeEnforce {
+		errs = append(errs, fmt.Errorf("invalid --awsvpc-mode %q: want check or enforce", c.AWSVPCMode))
+	}
+	if k, _, _ := strings.Cut(c.ExemptLabel, "="); c.ExemptLabel != "" && strings.TrimSpace(k) == "" {
+		errs = append(errs, fmt.Errorf("invalid --exempt-label %q: want key=value or key", c.ExemptLabel))
 	}
 	if c.ResyncInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("--resync-interval %v is too short: at least 100ms", c.ResyncInterval))

@@ -3,9 +3,12 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/moby/moby/client"
@@ -33,6 +36,24 @@ type Docker interface {
 	Watch(ctx context.Context, changed func(), connected func(error))
 }
 
+// Details are what only an inspect tells: the agent asks for them only for
+// awsvpc pause containers, their joiners and host-network containers, so a
+// host with hundreds of bridged containers costs one list per sync.
+type Details struct {
+	Pid        int
+	SandboxKey string
+	// NetAdmin: CAP_NET_ADMIN (or ALL) added, or privileged. Such a
+	// container can delete its namespace's blackhole routes.
+	NetAdmin bool
+}
+
+// Inspector is implemented by Docker clients that can inspect. It is
+// separate from Docker so that a Docker without it still enforces the bridge
+// block; the containers that need details are then reported unknown.
+type Inspector interface {
+	Inspect(ctx context.Context, id string) (Details, error)
+}
+
 // dockerTimeout bounds every call, so a hung daemon cannot hang a sync.
 const dockerTimeout = 5 * time.Second
 
@@ -41,6 +62,14 @@ const dockerTimeout = 5 * time.Second
 type mobyDocker struct {
 	cli *client.Client
 	log *logrus.Entry
+
+	// cache holds inspect results by container ID. An event for the
+	// container drops its entry (a restart changes the pid and namespace),
+	// and so does a list without it; gen stops an inspect that raced with
+	// an event from storing what it read before the event.
+	mu    sync.Mutex
+	cache map[string]Details
+	gen   uint64
 }
 
 // NewDocker connects lazily to the daemon at host.
@@ -49,7 +78,57 @@ func NewDocker(host string, log *logrus.Entry) (Docker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker client for %s: %w", host, err)
 	}
-	return &mobyDocker{cli: cli, log: log}, nil
+	return &mobyDocker{cli: cli, log: log, cache: map[string]Details{}}, nil
+}
+
+// Inspect returns a running container's details, from the cache when the
+// container has had no event since it was last inspected.
+func (d *mobyDocker) Inspect(ctx context.Context, id string) (Details, error) {
+	d.mu.Lock()
+	det, ok := d.cache[id]
+	gen := d.gen
+	d.mu.Unlock()
+	if ok {
+		return det, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+	defer cancel()
+	res, err := d.cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+	if err != nil {
+		return Details{}, fmt.Errorf("inspecting %s: %w", short(id), err)
+	}
+	c := res.Container
+	if c.State == nil || !c.State.Running {
+		return Details{}, fmt.Errorf("container %s is not running", short(id))
+	}
+	det.Pid = c.State.Pid
+	if c.NetworkSettings != nil {
+		det.SandboxKey = c.NetworkSettings.SandboxKey
+	}
+	if hc := c.HostConfig; hc != nil {
+		det.NetAdmin = hc.Privileged || slices.ContainsFunc(hc.CapAdd, func(c string) bool {
+			c = strings.ToUpper(strings.TrimPrefix(strings.ToUpper(c), "CAP_"))
+			return c == "NET_ADMIN" || c == "ALL"
+		})
+	}
+	d.mu.Lock()
+	if d.gen == gen {
+		d.cache[id] = det
+	}
+	d.mu.Unlock()
+	return det, nil
+}
+
+// forget drops cached details: of one container, or of all with "".
+func (d *mobyDocker) forget(id string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.gen++
+	if id == "" {
+		clear(d.cache)
+		return
+	}
+	delete(d.cache, id)
 }
 
 func (d *mobyDocker) Containers(ctx context.Context) ([]Container, error) {
@@ -90,6 +169,11 @@ func (d *mobyDocker) Containers(ctx context.Context) ([]Container, error) {
 		}
 		out = append(out, c)
 	}
+	d.mu.Lock()
+	maps.DeleteFunc(d.cache, func(id string, _ Details) bool {
+		return !slices.ContainsFunc(out, func(c Container) bool { return c.ID == id })
+	})
+	d.mu.Unlock()
 	return out, nil
 }
 
@@ -131,6 +215,8 @@ func (d *mobyDocker) Watch(ctx context.Context, changed func(), connected func(e
 		}
 		ectx, cancel := context.WithCancel(ctx)
 		res := d.cli.Events(ectx, client.EventsListOptions{Filters: filters})
+		// Events in the gap are lost: nothing cached may outlive it.
+		d.forget("")
 		connected(nil)
 		changed()
 		backoff = 100 * time.Millisecond
@@ -141,6 +227,9 @@ func (d *mobyDocker) Watch(ctx context.Context, changed func(), connected func(e
 				break stream
 			case m := <-res.Messages:
 				d.log.WithFields(logrus.Fields{"type": m.Type, "action": m.Action, "id": short(m.Actor.ID)}).Debug("docker event")
+				if m.Type == "container" {
+					d.forget(m.Actor.ID)
+				}
 				changed()
 			case err := <-res.Err:
 				if ctx.Err() == nil {

@@ -24,6 +24,9 @@ type metrics struct {
 	blockedPkts  *prometheus.GaugeVec
 	blockedBytes *prometheus.GaugeVec
 	containers   *prometheus.GaugeVec
+	awsvpcTasks  *prometheus.GaugeVec
+	hostNet      *prometheus.GaugeVec
+	exemptions   prometheus.Gauge
 	ecsSetting   prometheus.Gauge
 	ecsRestart   prometheus.Gauge
 	dockerUp     prometheus.Gauge
@@ -56,6 +59,15 @@ func newMetrics(version string, families []firewall.Family) *metrics {
 		containers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "imdsguard_containers", Help: "Running containers by network mode and whether IMDS is blocked for them.",
 		}, []string{"network_mode", "protected"}),
+		awsvpcTasks: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "imdsguard_awsvpc_tasks", Help: "awsvpc tasks by whether their namespace has the IMDS blackhole routes.",
+		}, []string{"protected"}),
+		hostNet: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "imdsguard_host_network_containers", Help: "Host-network containers by whether IMDS is blocked for them (the ECS agent counts as not blocked).",
+		}, []string{"blocked"}),
+		exemptions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "imdsguard_exemptions", Help: "Containers exempted from the IMDS block and in force.",
+		}),
 		ecsSetting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "imdsguard_ecs_awsvpc_block_imds", Help: "1 when ECS_AWSVPC_BLOCK_IMDS is effectively true in the ECS config files.",
 		}),
@@ -82,6 +94,7 @@ func newMetrics(version string, families []firewall.Family) *metrics {
 	})
 	info.Set(1)
 	m.reg.MustRegister(m.verdict, m.rulePresent, m.repairs, m.blockedPkts, m.blockedBytes, m.containers,
+		m.awsvpcTasks, m.hostNet, m.exemptions,
 		m.ecsSetting, m.ecsRestart, m.dockerUp, m.lastSuccess, m.syncDuration, m.syncFailures, info)
 	// Every series exists from the start, so rate() and alerts see zeros
 	// rather than gaps.
@@ -89,12 +102,17 @@ func newMetrics(version string, families []firewall.Family) *metrics {
 		for _, r := range firewall.Reasons {
 			m.repairs.WithLabelValues(string(f), string(r))
 		}
+		m.repairs.WithLabelValues(string(f), ReasonAWSVPCRoute)
 		m.rulePresent.WithLabelValues(string(f))
 		m.blockedPkts.WithLabelValues(string(f))
 		m.blockedBytes.WithLabelValues(string(f))
 	}
 	for _, v := range []string{VerdictProtected, VerdictDegraded, VerdictExposed} {
 		m.verdict.WithLabelValues(v)
+	}
+	for _, b := range []string{"true", "false"} {
+		m.awsvpcTasks.WithLabelValues(b)
+		m.hostNet.WithLabelValues(b)
 	}
 	return m
 }
@@ -116,6 +134,31 @@ func (m *metrics) observe(st *Status, err error) {
 	for _, c := range st.Containers {
 		m.containers.WithLabelValues(c.NetworkMode, fmt.Sprint(c.Protected)).Inc()
 	}
+	counts := map[string]float64{"true": 0, "false": 0}
+	if st.AWSVPC != nil {
+		for _, t := range st.AWSVPC.Tasks {
+			counts[fmt.Sprint(t.Protected)]++
+		}
+	}
+	for k, v := range counts {
+		m.awsvpcTasks.WithLabelValues(k).Set(v)
+	}
+	counts = map[string]float64{"true": 0, "false": 0}
+	if st.HostNetwork != nil {
+		for _, c := range st.HostNetwork.Containers {
+			counts[fmt.Sprint(c.Blocked)]++
+		}
+	}
+	for k, v := range counts {
+		m.hostNet.WithLabelValues(k).Set(v)
+	}
+	applied := 0
+	for _, e := range st.Exemptions {
+		if e.Applied {
+			applied++
+		}
+	}
+	m.exemptions.Set(float64(applied))
 	m.ecsSetting.Set(b2f(st.ECSConfig.AWSVPCBlockIMDS))
 	m.ecsRestart.Set(b2f(st.ECSConfig.RestartNeeded))
 	m.dockerUp.Set(b2f(st.Docker.Reachable))

@@ -17,6 +17,7 @@ const (
 const (
 	LabelTaskARN       = "com.amazonaws.ecs.task-arn"
 	LabelContainerName = "com.amazonaws.ecs.container-name"
+	LabelTaskFamily    = "com.amazonaws.ecs.task-definition-family"
 	// PauseContainerName is the ECS container name of an awsvpc task's
 	// network-namespace holder.
 	PauseContainerName = "~internal~ecs~pause"
@@ -58,7 +59,14 @@ type picture struct {
 	dockerErr  error
 	// awsvpcBlock is what the running ECS agent applies to new awsvpc
 	// tasks (or, with no agent running, what it will apply when it starts).
+	// It decides only for tasks whose namespace was not checked.
 	awsvpcBlock bool
+	// awsvpc holds each checked task by pause container ID.
+	awsvpc map[string]AWSVPCTask
+	// hostBlocked says why a host-network container is blocked, by ID.
+	hostBlocked map[string]string
+	// exempt says why a container may reach IMDS, by ID.
+	exempt map[string]string
 }
 
 // modeClass folds Docker's network mode strings into the classes that
@@ -81,15 +89,57 @@ func modeClass(c Container) (class, target string) {
 	return ModeUserNet, ""
 }
 
+// index finds containers by ID, ID prefix or name, as Docker resolves
+// container:<target>.
+type index struct {
+	byID, byName map[string]Container
+}
+
+func newIndex(cs []Container) index {
+	ix := index{byID: make(map[string]Container, len(cs)), byName: make(map[string]Container, len(cs))}
+	for _, c := range cs {
+		ix.byID[c.ID] = c
+		ix.byName[c.Name] = c
+	}
+	return ix
+}
+
+func (ix index) find(target string) (Container, bool) {
+	if c, ok := ix.byID[target]; ok {
+		return c, true
+	}
+	if c, ok := ix.byName[target]; ok {
+		return c, true
+	}
+	for id, c := range ix.byID {
+		if strings.HasPrefix(id, target) {
+			return c, true
+		}
+	}
+	return Container{}, false
+}
+
+// owner follows container:<target> chains to the container that owns the
+// network namespace.
+func (ix index) owner(c Container) (Container, bool) {
+	for range 8 {
+		class, target := modeClass(c)
+		if class != ModeContainer {
+			return c, true
+		}
+		next, ok := ix.find(target)
+		if !ok {
+			return Container{}, false
+		}
+		c = next
+	}
+	return Container{}, false
+}
+
 // classify decides, for every container, whether it can reach IMDS. It is
 // pure: everything it needs is in p.
 func classify(p picture) []ContainerStatus {
-	byID := make(map[string]Container, len(p.containers))
-	byName := make(map[string]Container, len(p.containers))
-	for _, c := range p.containers {
-		byID[c.ID] = c
-		byName[c.Name] = c
-	}
+	ix := newIndex(p.containers)
 	out := make([]ContainerStatus, 0, len(p.containers))
 	for _, c := range p.containers {
 		class, _ := modeClass(c)
@@ -97,7 +147,10 @@ func classify(p picture) []ContainerStatus {
 			ID: short(c.ID), Name: c.Name, NetworkMode: class,
 			TaskARN: c.Labels[LabelTaskARN], ECSContainer: c.Labels[LabelContainerName],
 		}
-		st.Protected, st.Reason = protection(p, c, byID, byName, 0)
+		st.Protected, st.Reason = protection(p, c, ix, 0)
+		if o, ok := ix.owner(c); ok && !st.Protected && p.exempt[o.ID] != "" {
+			st.Expected = true
+		}
 		if class == ModeHost && c.Name == ECSAgentName {
 			st.Expected = true
 			st.Reason = "the ECS agent runs on the host network and needs IMDS"
@@ -109,35 +162,33 @@ func classify(p picture) []ContainerStatus {
 }
 
 // protection follows container:<id> chains to the namespace owner.
-func protection(p picture, c Container, byID, byName map[string]Container, depth int) (bool, string) {
+func protection(p picture, c Container, ix index, depth int) (bool, string) {
 	class, target := modeClass(c)
 	switch class {
 	case ModeHost:
+		if why, ok := p.hostBlocked[c.ID]; ok {
+			return true, why
+		}
+		if why := p.exempt[c.ID]; why != "" {
+			return false, "host network, exempt (" + why + ")"
+		}
 		return false, "host network: traffic leaves from the host itself, which DOCKER-USER never sees"
 	case ModeNone:
 		return true, "no network"
 	case ModeAWSVPC:
+		if t, ok := p.awsvpc[c.ID]; ok {
+			return t.Protected, t.Reason
+		}
 		if p.awsvpcBlock {
 			return true, "awsvpc task: ECS_AWSVPC_BLOCK_IMDS is in effect for tasks the ECS agent starts"
 		}
 		return false, "awsvpc task: ECS_AWSVPC_BLOCK_IMDS is not in effect in the running ECS agent"
 	case ModeContainer:
-		owner, ok := byID[target]
-		if !ok {
-			owner, ok = byName[target]
-		}
-		if !ok {
-			for id, o := range byID {
-				if strings.HasPrefix(id, target) {
-					owner, ok = o, true
-					break
-				}
-			}
-		}
+		owner, ok := ix.find(target)
 		if !ok || depth > 8 {
 			return false, fmt.Sprintf("shares the network of %s, which is not running", short(target))
 		}
-		prot, why := protection(p, owner, byID, byName, depth+1)
+		prot, why := protection(p, owner, ix, depth+1)
 		return prot, fmt.Sprintf("shares the network of %s: %s", owner.Name, why)
 	}
 	// Bridge and user-defined networks: forwarded traffic, DOCKER-USER.
@@ -150,6 +201,9 @@ func protection(p picture, c Container, byID, byName map[string]Container, depth
 		return false, "bridged with IPv6, and IPv6 blocking is disabled (--ipv6=false)"
 	case len(c.IPv6) > 0 && !v6:
 		return false, "bridged with IPv6, but the IPv6 block is not in place"
+	}
+	if why := p.exempt[c.ID]; why != "" {
+		return false, "bridged, exempt (" + why + "): an ACCEPT for its addresses comes before the block"
 	}
 	return true, "bridged: DOCKER-USER sends IMDS traffic to IMDS-GUARD"
 }

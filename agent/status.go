@@ -30,6 +30,12 @@ type Status struct {
 	ECSConfig  ECSStatus         `json:"ecs_config"`
 	Docker     DockerStatus      `json:"docker"`
 	Containers []ContainerStatus `json:"containers"`
+	// AWSVPC is every awsvpc task's namespace and its blackhole routes.
+	AWSVPC *AWSVPCStatus `json:"awsvpc,omitempty"`
+	// HostNetwork is every host-network container and whether it is blocked.
+	HostNetwork *HostNetworkStatus `json:"host_network,omitempty"`
+	// Exemptions are the containers allowed to reach IMDS, and why.
+	Exemptions []Exemption `json:"exemptions"`
 	// Repairs counts drift the daemon repaired since it started.
 	Repairs  uint64       `json:"repairs"`
 	LastSync *SyncSummary `json:"last_sync,omitempty"`
@@ -139,6 +145,32 @@ func (s *Status) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "ecs: %s\n", ecs)
 	if !s.Docker.Reachable {
 		fmt.Fprintf(w, "docker: unreachable: %s\n", s.Docker.Error)
+	}
+	if s.AWSVPC != nil && len(s.AWSVPC.Tasks) > 0 {
+		prot := 0
+		for _, t := range s.AWSVPC.Tasks {
+			if t.Protected {
+				prot++
+			}
+		}
+		fmt.Fprintf(w, "awsvpc: %s mode; %d of %d tasks have their blackhole routes\n", s.AWSVPC.Mode, prot, len(s.AWSVPC.Tasks))
+	}
+	if h := s.HostNetwork; h != nil && (h.Block || len(h.Containers) > 0) {
+		fmt.Fprintf(w, "host network: blocking %s\n", h.Enforcement)
+	}
+	for _, e := range s.Exemptions {
+		state := "exempt"
+		if !e.Applied {
+			state = "not exempt"
+		}
+		line := fmt.Sprintf("exemption: %s %s (%s)", e.Name, state, e.Why)
+		if len(e.Addresses) > 0 {
+			line += " for " + strings.Join(e.Addresses, ", ")
+		}
+		if e.Note != "" {
+			line += "; " + e.Note
+		}
+		fmt.Fprintln(w, line)
 	}
 	if s.LastSync != nil {
 		fmt.Fprintf(w, "last sync: %s, %.1f ms, repairs since start: %d\n",

@@ -1,0 +1,502 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/imdsguard/imdsguard/firewall"
+)
+
+// inspectingDocker adds Inspect to fakeDocker; a container without details
+// is not running.
+type inspectingDocker struct {
+	*fakeDocker
+	det map[string]Details
+}
+
+func (d *inspectingDocker) Inspect(_ context.Context, id string) (Details, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	det, ok := d.det[id]
+	if !ok {
+		return Details{}, fmt.Errorf("container %s is not running", id)
+	}
+	return det, nil
+}
+
+// fakeNS is an in-memory set of namespaces by path.
+type fakeNS struct {
+	mu      sync.Mutex
+	routes  map[string]*NSRoutes
+	host    map[string]bool
+	added   []string // "path family", in order
+	watches map[string]func()
+}
+
+func newFakeNS() *fakeNS {
+	return &fakeNS{routes: map[string]*NSRoutes{}, host: map[string]bool{}, watches: map[string]func(){}}
+}
+
+func (n *fakeNS) Routes(path string) (NSRoutes, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.host[path] {
+		return NSRoutes{}, fmt.Errorf("%s: %w", path, ErrHostNamespace)
+	}
+	r, ok := n.routes[path]
+	if !ok {
+		return NSRoutes{}, fmt.Errorf("opening network namespace %s: %w", path, fs.ErrNotExist)
+	}
+	return *r, nil
+}
+
+func (n *fakeNS) Blackhole(path string, fams []firewall.Family) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.host[path] {
+		return ErrHostNamespace
+	}
+	for _, f := range fams {
+		n.added = append(n.added, path+" "+string(f))
+		if f == firewall.IPv6 {
+			n.routes[path].V6Blackhole = true
+		} else {
+			n.routes[path].V4Blackhole = true
+		}
+	}
+	return nil
+}
+
+func (n *fakeNS) Watch(ctx context.Context, path string, changed func()) error {
+	n.mu.Lock()
+	n.watches[path] = changed
+	n.mu.Unlock()
+	<-ctx.Done()
+	n.mu.Lock()
+	delete(n.watches, path)
+	n.mu.Unlock()
+	return nil
+}
+
+// deleteRoute is `ip route del 169.254.169.254` inside the task, then the
+// kernel's notification.
+func (n *fakeNS) deleteRoute(path string) {
+	n.mu.Lock()
+	n.routes[path].V4Blackhole = false
+	cb := n.watches[path]
+	n.mu.Unlock()
+	if cb != nil {
+		cb()
+	}
+}
+
+func (n *fakeNS) watching(path string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.watches[path] != nil
+}
+
+func (n *fakeNS) addedRoutes() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.added)
+}
+
+const (
+	pauseID = "pausepausepause0"
+	appID   = "appappappappapp0"
+	taskARN = "arn:aws:ecs:us-east-1:123456789012:task/c/0123"
+)
+
+// awsvpcFixture: one awsvpc task (pause + app joined to it) whose namespace
+// has no blackhole route yet.
+func awsvpcFixture(t *testing.T, mode string, appNetAdmin bool) *fixture {
+	fx := newFixture(t)
+	fx.cfg.AWSVPCMode = mode
+	fx.docker.containers = []Container{
+		{ID: pauseID, Name: "ecs-t-1-internalecspause", NetworkMode: "none", Labels: map[string]string{
+			LabelTaskARN: taskARN, LabelContainerName: PauseContainerName, LabelTaskFamily: "t"}},
+		{ID: appID, Name: "ecs-t-1-app", NetworkMode: "container:" + pauseID, Labels: map[string]string{
+			LabelTaskARN: taskARN, LabelContainerName: "app", LabelTaskFamily: "t"}},
+	}
+	fx.insp = map[string]Details{
+		pauseID: {Pid: 4242, SandboxKey: "/var/run/docker/netns/pause"},
+		appID:   {Pid: 4243, NetAdmin: appNetAdmin},
+	}
+	ns := newFakeNS()
+	ns.routes["/var/run/docker/netns/pause"] = &NSRoutes{}
+	fx.ns = ns
+	return fx
+}
+
+func TestAWSVPCCheckReportsExposedAndNetAdmin(t *testing.T) {
+	fx := awsvpcFixture(t, ECSModeCheck, true)
+	st, err := fx.build(t).Once(context.Background(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.AWSVPC.Tasks) != 1 {
+		t.Fatalf("tasks %+v", st.AWSVPC)
+	}
+	task := st.AWSVPC.Tasks[0]
+	if task.Protected || task.TaskARN != taskARN || !slices.Equal(task.NetAdmin, []string{"ecs-t-1-app"}) || !slices.Equal(task.Containers, []string{"ecs-t-1-app"}) {
+		t.Fatalf("task %+v", task)
+	}
+	if added := fx.ns.(*fakeNS).addedRoutes(); len(added) != 0 {
+		t.Fatalf("check mode added routes: %v", added)
+	}
+	if st.Verdict != VerdictDegraded {
+		t.Fatalf("verdict %s", st.Verdict)
+	}
+	for _, c := range st.Containers {
+		if c.Protected {
+			t.Errorf("%s reported protected: %s", c.Name, c.Reason)
+		}
+	}
+	// With the route in place the task is protected, but NET_ADMIN keeps
+	// the host degraded in check mode: nothing would put the route back.
+	fx.ns.(*fakeNS).routes["/var/run/docker/netns/pause"].V4Blackhole = true
+	st, _ = fx.agent.Once(context.Background(), true)
+	if !st.AWSVPC.Tasks[0].Protected || st.Verdict != VerdictDegraded || !strings.Contains(strings.Join(st.Reasons, "\n"), "NET_ADMIN") && !strings.Contains(strings.Join(st.Reasons, "\n"), "can delete") {
+		t.Fatalf("verdict %s reasons %v task %+v", st.Verdict, st.Reasons, st.AWSVPC.Tasks[0])
+	}
+}
+
+func TestAWSVPCEnforceRetrofitsAndRepairs(t *testing.T) {
+	fx := awsvpcFixture(t, ECSModeEnforce, true)
+	ns := fx.ns.(*fakeNS)
+	path := "/var/run/docker/netns/pause"
+	fx.start(t)
+	eventually(t, "protected", func() bool { return fx.agent.Status().Verdict == VerdictProtected })
+	if got := ns.addedRoutes(); !slices.Equal(got, []string{path + " ipv4"}) {
+		t.Fatalf("added %v: a v4-only namespace gets exactly the IPv4 blackhole", got)
+	}
+	if st := fx.agent.Status(); st.Repairs != 0 {
+		t.Fatalf("a retrofit counted as %d repairs", st.Repairs)
+	}
+	eventually(t, "watching the namespace", func() bool { return ns.watching(path) })
+
+	// Someone with NET_ADMIN deletes the route: the watch triggers a sync.
+	ns.deleteRoute(path)
+	eventually(t, "repair", func() bool { return fx.agent.Status().Repairs == 1 })
+	if got := ns.addedRoutes(); len(got) != 2 {
+		t.Fatalf("added %v", got)
+	}
+	st := fx.agent.Status()
+	if !st.AWSVPC.Tasks[0].Protected || st.Verdict != VerdictProtected {
+		t.Fatalf("after repair: %s %+v", st.Verdict, st.AWSVPC.Tasks[0])
+	}
+
+	// The namespace gains IPv6: the IPv6 blackhole follows.
+	ns.mu.Lock()
+	ns.routes[path].HasIPv6 = true
+	ns.mu.Unlock()
+	fx.agent.Trigger()
+	eventually(t, "ipv6 blackhole", func() bool { return fx.agent.Status().AWSVPC.Tasks[0].IPv6Route })
+
+	// The task stops: its watch goes with it.
+	fx.docker.mu.Lock()
+	fx.docker.containers = nil
+	fx.docker.mu.Unlock()
+	fx.agent.Trigger()
+	eventually(t, "watch stopped", func() bool { return !ns.watching(path) })
+}
+
+func TestAWSVPCNeverTouchesTheHost(t *testing.T) {
+	fx := awsvpcFixture(t, ECSModeEnforce, false)
+	ns := fx.ns.(*fakeNS)
+	ns.host["/var/run/docker/netns/pause"] = true
+	st, _ := fx.build(t).Once(context.Background(), true)
+	if len(ns.addedRoutes()) != 0 {
+		t.Fatal("acted on the host namespace")
+	}
+	if task := st.AWSVPC.Tasks[0]; task.Protected || !strings.Contains(task.Error, "host's own network namespace") {
+		t.Fatalf("task %+v", task)
+	}
+	// Docker's key for host mode names the host: the pid's namespace is used.
+	if p := nsPath(Details{Pid: 7, SandboxKey: "/var/run/docker/netns/default"}); p != "/proc/7/ns/net" {
+		t.Fatalf("nsPath %q", p)
+	}
+}
+
+func TestAWSVPCExemptFamilyNotEnforced(t *testing.T) {
+	fx := awsvpcFixture(t, ECSModeEnforce, false)
+	fx.cfg.ExemptTaskFamilies = []string{"t"}
+	st, _ := fx.build(t).Once(context.Background(), true)
+	if len(fx.ns.(*fakeNS).addedRoutes()) != 0 {
+		t.Fatal("route added to an exempt task")
+	}
+	if st.Verdict != VerdictProtected || st.AWSVPC.Tasks[0].Exempt == "" {
+		t.Fatalf("verdict %s (%v), task %+v", st.Verdict, st.Reasons, st.AWSVPC.Tasks[0])
+	}
+}
+
+func TestBlackholedAndHasIPv6(t *testing.T) {
+	imds := imdsNet(firewall.IPv4)
+	other := imdsNet(firewall.IPv6)
+	if !blackholed([]routeInfo{{dst: imds, blackhole: true}}, imds) {
+		t.Error("plain blackhole")
+	}
+	if blackholed([]routeInfo{{dst: imds, blackhole: true, priority: 100}, {dst: imds, priority: 10}}, imds) {
+		t.Error("a better-metric route wins over the blackhole")
+	}
+	if blackholed([]routeInfo{{dst: other, blackhole: true}}, imds) {
+		t.Error("wrong destination")
+	}
+	if hasIPv6([]routeInfo{{dst: linkLocal6}, {dst: loopback6}, {dst: imdsNet6, blackhole: true}}, []addrInfo{{ip: netip.MustParseAddr("::1").AsSlice(), global: true}}) {
+		t.Error("link-local, loopback and our blackhole are no IPv6")
+	}
+	if !hasIPv6(nil, []addrInfo{{ip: netip.MustParseAddr("2600:1f18::5").AsSlice(), global: true}}) {
+		t.Error("a global address is IPv6")
+	}
+	if !hasIPv6([]routeInfo{{dst: nil}}, nil) {
+		t.Error("a default route is IPv6")
+	}
+}
+
+func TestExemptions(t *testing.T) {
+	a4, b4, a6 := netip.MustParseAddr("172.17.0.2"), netip.MustParseAddr("172.17.0.3"), netip.MustParseAddr("fd00:ec2:d0c::2")
+	cfg := Config{ExemptLabel: DefaultExemptLabel, ExemptTaskFamilies: []string{"xray"}}
+	label := map[string]string{"imdsguard.allow-imds": "true"}
+	cs := []Container{
+		{ID: "1", Name: "cwagent", NetworkMode: "bridge", IPv4: []netip.Addr{a4}, IPv6: []netip.Addr{a6}, Labels: label},
+		{ID: "2", Name: "app", NetworkMode: "bridge", IPv4: []netip.Addr{b4}},
+		{ID: "3", Name: "xray", NetworkMode: "appnet", IPv4: []netip.Addr{netip.MustParseAddr("172.30.0.5")}, Labels: map[string]string{LabelTaskFamily: "xray"}},
+		{ID: "4", Name: "sidecar", NetworkMode: "container:app", Labels: label},
+		{ID: "5", Name: "falselabel", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.9")}, Labels: map[string]string{"imdsguard.allow-imds": "false"}},
+		{ID: "6", Name: ECSAgentName, NetworkMode: "host", Labels: label},
+	}
+	why, list, addrs := exemptions(cfg, cs)
+	if !slices.Equal(addrs[firewall.IPv4], []netip.Addr{a4, netip.MustParseAddr("172.30.0.5")}) || !slices.Equal(addrs[firewall.IPv6], []netip.Addr{a6}) {
+		t.Fatalf("addresses %v", addrs)
+	}
+	if why["1"] == "" || why["3"] == "" || why["2"] != "" || why["4"] != "" || why["5"] != "" {
+		t.Fatalf("why %v", why)
+	}
+	names := []string{}
+	for _, e := range list {
+		names = append(names, e.Name)
+		if e.Name == "sidecar" && (e.Applied || !strings.Contains(e.Note, "app")) {
+			t.Errorf("a label on a joiner must be ignored, naming the owner: %+v", e)
+		}
+	}
+	if !slices.Equal(names, []string{"cwagent", "sidecar", "xray"}) {
+		t.Fatalf("list %v", names)
+	}
+
+	// Two running containers claim one address (a stale list during
+	// reuse): neither gets an exemption for it.
+	cs[1].IPv4 = []netip.Addr{a4}
+	_, list, addrs = exemptions(cfg, cs)
+	if slices.Contains(addrs[firewall.IPv4], a4) {
+		t.Fatalf("a shared address was exempted: %v", addrs)
+	}
+	if !strings.Contains(list[0].Note, "also claimed") {
+		t.Fatalf("note %+v", list[0])
+	}
+	// Label disabled and no families: nothing.
+	if _, list, _ := exemptions(Config{}, cs); len(list) != 0 {
+		t.Fatalf("%+v", list)
+	}
+}
+
+// TestExemptionFollowsTheContainer: the ACCEPT is there while the labeled
+// container runs and gone in the sync that no longer sees it; a container
+// that gets its address is blocked.
+func TestExemptionFollowsTheContainer(t *testing.T) {
+	fx := newFixture(t)
+	fx.cfg.ExemptLabel = DefaultExemptLabel
+	ip := netip.MustParseAddr("172.30.0.10")
+	fx.docker.containers = []Container{{ID: "aaaaaaaaaaaaaaaa", Name: "cw", NetworkMode: "appnet", IPv4: []netip.Addr{ip},
+		Labels: map[string]string{"imdsguard.allow-imds": "true"}}}
+	a := fx.build(t)
+	ctx := context.Background()
+	st, err := a.Once(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accept := "-A IMDS-GUARD -s 172.30.0.10/32 -d 169.254.169.254/32 -j ACCEPT"
+	if !strings.Contains(fx.fakes[firewall.IPv4].Dump(), accept) || st.Verdict != VerdictProtected || len(st.Exemptions) != 1 {
+		t.Fatalf("verdict %s %v\n%s", st.Verdict, st.Reasons, fx.fakes[firewall.IPv4].Dump())
+	}
+	if c := st.Containers[0]; c.Protected || !c.Expected || !strings.Contains(c.Reason, "exempt") {
+		t.Fatalf("container %+v", c)
+	}
+	a.ready = true // past the initial setup: now only drift counts as repairs
+
+	// Stopped; another container starts with the same address.
+	fx.docker.containers = []Container{{ID: "bbbbbbbbbbbbbbbb", Name: "other", NetworkMode: "appnet", IPv4: []netip.Addr{ip}}}
+	st, err = a.Once(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(fx.fakes[firewall.IPv4].Dump(), accept) || len(st.Exemptions) != 0 || !st.Containers[0].Protected {
+		t.Fatalf("exemption outlived its container:\n%s", fx.fakes[firewall.IPv4].Dump())
+	}
+	if a.repairs != 0 {
+		t.Fatalf("an exemption change counted as %d repairs", a.repairs)
+	}
+
+	// Docker unreachable: no exemption survives.
+	fx.docker.containers = []Container{{ID: "aaaaaaaaaaaaaaaa", Name: "cw", NetworkMode: "appnet", IPv4: []netip.Addr{ip},
+		Labels: map[string]string{"imdsguard.allow-imds": "true"}}}
+	if _, err := a.Once(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	fx.docker.err = errors.New("docker down")
+	if _, err := a.Once(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(fx.fakes[firewall.IPv4].Dump(), accept) {
+		t.Fatal("exemption kept while Docker cannot be asked")
+	}
+}
+
+// fakeSys is a System with a fixed cgroup layout.
+type fakeSys struct {
+	unified error
+	files   map[string]string
+}
+
+func (s fakeSys) CgroupV2Unified() error { return s.unified }
+func (s fakeSys) ReadFile(p string) ([]byte, error) {
+	if b, ok := s.files[p]; ok {
+		return []byte(b), nil
+	}
+	return nil, fs.ErrNotExist
+}
+
+func hostFixture(t *testing.T, unified error) *fixture {
+	fx := newFixture(t)
+	fx.cfg.BlockHostNetwork = true
+	fx.docker.containers = []Container{
+		{ID: "agentagentagent0", Name: ECSAgentName, NetworkMode: "host"},
+		{ID: "daemondaemondae0", Name: "ecs-mon-1-collector", NetworkMode: "host", Labels: map[string]string{LabelTaskARN: taskARN, LabelContainerName: "collector"}},
+		{ID: "rootrootrootroo0", Name: "inroot", NetworkMode: "host"},
+		{ID: "parentparentpar0", Name: "parent", NetworkMode: "host"},
+	}
+	fx.insp = map[string]Details{
+		"agentagentagent0": {Pid: 10}, "daemondaemondae0": {Pid: 20}, "rootrootrootroo0": {Pid: 30}, "parentparentpar0": {Pid: 40},
+	}
+	fx.sys = fakeSys{unified: unified, files: map[string]string{
+		"/proc/self/cgroup": "0::/system.slice/imdsguard.service\n",
+		"/proc/1/cgroup":    "0::/init.scope\n",
+		"/proc/10/cgroup":   "0::/system.slice/docker-agent.scope\n",
+		"/proc/20/cgroup":   "0::/ecstasks-0123.slice/docker-collector.scope\n",
+		"/proc/30/cgroup":   "0::/\n",
+		"/proc/40/cgroup":   "0::/system.slice\n",
+	}}
+	return fx
+}
+
+func TestHostNetworkBlockedByCgroup(t *testing.T) {
+	fx := hostFixture(t, nil)
+	st, _ := fx.build(t).Once(context.Background(), true)
+	if st.HostNetwork.Enforcement != "active" {
+		t.Fatalf("enforcement %q", st.HostNetwork.Enforcement)
+	}
+	got := map[string]bool{}
+	for _, c := range st.HostNetwork.Containers {
+		got[c.Name] = c.Blocked
+	}
+	want := map[string]bool{ECSAgentName: false, "ecs-mon-1-collector": true, "inroot": false, "parent": false}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("blocked %v, want %v", got, want)
+	}
+	dump := fx.fakes[firewall.IPv4].Dump()
+	if !strings.Contains(dump, `-A IMDS-GUARD-HOST -d 169.254.169.254/32 -m cgroup --path "/ecstasks-0123.slice/docker-collector.scope" -j DROP`) ||
+		!strings.Contains(dump, "-A OUTPUT -j IMDS-GUARD-HOST") || strings.Count(dump, "-m cgroup") != 1 {
+		t.Fatalf("ruleset:\n%s", dump)
+	}
+	// inroot (the root cgroup) and parent (an ancestor of the agent's own
+	// cgroup) stay reachable and degrade the verdict.
+	if st.Verdict != VerdictDegraded || !strings.Contains(strings.Join(st.Reasons, "\n"), "container parent can reach IMDS") {
+		t.Fatalf("verdict %s %v", st.Verdict, st.Reasons)
+	}
+
+	// The collector dies: its rule goes.
+	fx.docker.containers = fx.docker.containers[:1]
+	st, _ = fx.agent.Once(context.Background(), true)
+	if strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-m cgroup") || strings.Contains(strings.Join(st.Reasons, "\n"), "container") {
+		t.Fatalf("verdict %s %v:\n%s", st.Verdict, st.Reasons, fx.fakes[firewall.IPv4].Dump())
+	}
+}
+
+func TestHostNetworkUnavailableWithoutUnifiedCgroup(t *testing.T) {
+	fx := hostFixture(t, errors.New("cgroup v2 is not the unified hierarchy"))
+	st, _ := fx.build(t).Once(context.Background(), true)
+	if !strings.HasPrefix(st.HostNetwork.Enforcement, "unavailable: cgroup v2 is not the unified hierarchy") {
+		t.Fatalf("enforcement %q", st.HostNetwork.Enforcement)
+	}
+	if strings.Contains(fx.fakes[firewall.IPv4].Dump(), firewall.HostChain) {
+		t.Fatal("host chain created without cgroup v2")
+	}
+	for _, c := range st.HostNetwork.Containers {
+		if c.Blocked {
+			t.Fatalf("%+v", c)
+		}
+	}
+}
+
+func TestCgroupPathParsing(t *testing.T) {
+	for in, want := range map[string]string{
+		"12:memory:/docker/abc\n0::/system.slice/docker-abc.scope\n": "/system.slice/docker-abc.scope",
+		"0::/\n":                  "/",
+		"1:name=systemd:/x\n":     "",
+		"0::/a/b\n1:cpu:/ignored": "/a/b",
+	} {
+		got, _ := cgroupV2Path([]byte(in))
+		if got != want {
+			t.Errorf("%q: got %q, want %q", in, got, want)
+		}
+	}
+	forbidden := []string{"/system.slice/imdsguard.service", "/init.scope"}
+	for path, ok := range map[string]bool{
+		"/system.slice/docker-x.scope":     true,
+		"/":                                false,
+		"/system.slice":                    false, // contains the agent
+		"/system.slice/imdsguard.service":  false,
+		"/init.scope/child":                true, // below PID 1's group, not containing it
+		"/system.slice/imdsguard.services": true,
+		"relative":                         false,
+	} {
+		if err := checkCgroup(path, forbidden); (err == nil) != ok {
+			t.Errorf("%s: %v, want ok=%v", path, err, ok)
+		}
+	}
+}
+
+func TestNewFlags(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	var c Config
+	c.Bind(fs)
+	if err := fs.Parse([]string{"--awsvpc-mode=enforce", "--block-host-network", "--exempt-task-family=a,b", "--exempt-task-family", "c"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Finish(fs, func(k string) string {
+		return map[string]string{"IMDSGUARD_EXEMPT_LABEL": "team/imds"}[k]
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if c.AWSVPCMode != ECSModeEnforce || !c.BlockHostNetwork || !slices.Equal(c.ExemptTaskFamilies, []string{"a", "b", "c"}) || c.ExemptLabel != "team/imds" {
+		t.Fatalf("%+v", c)
+	}
+	fs = flag.NewFlagSet("t", flag.ContinueOnError)
+	c = Config{}
+	c.Bind(fs)
+	_ = fs.Parse([]string{"--awsvpc-mode=on"})
+	if err := c.Finish(fs, func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), "awsvpc-mode") {
+		t.Fatalf("bad mode: %v", err)
+	}
+	if c.ExemptLabel != DefaultExemptLabel {
+		t.Fatalf("default label %q", c.ExemptLabel)
+	}
+}
