@@ -294,7 +294,11 @@ func (a *Agent) checkTask(ctx context.Context, t *awsvpcTask, task *AWSVPCTask, 
 		if enforce {
 			fix = "imdsguard puts them back at once"
 		}
-		task.Reason += fmt.Sprintf("; %s hold NET_ADMIN and can delete the routes, %s", strings.Join(task.NetAdmin, ", "), fix)
+		verb := "holds"
+		if len(task.NetAdmin) > 1 {
+			verb = "hold"
+		}
+		task.Reason += fmt.Sprintf("; %s %s NET_ADMIN and can delete the routes: %s", strings.Join(task.NetAdmin, ", "), verb, fix)
 	}
 }
 

@@ -1,0 +1,290 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/agent"
+	"github.com/imdsguard/imdsguard/e2e/sandbox"
+)
+
+// nsRun runs a command in the network namespace at path.
+func nsRun(t *testing.T, path string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + path, "--"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("in %s: %s: %v: %s", path, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// ecsLabels are the labels the ECS agent puts on a task's containers.
+func ecsLabels(taskARN, family, container string) []string {
+	return []string{
+		"--label", agent.LabelTaskARN + "=" + taskARN,
+		"--label", agent.LabelTaskFamily + "=" + family,
+		"--label", agent.LabelContainerName + "=" + container,
+	}
+}
+
+// simTask is a simulated awsvpc task: a pause container with --network none
+// and the ECS labels, given an "ENI" the way the ECS CNI plugins do — a
+// veth whose other end is in the IMDS namespace, addressed, with the
+// task's default route through it.
+type simTask struct {
+	pause, netnsPath string
+}
+
+func newSimTask(t *testing.T, s *sandbox.Sandbox, name string, n int, ipv6 bool) simTask {
+	t.Helper()
+	arn := "arn:aws:ecs:us-east-1:123456789012:task/e2e/" + name
+	args := append([]string{"--network", "none"}, ecsLabels(arn, name, agent.PauseContainerName)...)
+	pause := name + "-pause"
+	if _, err := s.RunContainer(pause, args...); err != nil {
+		t.Fatal(err)
+	}
+	pid, err := s.Docker("inspect", "-f", "{{.State.Pid}}", pause)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task := simTask{pause: pause, netnsPath: "/proc/" + strings.TrimSpace(pid) + "/ns/net"}
+	// TEST-NET-1 /30s and a ULA /64 per task: nothing else uses them, and
+	// the addresses exist only in the two sandbox namespaces.
+	imdsSide, taskSide := fmt.Sprintf("192.0.2.%d", 4*n+1), fmt.Sprintf("192.0.2.%d", 4*n+2)
+	veth := fmt.Sprintf("eni%d", n)
+	nsRun(t, s.IMDSNetNSPath, "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth1", "netns", strings.TrimSpace(pid))
+	nsRun(t, s.IMDSNetNSPath, "ip", "addr", "add", imdsSide+"/30", "dev", veth)
+	nsRun(t, s.IMDSNetNSPath, "ip", "link", "set", veth, "up")
+	nsRun(t, task.netnsPath, "ip", "addr", "add", taskSide+"/30", "dev", "eth1")
+	nsRun(t, task.netnsPath, "ip", "link", "set", "eth1", "up")
+	nsRun(t, task.netnsPath, "ip", "route", "add", "default", "via", imdsSide, "dev", "eth1")
+	if ipv6 {
+		nsRun(t, task.netnsPath, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.eth1.disable_ipv6=0")
+		nsRun(t, s.IMDSNetNSPath, "ip", "addr", "add", fmt.Sprintf("fd00:ec2:5:%d::1/64", n), "dev", veth, "nodad")
+		nsRun(t, task.netnsPath, "ip", "addr", "add", fmt.Sprintf("fd00:ec2:5:%d::2/64", n), "dev", "eth1", "nodad")
+		nsRun(t, task.netnsPath, "ip", "-6", "route", "add", "default", "via", fmt.Sprintf("fd00:ec2:5:%d::1", n), "dev", "eth1")
+	}
+	return task
+}
+
+// blackholes reads the task namespace's IMDS blackhole routes, from outside
+// the agent.
+func (tk simTask) blackholes(t *testing.T) (v4, v6 bool) {
+	t.Helper()
+	err := withHandle(tk.netnsPath, func(h *netlink.Handle) error {
+		for fam, dst := range map[int]string{netlink.FAMILY_V4: "169.254.169.254/32", netlink.FAMILY_V6: "fd00:ec2::254/128"} {
+			rs, err := h.RouteList(nil, fam)
+			if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+				return err
+			}
+			for _, r := range rs {
+				if r.Type == unix.RTN_BLACKHOLE && r.Dst != nil && r.Dst.String() == dst {
+					if fam == netlink.FAMILY_V4 {
+						v4 = true
+					} else {
+						v6 = true
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v4, v6
+}
+
+func withHandle(path string, fn func(*netlink.Handle) error) error {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return fn(h)
+}
+
+func (e *env) task(t *testing.T, pause string) agent.AWSVPCTask {
+	t.Helper()
+	st := e.status(t)
+	if st.AWSVPC != nil {
+		for _, tk := range st.AWSVPC.Tasks {
+			if tk.Pause == pause {
+				return tk
+			}
+		}
+	}
+	t.Fatalf("task %s not in status: %+v", pause, st.AWSVPC)
+	return agent.AWSVPCTask{}
+}
+
+// assertNeighbours checks the link-local neighbours of IMDS still answer.
+func (e *env) assertNeighbours(t *testing.T, container string, v6 bool) {
+	t.Helper()
+	for _, n := range sandbox.Neighbours {
+		if strings.Contains(n.Addr, ":") && !v6 {
+			continue
+		}
+		if err := e.s.Probe(container, n.Addr, n.Port, 3*time.Second); err != nil {
+			t.Errorf("%s: neighbour %s (%s) must stay reachable: %v", container, n.Name, n.Addr, err)
+		}
+	}
+}
+
+func TestAWSVPC(t *testing.T) {
+	e := newEnv(t, sandbox.Options{})
+	s := e.s
+	dual := newSimTask(t, s, "web", 1, true)
+	app := "web-app"
+	args := append([]string{"--network", "container:" + dual.pause, "--cap-add", "NET_ADMIN"}, ecsLabels("arn:aws:ecs:us-east-1:123456789012:task/e2e/web", "web", "app")...)
+	if _, err := s.RunContainer(app, args...); err != nil {
+		t.Fatal(err)
+	}
+	v4only := newSimTask(t, s, "batch", 2, false)
+
+	// Before: the task reads IMDS over both families, as a task started
+	// before ECS_AWSVPC_BLOCK_IMDS would.
+	if body, err := s.ReadIMDS(app); err != nil || body != sandbox.InstanceID {
+		t.Fatalf("before the agent the task must read IMDS: %q %v", body, err)
+	}
+	if body, err := s.ReadIMDSv6(app); err != nil || body != sandbox.InstanceID {
+		t.Fatalf("before the agent the task must read IMDS over IPv6: %q %v", body, err)
+	}
+
+	// Check mode: reported exposed, NET_ADMIN named, nothing changed.
+	e.startAgent(t, "--awsvpc-mode", "check")
+	waitFor(t, "tasks reported", 30*time.Second, func() bool {
+		st, err := agent.QueryStatus(context.Background(), e.socket)
+		return err == nil && st.AWSVPC != nil && len(st.AWSVPC.Tasks) == 2
+	})
+	tk := e.task(t, dual.pause)
+	if tk.Protected || !slices.Contains(tk.NetAdmin, app) || !tk.IPv6 {
+		t.Fatalf("check mode, web task: %+v", tk)
+	}
+	if st := e.status(t); st.Verdict != agent.VerdictDegraded {
+		t.Fatalf("verdict %s with an exposed task", st.Verdict)
+	}
+	if v4, v6 := dual.blackholes(t); v4 || v6 {
+		t.Fatal("check mode added routes")
+	}
+	out, _ := e.cli(t, "status")
+	t.Logf("imdsguard status (check mode):\n%s", out)
+	if !strings.Contains(out, app) || !strings.Contains(out, "REACHABLE") {
+		t.Fatalf("status does not show the exposed task:\n%s", out)
+	}
+	if err := e.agent.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// Enforce mode: both tasks get their routes (the v4-only one only the
+	// IPv4 blackhole), IMDS is blocked, the neighbours answer.
+	e.startAgent(t, "--awsvpc-mode", "enforce")
+	waitFor(t, "tasks protected", 30*time.Second, func() bool {
+		st, err := agent.QueryStatus(context.Background(), e.socket)
+		if err != nil || st.AWSVPC == nil {
+			return false
+		}
+		n := 0
+		for _, tk := range st.AWSVPC.Tasks {
+			if tk.Protected {
+				n++
+			}
+		}
+		return n == 2
+	})
+	if v4, v6 := dual.blackholes(t); !v4 || !v6 {
+		t.Fatalf("web task routes: v4 %v v6 %v", v4, v6)
+	}
+	if v4, v6 := v4only.blackholes(t); !v4 || v6 {
+		t.Fatalf("v4-only task routes: v4 %v v6 %v (no IPv6 blackhole where there is no IPv6)", v4, v6)
+	}
+	for _, c := range []string{app, v4only.pause} {
+		if body, err := s.ReadIMDS(c); err == nil {
+			t.Fatalf("%s still reads IMDS: %q", c, body)
+		}
+	}
+	if body, err := s.ReadIMDSv6(app); err == nil {
+		t.Fatalf("%s still reads IMDS over IPv6: %q", app, body)
+	}
+	e.assertNeighbours(t, app, true)
+	e.assertNeighbours(t, v4only.pause, false)
+
+	// The container with NET_ADMIN deletes the route from inside.
+	before := e.status(t).Repairs
+	if _, err := s.Docker("exec", app, "ip", "route", "del", "169.254.169.254/32"); err != nil {
+		t.Fatalf("deleting the route from inside the task: %v", err)
+	}
+	waitFor(t, "repair after ip route del in the task", 5*time.Second, func() bool { v4, _ := dual.blackholes(t); return v4 })
+
+	// Timed from outside: delete over netlink in the task's namespace and
+	// poll until the blackhole is back.
+	var lat []time.Duration
+	for range 25 {
+		err := withHandle(dual.netnsPath, func(h *netlink.Handle) error {
+			_, dst, _ := net.ParseCIDR("169.254.169.254/32")
+			if err := h.RouteDel(&netlink.Route{Dst: dst, Type: unix.RTN_BLACKHOLE}); err != nil {
+				return fmt.Errorf("deleting: %w", err)
+			}
+			start := time.Now()
+			for {
+				rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+				if err == nil && slices.ContainsFunc(rs, func(r netlink.Route) bool { return r.Type == unix.RTN_BLACKHOLE }) {
+					lat = append(lat, time.Since(start))
+					return nil
+				}
+				if time.Since(start) > 5*time.Second {
+					return errors.New("not repaired within 5s")
+				}
+				time.Sleep(500 * time.Microsecond)
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond) // let the agent's echo sync settle
+	}
+	slices.Sort(lat)
+	t.Logf("awsvpc route deleted in the task namespace, repaired in median %v, p90 %v, max %v (%d runs, polled every 0.5ms from outside the agent)",
+		lat[len(lat)/2].Round(10*time.Microsecond), lat[len(lat)*9/10].Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond), len(lat))
+	if lat[len(lat)/2] > 100*time.Millisecond {
+		t.Errorf("median repair %v, want within 100ms", lat[len(lat)/2])
+	}
+	waitFor(t, "repairs counted", 10*time.Second, func() bool { return e.status(t).Repairs-before >= 26 })
+	if body, err := s.ReadIMDS(app); err == nil {
+		t.Fatalf("after repairs the task reads IMDS: %q", body)
+	}
+	e.assertNeighbours(t, app, true)
+
+	st := e.status(t)
+	if st.Verdict != agent.VerdictProtected {
+		t.Fatalf("verdict %s: %v", st.Verdict, st.Reasons)
+	}
+	out, _ = e.cli(t, "status")
+	t.Logf("imdsguard status (enforce mode):\n%s", out)
+
+	// Stopping the agent leaves the routes: fail closed.
+	if err := e.agent.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if v4, v6 := dual.blackholes(t); !v4 || !v6 {
+		t.Fatal("routes gone after the agent stopped")
+	}
+}
