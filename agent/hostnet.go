@@ -75,11 +75,15 @@ func (a *Agent) hostNetwork(ctx context.Context, containers []Container, exempt 
 	blocked := map[string]string{}
 	var forbidden []string
 	insp, _ := a.docker.(Inspector)
+	var cgErr error
+	if a.cfg.BlockHostNetwork {
+		cgErr = a.sys.CgroupV2Unified()
+	}
 	switch {
 	case !a.cfg.BlockHostNetwork:
 		st.Enforcement = "off: --block-host-network is not set"
-	case a.sys.CgroupV2Unified() != nil:
-		st.Enforcement = "unavailable: " + a.sys.CgroupV2Unified().Error()
+	case cgErr != nil:
+		st.Enforcement = "unavailable: " + cgErr.Error()
 	case insp == nil:
 		st.Enforcement = "unavailable: containers cannot be inspected"
 	default:

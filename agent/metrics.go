@@ -134,24 +134,19 @@ func (m *metrics) observe(st *Status, err error) {
 	for _, c := range st.Containers {
 		m.containers.WithLabelValues(c.NetworkMode, fmt.Sprint(c.Protected)).Inc()
 	}
-	counts := map[string]float64{"true": 0, "false": 0}
+	var tasks, hosts []bool
 	if st.AWSVPC != nil {
 		for _, t := range st.AWSVPC.Tasks {
-			counts[fmt.Sprint(t.Protected)]++
+			tasks = append(tasks, t.Protected)
 		}
 	}
-	for k, v := range counts {
-		m.awsvpcTasks.WithLabelValues(k).Set(v)
-	}
-	counts = map[string]float64{"true": 0, "false": 0}
 	if st.HostNetwork != nil {
 		for _, c := range st.HostNetwork.Containers {
-			counts[fmt.Sprint(c.Blocked)]++
+			hosts = append(hosts, c.Blocked)
 		}
 	}
-	for k, v := range counts {
-		m.hostNet.WithLabelValues(k).Set(v)
-	}
+	setBoolCounts(m.awsvpcTasks, tasks)
+	setBoolCounts(m.hostNet, hosts)
 	applied := 0
 	for _, e := range st.Exemptions {
 		if e.Applied {
@@ -170,6 +165,17 @@ func (m *metrics) observe(st *Status, err error) {
 	} else {
 		m.lastSuccess.Set(float64(st.CheckedAt.UnixNano()) / 1e9)
 	}
+}
+
+// setBoolCounts sets a gauge with one "true"/"false" label to how many of
+// vs are each, zeros included.
+func setBoolCounts(g *prometheus.GaugeVec, vs []bool) {
+	var n [2]float64
+	for _, v := range vs {
+		n[int(b2f(v))]++
+	}
+	g.WithLabelValues("false").Set(n[0])
+	g.WithLabelValues("true").Set(n[1])
 }
 
 func b2f(b bool) float64 {

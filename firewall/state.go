@@ -90,45 +90,37 @@ func (o observed) problems(f Family, spec Spec) []Problem {
 	add := func(r Reason, format string, a ...any) {
 		ps = append(ps, Problem{Family: f, Reason: r, Detail: fmt.Sprintf(format, a...)})
 	}
-	switch {
-	case !o.guardExists:
-		add(ReasonChainMissing, "chain %s is missing", Chain)
-	case !slices.Equal(o.guard, spec.Rules(f)):
-		add(ReasonChainModified, "chain %s holds %q, want %q", Chain, o.guard, spec.Rules(f))
-	}
-	if !o.dockerUserExists {
-		add(ReasonDockerUserMissing, "chain %s is missing", DockerUser)
-		add(ReasonJumpMissing, "%s does not jump to %s", DockerUser, Chain)
-	} else {
-		idx := indices(o.dockerUser, jumpRule(DockerUser, Chain))
+	// body compares an owned chain with what it must hold.
+	body := func(chain string, exists bool, got, want []string, missing, modified Reason) {
 		switch {
-		case len(idx) == 0:
-			add(ReasonJumpMissing, "%s does not jump to %s", DockerUser, Chain)
-		case idx[0] != 0:
-			add(ReasonJumpNotFirst, "the jump to %s is rule %d of %s, not rule 1", Chain, idx[0]+1, DockerUser)
-		case len(idx) > 1:
-			add(ReasonJumpDuplicate, "%s jumps to %s %d times", DockerUser, Chain, len(idx))
+		case !exists:
+			add(missing, "chain %s is missing", chain)
+		case !slices.Equal(got, want):
+			add(modified, "chain %s holds %q, want %q", chain, got, want)
 		}
 	}
+	// firstJump checks that rule 1 of from, and no other, jumps to to.
+	firstJump := func(rules []string, from, to string, missing, notFirst, dup Reason) {
+		switch idx := indices(rules, jumpRule(from, to)); {
+		case len(idx) == 0:
+			add(missing, "%s does not jump to %s", from, to)
+		case idx[0] != 0:
+			add(notFirst, "the jump to %s is rule %d of %s, not rule 1", to, idx[0]+1, from)
+		case len(idx) > 1:
+			add(dup, "%s jumps to %s %d times", from, to, len(idx))
+		}
+	}
+	body(Chain, o.guardExists, o.guard, spec.Rules(f), ReasonChainMissing, ReasonChainModified)
+	if !o.dockerUserExists {
+		add(ReasonDockerUserMissing, "chain %s is missing", DockerUser)
+	}
+	firstJump(o.dockerUser, DockerUser, Chain, ReasonJumpMissing, ReasonJumpNotFirst, ReasonJumpDuplicate)
 	if ok, reason, detail := forwardJumpOK(o.forward); !ok {
 		add(reason, "%s", detail)
 	}
-	if spec.Host == nil {
-		return ps
-	}
-	switch want := spec.HostRules(f); {
-	case !o.hostExists:
-		add(ReasonHostChainMissing, "chain %s is missing", HostChain)
-	case !slices.Equal(o.host, want):
-		add(ReasonHostChainModified, "chain %s holds %q, want %q", HostChain, o.host, want)
-	}
-	switch idx := indices(o.output, jumpRule(Output, HostChain)); {
-	case len(idx) == 0:
-		add(ReasonOutputJumpMissing, "%s does not jump to %s", Output, HostChain)
-	case idx[0] != 0:
-		add(ReasonOutputJumpNotFirst, "the jump to %s is rule %d of %s, not rule 1", HostChain, idx[0]+1, Output)
-	case len(idx) > 1:
-		add(ReasonOutputJumpDuplicate, "%s jumps to %s %d times", Output, HostChain, len(idx))
+	if spec.Host != nil {
+		body(HostChain, o.hostExists, o.host, spec.HostRules(f), ReasonHostChainMissing, ReasonHostChainModified)
+		firstJump(o.output, Output, HostChain, ReasonOutputJumpMissing, ReasonOutputJumpNotFirst, ReasonOutputJumpDuplicate)
 	}
 	return ps
 }
