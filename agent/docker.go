@@ -57,6 +57,9 @@ type Inspector interface {
 // dockerTimeout bounds every call, so a hung daemon cannot hang a sync.
 const dockerTimeout = 5 * time.Second
 
+// dieResync is how long after a "die" event the follow-up sync runs.
+const dieResync = 150 * time.Millisecond
+
 // mobyDocker is Docker over the moby client. The client negotiates the API
 // version down to the daemon's (1.40 and up: Docker 19.03 onwards).
 type mobyDocker struct {
@@ -231,6 +234,13 @@ func (d *mobyDocker) Watch(ctx context.Context, changed func(), connected func(e
 					d.forget(m.Actor.ID)
 				}
 				changed()
+				if m.Type == "container" && m.Action == "die" {
+					// dockerd updates the view ContainerList reads only after
+					// "die" and after releasing the address; one more sync a
+					// little later is sure to see the container gone (and
+					// its exemption withdrawn) whatever the throttle's phase.
+					time.AfterFunc(dieResync, changed)
+				}
 			case err := <-res.Err:
 				if ctx.Err() == nil {
 					d.log.WithError(err).Info("docker event stream ended; reconnecting")

@@ -18,13 +18,17 @@ import (
 //     only (ContainerList without --all), and the IMDS-GUARD body is
 //     replaced atomically, so the sync that no longer sees a container is
 //     the one that removes its ACCEPT. Nothing is remembered between syncs.
-//   - dockerd sends "die" after the container is marked stopped and before
-//     its endpoint (and address) is released; that event triggers a sync.
-//     The address can go to another container only when that container is
-//     started, which sends "start" and triggers another sync. The window is
-//     therefore "die" to the end of the next sync (the event throttle plus
-//     one sync, tens of milliseconds), during which the address is either
-//     unassigned or held by a container that is still being started.
+//   - On exit dockerd marks the container stopped, sends "die", releases
+//     the endpoint (a network "disconnect" event) and only then updates the
+//     view ContainerList reads (20.10, daemon/monitor.go). The sync "die"
+//     triggers may still list the container; a follow-up sync 150 ms
+//     after "die" (plus at most the 100 ms event throttle) does not. The
+//     address can go to another container only when that one is started,
+//     which sends "start" and triggers one more sync; until the old
+//     container leaves the list, both claim the address and neither is
+//     exempted. What is left is a race of the order of one sync between a
+//     new container's first packet and its "start" sync, and only when it
+//     is started within that follow-up delay of the old one's exit.
 //   - An address that two running containers claim (a stale list) is
 //     exempted for neither.
 //   - Docker being unreachable drops every exemption: without a list
