@@ -242,6 +242,14 @@ func (a *Agent) checkTask(ctx context.Context, t *awsvpcTask, task *AWSVPCTask, 
 		return
 	}
 	r, err := a.namespaces.Routes(path)
+	if byPid := fmt.Sprintf("/proc/%d/ns/net", det.Pid); err != nil && !errors.Is(err, ErrHostNamespace) && det.Pid > 0 && path != byPid {
+		// Docker's netns directory may not be visible here (an agent in a
+		// container without it mounted); the pid's link always is.
+		var err2 error
+		if r, err2 = a.namespaces.Routes(byPid); err2 == nil {
+			path, err = byPid, nil
+		}
+	}
 	if err != nil {
 		fail(err)
 		return

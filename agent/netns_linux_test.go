@@ -1,0 +1,123 @@
+//go:build linux
+
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imdsguard/imdsguard/firewall"
+)
+
+// tempNetns creates a named network namespace for the test and deletes it
+// afterwards.
+func tempNetns(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces")
+	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	name := "igt-" + hex.EncodeToString(b)
+	ip(t, "netns", "add", name)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	ip(t, "-n", name, "link", "set", "lo", "up")
+	return "/var/run/netns/" + name
+}
+
+func ip(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// TestKernelNamespaces runs the netlink Namespaces against real throwaway
+// namespaces: IPv6 detection, blackholes, the watch, and the refusal of the
+// agent's own namespace.
+func TestKernelNamespaces(t *testing.T) {
+	v4 := tempNetns(t)
+	dual := tempNetns(t)
+	name := func(p string) string { return strings.TrimPrefix(p, "/var/run/netns/") }
+	// A v4-only "ENI" and a dual-stack one: a veth with both ends inside.
+	for _, p := range []string{v4, dual} {
+		ip(t, "-n", name(p), "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p")
+		ip(t, "-n", name(p), "link", "set", "eth1p", "up")
+		ip(t, "-n", name(p), "link", "set", "eth1", "up")
+	}
+	ip(t, "-n", name(v4), "addr", "add", "192.0.2.2/30", "dev", "eth1")
+	ip(t, "-n", name(v4), "route", "add", "default", "via", "192.0.2.1")
+	ip(t, "-n", name(dual), "addr", "add", "192.0.2.6/30", "dev", "eth1")
+	ip(t, "-n", name(dual), "addr", "add", "fd00:ec2:6::2/64", "dev", "eth1", "nodad")
+
+	ns, err := NewNamespaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ns.Routes(v4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.HasIPv6 || r.V4Blackhole || r.V6Blackhole {
+		t.Fatalf("v4-only namespace: %+v (link-local and loopback IPv6 are not IPv6)", r)
+	}
+	if r, err = ns.Routes(dual); err != nil || !r.HasIPv6 {
+		t.Fatalf("dual-stack namespace: %+v %v", r, err)
+	}
+
+	// Blackholes, read back; the IPv6 one does not make IPv6 appear.
+	if err := ns.Blackhole(v4, []firewall.Family{firewall.IPv4}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Blackhole(dual, []firewall.Family{firewall.IPv4, firewall.IPv6}); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := ns.Routes(v4); !r.V4Blackhole || r.HasIPv6 {
+		t.Fatalf("v4-only after blackhole: %+v", r)
+	}
+	if r, _ := ns.Routes(dual); !r.V4Blackhole || !r.V6Blackhole {
+		t.Fatalf("dual after blackhole: %+v", r)
+	}
+	out, _ := exec.Command("ip", "-n", name(v4), "route").CombinedOutput()
+	if !strings.Contains(string(out), "blackhole 169.254.169.254") {
+		t.Fatalf("ip route shows:\n%s", out)
+	}
+
+	// The watch sees a deletion.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changed := make(chan struct{}, 8)
+	werr := make(chan error, 1)
+	go func() { werr <- ns.Watch(ctx, dual, func() { changed <- struct{}{} }) }()
+	time.Sleep(100 * time.Millisecond) // the subscription is made inside Watch
+	ip(t, "-n", name(dual), "route", "del", "169.254.169.254/32")
+	select {
+	case <-changed:
+	case err := <-werr:
+		t.Fatalf("watch ended: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notification for a deleted blackhole")
+	}
+	cancel()
+	if err := <-werr; err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+
+	// The agent's own namespace is refused, whatever the path says.
+	if _, err := ns.Routes("/proc/self/ns/net"); !errors.Is(err, ErrHostNamespace) {
+		t.Fatalf("Routes on the host: %v", err)
+	}
+	if err := ns.Blackhole("/proc/self/ns/net", []firewall.Family{firewall.IPv4}); !errors.Is(err, ErrHostNamespace) {
+		t.Fatalf("Blackhole on the host: %v", err)
+	}
+	if err := ns.Watch(context.Background(), "/proc/self/ns/net", func() {}); !errors.Is(err, ErrHostNamespace) {
+		t.Fatalf("Watch on the host: %v", err)
+	}
+}
