@@ -500,3 +500,51 @@ func TestNewFlags(t *testing.T) {
 		t.Fatalf("default label %q", c.ExemptLabel)
 	}
 }
+
+// BenchmarkPass500 is one enforcing pass over 500 containers — 400
+// bridged (10 exempt), 40 awsvpc tasks of a pause and an app, 20 host-network
+// — with the fake firewall, namespaces and cgroups: the agent's own cost of
+// the new features at scale, without iptables or netlink.
+func BenchmarkPass500(b *testing.B) {
+	fx := newFixture(&testing.T{})
+	fx.cfg.HostRoot = b.TempDir()
+	fx.cfg.AWSVPCMode, fx.cfg.BlockHostNetwork, fx.cfg.ExemptLabel = ECSModeEnforce, true, DefaultExemptLabel
+	ns := newFakeNS()
+	sys := fakeSys{files: map[string]string{"/proc/self/cgroup": "0::/system.slice/imdsguard.service\n", "/proc/1/cgroup": "0::/init.scope\n"}}
+	fx.insp = map[string]Details{}
+	for i := range 400 {
+		c := Container{ID: fmt.Sprintf("%064x", i), Name: fmt.Sprintf("web-%d", i), NetworkMode: "bridge",
+			IPv4: []netip.Addr{netip.AddrFrom4([4]byte{172, 17, byte(i / 250), byte(i%250 + 2)})}}
+		if i%40 == 0 {
+			c.Labels = map[string]string{"imdsguard.allow-imds": "true"}
+		}
+		fx.docker.containers = append(fx.docker.containers, c)
+	}
+	for i := range 40 {
+		pause := Container{ID: fmt.Sprintf("p%063x", i), Name: fmt.Sprintf("task-%d-pause", i), NetworkMode: "none",
+			Labels: map[string]string{LabelTaskARN: fmt.Sprint("arn:task/", i)}}
+		app := Container{ID: fmt.Sprintf("a%063x", i), Name: fmt.Sprintf("task-%d-app", i), NetworkMode: "container:" + pause.ID}
+		path := fmt.Sprintf("/var/run/docker/netns/%d", i)
+		ns.routes[path] = &NSRoutes{V4Blackhole: true}
+		fx.insp[pause.ID] = Details{Pid: 1000 + i, SandboxKey: path}
+		fx.insp[app.ID] = Details{Pid: 2000 + i}
+		fx.docker.containers = append(fx.docker.containers, pause, app)
+	}
+	for i := range 20 {
+		c := Container{ID: fmt.Sprintf("h%063x", i), Name: fmt.Sprintf("hostd-%d", i), NetworkMode: "host"}
+		fx.insp[c.ID] = Details{Pid: 3000 + i}
+		sys.files[fmt.Sprintf("/proc/%d/cgroup", 3000+i)] = fmt.Sprintf("0::/system.slice/docker-%d.scope\n", i)
+		fx.docker.containers = append(fx.docker.containers, c)
+	}
+	fx.ns, fx.sys = ns, sys
+	a := fx.build(&testing.T{})
+	ctx := context.Background()
+	if _, err := a.Once(ctx, true); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := a.Once(ctx, true); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
