@@ -143,8 +143,10 @@ func (a *Agent) Once(ctx context.Context, enforce bool) (*Status, error) {
 }
 
 // pass gathers the whole picture once and, with enforce, fixes what is
-// wrong. The firewall comes first and does not depend on Docker: Docker
-// being down never stops enforcement.
+// wrong. The container list comes first because the firewall's spec
+// (exemptions, host-network cgroups) follows from it; Docker being down
+// never stops enforcement, it only withdraws every exemption, and each
+// Docker call is bounded by dockerTimeout.
 func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	start := time.Now()
 	st := Status{CheckedAt: start, Version: a.version, Source: "daemon"}
@@ -237,6 +239,10 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 		clear(hostBlocked) // the host chain is not verified
 	}
 	for _, t := range awsvpc.Tasks {
+		if t.Error != "" {
+			// Retried with backoff; often a task that stopped mid-sync.
+			errs = append(errs, fmt.Sprintf("awsvpc task %s: %s", t.Pause, t.Error))
+		}
 		if t.Exempt == "" && len(t.NetAdmin) > 0 && awsvpc.Mode != ECSModeEnforce {
 			issues = append(issues, fmt.Sprintf("awsvpc task %s: %s can delete its IMDS blackhole route and nothing would repair it (--awsvpc-mode check)", t.Pause, strings.Join(t.NetAdmin, ", ")))
 		}
