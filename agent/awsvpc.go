@@ -287,6 +287,8 @@ func (a *Agent) checkTask(ctx context.Context, t *awsvpcTask, task *AWSVPCTask, 
 	}
 	a.mu.Unlock()
 	switch {
+	case task.Exempt != "" && task.Protected:
+		task.Reason = "awsvpc task, exempt (" + task.Exempt + "), but blackholed all the same: imdsguard never removes a route"
 	case task.Exempt != "":
 		task.Reason = "awsvpc task, exempt (" + task.Exempt + ")"
 	case !task.Protected:
