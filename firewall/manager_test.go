@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -275,18 +276,32 @@ func TestRemoveOnlyWhatWeOwn(t *testing.T) {
 	must(t, m.Remove(context.Background()))
 }
 
+// TestCountersSummed: the blocking rules' counters add up; packets an
+// exemption accepted are not blocked traffic.
 func TestCountersSummed(t *testing.T) {
-	m, fakes := newFakeManager(ActionReject)
-	f := fakes[IPv4]
-	dockerRuleset(t, f)
-	_, err := m.Ensure(context.Background())
-	must(t, err)
-	f.SetCounters(Chain, 1, 3, 180)
-	f.SetCounters(Chain, 2, 2, 120)
-	states, err := m.Check(context.Background())
-	must(t, err)
-	if states[0].Packets != 5 || states[0].Bytes != 300 {
-		t.Errorf("counters %d/%d, want 5/300", states[0].Packets, states[0].Bytes)
+	for _, tc := range []struct {
+		name        string
+		spec        Spec
+		pkts, bytes uint64
+	}{
+		{"reject: both rules", Spec{Action: ActionReject}, 5, 300},
+		{"an exemption first", Spec{Action: ActionDrop, Exempt: map[Family][]netip.Addr{IPv4: {netip.MustParseAddr("172.17.0.2")}}}, 2, 120},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, fakes := newFakeManager(tc.spec.Action)
+			f := fakes[IPv4]
+			dockerRuleset(t, f)
+			m.SetSpec(tc.spec)
+			_, err := m.Ensure(context.Background())
+			must(t, err)
+			f.SetCounters(Chain, 1, 3, 180)
+			f.SetCounters(Chain, 2, 2, 120)
+			states, err := m.Check(context.Background())
+			must(t, err)
+			if states[0].Packets != tc.pkts || states[0].Bytes != tc.bytes {
+				t.Errorf("counters %d/%d, want %d/%d", states[0].Packets, states[0].Bytes, tc.pkts, tc.bytes)
+			}
+		})
 	}
 }
 

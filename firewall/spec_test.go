@@ -111,24 +111,6 @@ func TestExemptionChangeIsAnUpdate(t *testing.T) {
 	assertProtected(t, f)
 }
 
-// TestExemptCountersNotBlocked: packets accepted by an exemption are not
-// counted as blocked.
-func TestExemptCountersNotBlocked(t *testing.T) {
-	m, fakes := newFakeManager(ActionDrop)
-	f := fakes[IPv4]
-	dockerRuleset(t, f)
-	m.SetSpec(Spec{Action: ActionDrop, Exempt: map[Family][]netip.Addr{IPv4: addrs("172.17.0.2")}})
-	_, err := m.Ensure(context.Background())
-	must(t, err)
-	f.SetCounters(Chain, 1, 100, 6000)
-	f.SetCounters(Chain, 2, 2, 120)
-	states, err := m.Check(context.Background())
-	must(t, err)
-	if states[0].Packets != 2 || states[0].Bytes != 120 {
-		t.Errorf("counters %d/%d, want 2/120", states[0].Packets, states[0].Bytes)
-	}
-}
-
 func TestHostChainLifecycle(t *testing.T) {
 	m, fakes := newFakeManager(ActionDrop)
 	f := fakes[IPv4]
