@@ -152,6 +152,8 @@ func TestLoopEnforcesAndRepairsDrift(t *testing.T) {
 	fx.docker.containers = []Container{{ID: "aaaaaaaaaaaaaaaa", Name: "web", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.2")}}}
 	fx.start(t)
 	eventually(t, "first sync", func() bool { return fx.agent.Status().Verdict == VerdictProtected })
+	// The hook runs just after the status is published.
+	eventually(t, "Ready", func() bool { return fx.ready.Load() >= 1 })
 	if fx.ready.Load() != 1 {
 		t.Fatalf("Ready called %d times", fx.ready.Load())
 	}

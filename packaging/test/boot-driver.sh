@@ -57,7 +57,7 @@ lifecycle)
 	# CAP_CHOWN(0), CAP_NET_ADMIN(12), CAP_NET_RAW(13)
 	bnd=$(awk '/^CapBnd:/ {print $2}' "/proc/$pid/status")
 	r sandbox.cap_bnd "$bnd"
-	r sandbox.cap_bnd_ok "$([ "$bnd" = 0000000000003001 ] && echo yes || echo no)"
+	r sandbox.cap_bnd_ok "$([ "$bnd" = 0000000000283001 ] && echo yes || echo no)"
 	systemctl stop imdsguard.service
 	r after_stop.state "$(prop imdsguard.service ActiveState)"
 	r after_stop.jump4 "$(jump iptables)"
