@@ -74,6 +74,8 @@ type Agent struct {
 	lastCounts  map[firewall.Family][2]uint64 // last chain counters seen
 	ready       bool
 	lastSuccess time.Time
+	// lastSpec is the firewall spec the last enforcing pass verified.
+	lastSpec *firewall.Spec
 
 	namespaces Namespaces
 	sys        System
@@ -153,6 +155,25 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	var errs, issues []string
 	var hard []error
 
+	// Drift first: the daemon re-asserts what the last container list asked
+	// for before it asks Docker anything, so a slow or hung dockerd (each
+	// call may take dockerTimeout) never delays a repair. The Ensure below,
+	// with the spec this pass computes, stays the authoritative one.
+	var early []firewall.FamilyState
+	var earlySpec firewall.Spec
+	a.mu.Lock()
+	haveSpec := a.lastSpec != nil
+	if haveSpec {
+		earlySpec = *a.lastSpec
+	}
+	a.mu.Unlock()
+	if enforce && haveSpec {
+		var err error
+		if early, err = a.firewall(ctx, true, earlySpec); err != nil {
+			early = nil // reported by the authoritative Ensure
+		}
+	}
+
 	// Containers.
 	var containers []Container
 	var dockerErr error
@@ -186,8 +207,19 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	}
 	st.Exemptions, st.HostNetwork = exemptList, &host
 
-	// Firewall.
-	fwStates, fwErr := a.firewall(ctx, enforce, firewall.Spec{Action: a.cfg.Action, Exempt: exemptAddrs, Host: hostSpec})
+	// Firewall. When the early Ensure already verified this very spec in
+	// every family, its result stands: a second read would only double the
+	// iptables-save calls of every sync.
+	spec := firewall.Spec{Action: a.cfg.Action, Exempt: exemptAddrs, Host: hostSpec}
+	fwStates, fwErr := early, error(nil)
+	if !fwAllEnforced(early) || !spec.Equal(earlySpec) {
+		fwStates, fwErr = a.firewall(ctx, enforce, spec)
+	}
+	if enforce && fwErr == nil {
+		a.mu.Lock()
+		a.lastSpec = &spec
+		a.mu.Unlock()
+	}
 	a.mu.Lock()
 	st.Firewall = FirewallStatus{Backend: a.backend.Mode, Why: a.backend.Why, Action: string(a.cfg.Action)}
 	a.mu.Unlock()

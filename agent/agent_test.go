@@ -26,9 +26,22 @@ type fakeDocker struct {
 	containers []Container
 	env        map[string][]string
 	err        error
+	// hang, when set, blocks Containers until it is closed or ctx ends: a
+	// dockerd that accepts connections and never answers.
+	hang chan struct{}
 }
 
-func (d *fakeDocker) Containers(context.Context) ([]Container, error) {
+func (d *fakeDocker) Containers(ctx context.Context) ([]Container, error) {
+	d.mu.Lock()
+	hang := d.hang
+	d.mu.Unlock()
+	if hang != nil {
+		select {
+		case <-hang:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return append([]Container(nil), d.containers...), d.err
@@ -185,6 +198,27 @@ func TestLoopEnforcesAndRepairsDrift(t *testing.T) {
 	if qs.Verdict != VerdictProtected || qs.Repairs != 1 || len(qs.Containers) != 1 || !qs.Containers[0].Protected {
 		t.Fatalf("status over the socket: %+v", qs)
 	}
+}
+
+func TestHungDockerDoesNotDelayRepair(t *testing.T) {
+	fx := newFixture(t)
+	fx.start(t)
+	eventually(t, "first sync", func() bool { return fx.agent.Status().Verdict == VerdictProtected })
+	changed := fx.watcher(t)
+
+	hang := make(chan struct{})
+	fx.docker.mu.Lock()
+	fx.docker.hang = hang
+	fx.docker.mu.Unlock()
+	defer close(hang)
+
+	fx.fakes[firewall.IPv4].Flush(firewall.Forward)
+	changed()
+	// Docker never answers while this waits: the repair cannot have waited
+	// for it.
+	eventually(t, "repair while Docker hangs", func() bool {
+		return strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-A FORWARD -j DOCKER-USER")
+	})
 }
 
 func TestNothingProtectedBeforeFirstEnforcement(t *testing.T) {
