@@ -51,17 +51,15 @@ func RealFirewall(cfg Config) FirewallFactory {
 // Agent is the daemon's state. One-shot commands use the same code through
 // Once.
 type Agent struct {
-	cfg        Config
-	log        *logrus.Entry
-	newFW      FirewallFactory
-	docker     Docker
-	hooks      Hooks
-	version    string
-	metrics    *metrics
-	runner     *runner
-	watchNFT   func(ctx context.Context, changed func()) error
-	syncCount  uint64
-	ecsWritten bool
+	cfg      Config
+	log      *logrus.Entry
+	newFW    FirewallFactory
+	docker   Docker
+	hooks    Hooks
+	version  string
+	metrics  *metrics
+	runner   *runner
+	watchNFT func(ctx context.Context, changed func()) error
 
 	mu          sync.Mutex
 	fw          Firewall
@@ -288,9 +286,6 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 
 	st.Containers = classify(picture{enforced: enforced, containers: containers, dockerErr: dockerErr, awsvpcBlock: awsvpcBlock,
 		awsvpc: tasks, hostBlocked: hostBlocked, exempt: exempt})
-	if !a.cfg.IPv6 {
-		delete(enforced, "ipv6")
-	}
 	st.Verdict, st.Reasons = verdict(enforced, st.Containers, issues)
 
 	a.mu.Lock()
@@ -469,7 +464,6 @@ func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (
 func (a *Agent) sync(ctx context.Context) error {
 	st, err := a.pass(ctx, true)
 	a.mu.Lock()
-	a.syncCount++
 	st.Repairs = a.repairs
 	ok := st.Firewall.IPv4.Enforced && (!a.cfg.IPv6 || st.Firewall.IPv6.Enforced)
 	firstReady := ok && !a.ready

@@ -252,7 +252,10 @@ func QueryStatus(ctx context.Context, socket string) (*Status, error) {
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) || strings.Contains(err.Error(), "connection refused") {
+		if errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("%s is root's only (it lists every container and task): %w", socket, err)
+		}
+		if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "connection refused") {
 			return nil, fmt.Errorf("%w (%s: %v)", ErrNoDaemon, socket, err)
 		}
 		return nil, fmt.Errorf("asking the daemon on %s: %w", socket, err)
