@@ -284,7 +284,7 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 		a.watchNamespaces(runCtx, watch)
 	}
 
-	st.Containers = classify(picture{enforced: enforced, containers: containers, dockerErr: dockerErr, awsvpcBlock: awsvpcBlock,
+	st.Containers = classify(picture{enforced: enforced, containers: containers, awsvpcBlock: awsvpcBlock,
 		awsvpc: tasks, hostBlocked: hostBlocked, exempt: exempt})
 	st.Verdict, st.Reasons = verdict(enforced, st.Containers, issues)
 

@@ -56,7 +56,6 @@ type picture struct {
 	enforced map[string]bool
 	// containers is nil when Docker could not be asked.
 	containers []Container
-	dockerErr  error
 	// awsvpcBlock is what the running ECS agent applies to new awsvpc
 	// tasks (or, with no agent running, what it will apply when it starts).
 	// It decides only for tasks whose namespace was not checked.
