@@ -167,7 +167,11 @@ func (c *contender) drift(kind string) error {
 	case "docker-user-flushed":
 		_, err = c.sb.HostRun("iptables", "-w", "-F", "DOCKER-USER")
 	case "forward-jump-removed":
-		_, err = c.sb.HostRun("iptables", "-w", "-D", "FORWARD", "-j", "DOCKER-USER")
+		// Every unconditional jump, in one transaction: Docker and the agent
+		// can each have inserted one, and deleting only the first of two
+		// leaves the block whole, which is no drift at all.
+		_, err = c.sb.HostRun("sh", "-c", `n=$(iptables-save -t filter | grep -c -x -- '-A FORWARD -j DOCKER-USER'); `+
+			`{ echo '*filter'; i=0; while [ "$i" -lt "$n" ]; do echo '-D FORWARD -j DOCKER-USER'; i=$((i+1)); done; echo COMMIT; } | iptables-restore -w --noflush`)
 	case "restore-without-rule":
 		// An old saved ruleset restored over the live one (full table, no
 		// --noflush), as a config-management run or a boot script would.
