@@ -540,13 +540,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", a.serveStatusJSON)
 	mux.HandleFunc("GET /healthz", a.serveHealthz)
-	stopStatus, err := serveStatus(ctx, a.cfg.StatusSocket, mux)
+	stopStatus, err := serveStatus(ctx, a.cfg.StatusSocket, mux, a.log)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = stopStatus() }()
 	if a.cfg.MetricsAddr != "" {
-		stopMetrics, err := a.metrics.serve(a.cfg.MetricsAddr, a.serveHealthz)
+		stopMetrics, err := a.metrics.serve(a.cfg.MetricsAddr, a.serveHealthz, a.log)
 		if err != nil {
 			return err
 		}

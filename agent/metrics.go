@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sirupsen/logrus"
 
 	"github.com/imdsguard/imdsguard/firewall"
 )
@@ -186,7 +186,7 @@ func b2f(b bool) float64 {
 }
 
 // serve exposes /metrics (and /healthz, for probes that speak HTTP) on addr.
-func (m *metrics) serve(addr string, healthz http.HandlerFunc) (func() error, error) {
+func (m *metrics) serve(addr string, healthz http.HandlerFunc, log *logrus.Entry) (func() error, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listener on %s: %w", addr, err)
@@ -197,11 +197,7 @@ func (m *metrics) serve(addr string, healthz http.HandlerFunc) (func() error, er
 	}))
 	mux.HandleFunc("GET /healthz", healthz)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			_ = err // the listener was closed under us; Run's shutdown reports nothing more useful
-		}
-	}()
+	go serveHTTP(srv, l, "metrics", log)
 	return func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/imdsguard/imdsguard/ecsconfig"
 	"github.com/imdsguard/imdsguard/firewall"
 )
@@ -204,7 +206,7 @@ func trunc(s string, n int) string {
 
 // serveStatus serves /status and /healthz on a unix socket only root can
 // open: the status names every container and task on the host.
-func serveStatus(ctx context.Context, path string, h http.Handler) (func() error, error) {
+func serveStatus(ctx context.Context, path string, h http.Handler, log *logrus.Entry) (func() error, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("status socket directory: %w", err)
 	}
@@ -224,7 +226,7 @@ func serveStatus(ctx context.Context, path string, h http.Handler) (func() error
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(l) }()
+	go serveHTTP(srv, l, "status", log)
 	return func() error {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -232,6 +234,14 @@ func serveStatus(ctx context.Context, path string, h http.Handler) (func() error
 		_ = os.Remove(path)
 		return err
 	}, nil
+}
+
+// serveHTTP serves until Shutdown; anything else that ends it is logged:
+// the daemon keeps enforcing without its status or metrics endpoint.
+func serveHTTP(srv *http.Server, l net.Listener, what string, log *logrus.Entry) {
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.WithError(err).Errorf("%s endpoint stopped", what)
+	}
 }
 
 // ErrNoDaemon means nothing answers on the status socket.
