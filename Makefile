@@ -18,7 +18,7 @@ build:
 test: tools vet test-unit test-e2e test-packaging
 
 test-e2e: tools
-	$(GO) test -count=1 -timeout 30m ./e2e/...
+	$(GO) test -count=1 -v -timeout 30m ./e2e/...
 
 # demo: a container reads IMDS, imdsguard starts, the container cannot,
 # its neighbours still answer, drift is repaired; then everything is torn down.
