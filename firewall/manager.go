@@ -274,10 +274,17 @@ func fixFirstJump(t Tables, rules []string, from, to string) error {
 	} else {
 		idx = idx[1:]
 	}
+	return deleteJumps(t, from, to, idx, shift)
+}
+
+// deleteJumps deletes the jumps at positions idx (0-based, ascending, each
+// shifted by shift) from the bottom up, so the numbers still to be deleted
+// stay valid.
+func deleteJumps(t Tables, from, to string, idx []int, shift int) error {
 	var errs []error
 	for i := len(idx) - 1; i >= 0; i-- {
 		if err := t.DeleteById(Table, from, idx[i]+1+shift); err != nil {
-			errs = append(errs, fmt.Errorf("deleting a stale %s jump to %s: %w", from, to, err))
+			errs = append(errs, fmt.Errorf("deleting the %s jump to %s: %w", from, to, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -297,16 +304,12 @@ func (m *Manager) Remove(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("%s: %w", f, err))
 			continue
 		}
-		idx := indices(o.dockerUser, jumpRule(DockerUser, Chain))
-		for i := len(idx) - 1; i >= 0; i-- {
-			if err := t.DeleteById(Table, DockerUser, idx[i]+1); err != nil {
-				errs = append(errs, fmt.Errorf("%s: deleting the %s jump to %s: %w", f, DockerUser, Chain, err))
-			}
-		}
-		idx = indices(o.output, jumpRule(Output, HostChain))
-		for i := len(idx) - 1; i >= 0; i-- {
-			if err := t.DeleteById(Table, Output, idx[i]+1); err != nil {
-				errs = append(errs, fmt.Errorf("%s: deleting the %s jump to %s: %w", f, Output, HostChain, err))
+		for _, j := range []struct {
+			rules    []string
+			from, to string
+		}{{o.dockerUser, DockerUser, Chain}, {o.output, Output, HostChain}} {
+			if err := deleteJumps(t, j.from, j.to, indices(j.rules, jumpRule(j.from, j.to)), 0); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", f, err))
 			}
 		}
 		for _, c := range []struct {
