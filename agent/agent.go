@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -152,6 +153,14 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	st := Status{CheckedAt: start, Version: a.version, Source: "daemon"}
 	var errs, issues []string
 	var hard []error
+	// Where a slow sync spends its time, for status and the benchmarks.
+	stages := map[string]float64{}
+	mark := time.Now()
+	lap := func(name string) {
+		now := time.Now()
+		stages[name] += float64(now.Sub(mark).Microseconds()) / 1000
+		mark = now
+	}
 
 	// Drift first: the daemon re-asserts what the last container list asked
 	// for before it asks Docker anything, so a slow or hung dockerd (each
@@ -170,6 +179,7 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 		if early, err = a.firewall(ctx, true, earlySpec); err != nil {
 			early = nil // reported by the authoritative Ensure
 		}
+		lap("firewall")
 	}
 
 	// Containers.
@@ -188,6 +198,7 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 			containers = nil // a partial list must not keep an exemption alive
 		}
 	}
+	lap("docker")
 	st.Docker = DockerStatus{Reachable: dockerErr == nil}
 	if dockerErr != nil {
 		st.Docker.Error = dockerErr.Error()
@@ -204,6 +215,7 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 		hostSpec = nil
 	}
 	st.Exemptions, st.HostNetwork = exemptList, &host
+	lap("containers")
 
 	// Firewall. When the early Ensure already verified this very spec in
 	// every family, its result stands: a second read would only double the
@@ -212,6 +224,7 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	fwStates, fwErr := early, error(nil)
 	if !fwAllEnforced(early) || !spec.Equal(earlySpec) {
 		fwStates, fwErr = a.firewall(ctx, enforce, spec)
+		lap("firewall")
 	}
 	if enforce && fwErr == nil {
 		a.mu.Lock()
@@ -251,6 +264,7 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 
 	// ECS configuration, and what the running ECS agent applies.
 	ecs, ecsIssues, ecsErr := a.ecs(ctx, containers, enforce)
+	lap("ecs")
 	st.ECSConfig = ecs
 	issues = append(issues, ecsIssues...)
 	if ecsErr != nil {
@@ -264,6 +278,7 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	// awsvpc tasks: their own namespaces, after the firewall so a slow or
 	// failing namespace never delays the bridge block.
 	awsvpc, tasks, watch := a.awsvpc(ctx, containers, exempt, enforce)
+	lap("awsvpc")
 	st.AWSVPC = &awsvpc
 	if !fwAllEnforced(fwStates) {
 		clear(hostBlocked) // the host chain is not verified
@@ -292,7 +307,8 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	st.Repairs = a.repairs
 	a.mu.Unlock()
 	dur := time.Since(start)
-	sum := &SyncSummary{At: start, DurationMS: float64(dur.Microseconds()) / 1000, OK: len(errs) == 0}
+	lap("report")
+	sum := &SyncSummary{At: start, DurationMS: float64(dur.Microseconds()) / 1000, StagesMS: stages, OK: len(errs) == 0}
 	if len(errs) > 0 {
 		sum.Error = fmt.Sprint(errs)
 	}
@@ -540,6 +556,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", a.serveStatusJSON)
 	mux.HandleFunc("GET /healthz", a.serveHealthz)
+	// Profiles for diagnosing a slow sync on a real host; the socket is
+	// root's only, so this exposes nothing a root shell could not read.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	stopStatus, err := serveStatus(ctx, a.cfg.StatusSocket, mux, a.log)
 	if err != nil {
 		return err

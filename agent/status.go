@@ -90,8 +90,11 @@ type DockerStatus struct {
 type SyncSummary struct {
 	At         time.Time `json:"at"`
 	DurationMS float64   `json:"duration_ms"`
-	OK         bool      `json:"ok"`
-	Error      string    `json:"error,omitempty"`
+	// StagesMS splits the duration: firewall, docker, containers, ecs,
+	// awsvpc, report.
+	StagesMS map[string]float64 `json:"stages_ms,omitempty"`
+	OK       bool               `json:"ok"`
+	Error    string             `json:"error,omitempty"`
 	// LastSuccess is when a sync last verified everything it could.
 	LastSuccess time.Time `json:"last_success,omitzero"`
 }
