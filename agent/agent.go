@@ -52,14 +52,18 @@ func RealFirewall(cfg Config) FirewallFactory {
 // Agent is the daemon's state. One-shot commands use the same code through
 // Once.
 type Agent struct {
-	cfg      Config
-	log      *logrus.Entry
-	newFW    FirewallFactory
-	docker   Docker
-	hooks    Hooks
-	version  string
-	metrics  *metrics
-	runner   *runner
+	cfg     Config
+	log     *logrus.Entry
+	newFW   FirewallFactory
+	docker  Docker
+	hooks   Hooks
+	version string
+	metrics *metrics
+	runner  *runner
+	// view and lister exist in the daemon only: one-shot commands list
+	// the containers themselves.
+	view     *containerView
+	lister   *runner
 	watchNFT func(ctx context.Context, changed func()) error
 
 	mu          sync.Mutex
@@ -73,8 +77,6 @@ type Agent struct {
 	lastCounts  map[firewall.Family][2]uint64 // last chain counters seen
 	ready       bool
 	lastSuccess time.Time
-	// lastSpec is the firewall spec the last enforcing pass verified.
-	lastSpec *firewall.Spec
 
 	namespaces Namespaces
 	sys        System
@@ -145,9 +147,10 @@ func (a *Agent) Once(ctx context.Context, enforce bool) (*Status, error) {
 
 // pass gathers the whole picture once and, with enforce, fixes what is
 // wrong. The container list comes first because the firewall's spec
-// (exemptions, host-network cgroups) follows from it; Docker being down
-// never stops enforcement, it only withdraws every exemption, and each
-// Docker call is bounded by dockerTimeout.
+// (exemptions, host-network cgroups) follows from it; the daemon reads it
+// from its view, so no repair waits for dockerd. Docker being down never
+// stops enforcement, it only withdraws every exemption, and each Docker
+// call is bounded by dockerTimeout.
 func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	start := time.Now()
 	st := Status{CheckedAt: start, Version: a.version, Source: "daemon"}
@@ -162,44 +165,14 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 		mark = now
 	}
 
-	// Drift first: the daemon re-asserts what the last container list asked
-	// for before it asks Docker anything, so a slow or hung dockerd (each
-	// call may take dockerTimeout) never delays a repair. The Ensure below,
-	// with the spec this pass computes, stays the authoritative one.
-	var early []firewall.FamilyState
-	var earlySpec firewall.Spec
-	a.mu.Lock()
-	haveSpec := a.lastSpec != nil
-	if haveSpec {
-		earlySpec = *a.lastSpec
-	}
-	a.mu.Unlock()
-	if enforce && haveSpec {
-		var err error
-		if early, err = a.firewall(ctx, true, earlySpec); err != nil {
-			early = nil // reported by the authoritative Ensure
-		}
-		lap("firewall")
-	}
-
 	// Containers.
-	var containers []Container
-	var dockerErr error
-	if a.docker == nil {
-		dockerErr = errors.New("no Docker client")
-	} else {
-		a.mu.Lock()
-		dockerErr = a.dockerErr
-		a.mu.Unlock()
-		if dockerErr == nil {
-			containers, dockerErr = a.docker.Containers(ctx)
-		}
-		if dockerErr != nil {
-			containers = nil // a partial list must not keep an exemption alive
-		}
-	}
+	l := a.containers(ctx)
+	containers, dockerErr := l.containers, l.err
 	lap("docker")
 	st.Docker = DockerStatus{Reachable: dockerErr == nil}
+	if !l.at.IsZero() {
+		st.Docker.ListedAt, st.Docker.ListMS = l.at, float64(l.took.Microseconds())/1000
+	}
 	if dockerErr != nil {
 		st.Docker.Error = dockerErr.Error()
 		issues = append(issues, "Docker cannot be asked, so running containers are unknown: "+dockerErr.Error())
@@ -217,20 +190,10 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	st.Exemptions, st.HostNetwork = exemptList, &host
 	lap("containers")
 
-	// Firewall. When the early Ensure already verified this very spec in
-	// every family, its result stands: a second read would only double the
-	// iptables-save calls of every sync.
+	// Firewall.
 	spec := firewall.Spec{Action: a.cfg.Action, Exempt: exemptAddrs, Host: hostSpec}
-	fwStates, fwErr := early, error(nil)
-	if !fwAllEnforced(early) || !spec.Equal(earlySpec) {
-		fwStates, fwErr = a.firewall(ctx, enforce, spec)
-		lap("firewall")
-	}
-	if enforce && fwErr == nil {
-		a.mu.Lock()
-		a.lastSpec = &spec
-		a.mu.Unlock()
-	}
+	fwStates, fwErr := a.firewall(ctx, enforce, spec)
+	lap("firewall")
 	a.mu.Lock()
 	st.Firewall = FirewallStatus{Backend: a.backend.Mode, Why: a.backend.Why, Action: string(a.cfg.Action)}
 	a.mu.Unlock()
@@ -320,6 +283,64 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 		return st, &partialError{msgs: errs}
 	}
 	return st, nil
+}
+
+// containers returns the running containers: the daemon's view, or for a
+// one-shot command a list of its own. Any error comes with no containers: a
+// partial list must not keep an exemption alive.
+func (a *Agent) containers(ctx context.Context) listing {
+	if a.docker == nil {
+		return listing{err: errors.New("no Docker client")}
+	}
+	a.mu.Lock()
+	err := a.dockerErr
+	a.mu.Unlock()
+	if err != nil {
+		return listing{err: err}
+	}
+	if a.view != nil {
+		return a.view.get(ctx, a.maxListingAge())
+	}
+	start := time.Now()
+	list, err := a.docker.Containers(ctx)
+	if err != nil {
+		list = nil
+	}
+	return listing{containers: list, err: err, at: start, took: time.Since(start)}
+}
+
+// maxListingAge is how old the view's listing may be before syncs refuse
+// it. The lister lists at least every resync interval, and each call gives
+// up after dockerTimeout; only a stuck lister reaches this.
+func (a *Agent) maxListingAge() time.Duration {
+	return 2*a.cfg.ResyncInterval + 2*dockerTimeout
+}
+
+// relist is the view's loop body: list, store, and sync if it matters.
+func (a *Agent) relist(ctx context.Context) error {
+	event := a.view.begin()
+	start := time.Now()
+	a.mu.Lock()
+	err := a.dockerErr
+	a.mu.Unlock()
+	var list []Container
+	if err == nil {
+		list, err = a.docker.Containers(ctx)
+	}
+	took := time.Since(start)
+	if err == nil && a.metrics != nil {
+		a.metrics.dockerList.Observe(took.Seconds())
+	}
+	if a.view.set(list, err, start, took, event) {
+		a.runner.Trigger()
+	}
+	return err
+}
+
+// dockerChanged is the Docker watch's callback: list again, then sync.
+func (a *Agent) dockerChanged() {
+	a.view.changed()
+	a.lister.Trigger()
 }
 
 // partialError means the pass completed but something in it failed: the
@@ -552,6 +573,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	a.metrics = newMetrics(a.version, a.cfg.Families())
 	a.runner = newRunner(a.sync, minSyncInterval, a.cfg.ResyncInterval)
+	if a.docker != nil {
+		a.view = newContainerView()
+		a.lister = newRunner(a.relist, minSyncInterval, a.cfg.ResyncInterval)
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", a.serveStatusJSON)
@@ -576,13 +601,17 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	if a.docker != nil {
-		wg.Add(1)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			a.lister.Loop(ctx)
+		}()
 		go func() {
 			defer wg.Done()
 			// Container churn sends several events per container; each
-			// would be a full sync. The firewall does not depend on them,
-			// so they are throttled; nf_tables changes are not.
-			a.docker.Watch(ctx, throttle(dockerSyncInterval, a.runner.Trigger), a.setDockerErr)
+			// would be a list and a sync. The firewall does not depend on
+			// them, so they are throttled; nf_tables changes are not.
+			a.docker.Watch(ctx, throttle(dockerSyncInterval, a.dockerChanged), a.setDockerErr)
 		}()
 	}
 	if a.watchNFT != nil {

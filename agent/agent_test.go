@@ -29,6 +29,10 @@ type fakeDocker struct {
 	// hang, when set, blocks Containers until it is closed or ctx ends: a
 	// dockerd that accepts connections and never answers.
 	hang chan struct{}
+	// changed and connected are the agent's Watch callbacks.
+	changed   func()
+	connected func(error)
+	lists     int // calls of Containers
 }
 
 func (d *fakeDocker) Containers(ctx context.Context) ([]Container, error) {
@@ -44,6 +48,7 @@ func (d *fakeDocker) Containers(ctx context.Context) ([]Container, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.lists++
 	return append([]Container(nil), d.containers...), d.err
 }
 
@@ -54,9 +59,42 @@ func (d *fakeDocker) Env(_ context.Context, id string) ([]string, error) {
 }
 
 func (d *fakeDocker) Watch(ctx context.Context, changed func(), connected func(error)) {
+	d.mu.Lock()
+	d.changed, d.connected = changed, connected
+	d.mu.Unlock()
 	connected(nil)
 	changed()
 	<-ctx.Done()
+}
+
+// event is a Docker event: the daemon's watch callback, once subscribed.
+func (d *fakeDocker) event(t *testing.T) {
+	t.Helper()
+	d.disconnect(t, nil)
+}
+
+// disconnect tells the daemon the connection to Docker changed (err nil:
+// reconnected), then that Docker changed, as the real watch does.
+func (d *fakeDocker) disconnect(t *testing.T, err error) {
+	t.Helper()
+	eventually(t, "the Docker watch", func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.changed != nil
+	})
+	d.mu.Lock()
+	changed, connected := d.changed, d.connected
+	d.mu.Unlock()
+	if err != nil {
+		connected(err)
+	}
+	changed()
+}
+
+func (d *fakeDocker) listCalls() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.lists
 }
 
 func testLog(t *testing.T) *logrus.Entry {

@@ -206,7 +206,7 @@ func TestAWSVPCEnforceRetrofitsAndRepairs(t *testing.T) {
 	fx.docker.mu.Lock()
 	fx.docker.containers = nil
 	fx.docker.mu.Unlock()
-	fx.agent.Trigger()
+	fx.docker.event(t)
 	eventually(t, "watch stopped", func() bool { return !ns.watching(path) })
 }
 

@@ -32,9 +32,14 @@ type metrics struct {
 	dockerUp     prometheus.Gauge
 	lastSuccess  prometheus.Gauge
 	syncDuration prometheus.Histogram
+	dockerList   prometheus.Histogram
 	syncFailures prometheus.Counter
 	repairsByFam map[firewall.Family]bool
 }
+
+// durationBuckets span a quiet host's few milliseconds to a hung dockerd's
+// timeout.
+var durationBuckets = []float64{.005, .01, .02, .05, .1, .2, .5, 1, 2, 5}
 
 func newMetrics(version string, families []firewall.Family) *metrics {
 	m := &metrics{
@@ -82,7 +87,11 @@ func newMetrics(version string, families []firewall.Family) *metrics {
 		}),
 		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "imdsguard_sync_duration_seconds", Help: "Duration of a full sync.",
-			Buckets: []float64{.005, .01, .02, .05, .1, .2, .5, 1, 2, 5},
+			Buckets: durationBuckets,
+		}),
+		dockerList: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "imdsguard_docker_list_duration_seconds", Help: "Time dockerd took to list the running containers.",
+			Buckets: durationBuckets,
 		}),
 		syncFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "imdsguard_sync_failures_total", Help: "Syncs that did not complete.",
@@ -95,7 +104,7 @@ func newMetrics(version string, families []firewall.Family) *metrics {
 	info.Set(1)
 	m.reg.MustRegister(m.verdict, m.rulePresent, m.repairs, m.blockedPkts, m.blockedBytes, m.containers,
 		m.awsvpcTasks, m.hostNet, m.exemptions,
-		m.ecsSetting, m.ecsRestart, m.dockerUp, m.lastSuccess, m.syncDuration, m.syncFailures, info)
+		m.ecsSetting, m.ecsRestart, m.dockerUp, m.lastSuccess, m.syncDuration, m.dockerList, m.syncFailures, info)
 	// Every series exists from the start, so rate() and alerts see zeros
 	// rather than gaps.
 	for _, f := range families {

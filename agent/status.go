@@ -84,6 +84,10 @@ type ECSStatus struct {
 type DockerStatus struct {
 	Reachable bool   `json:"reachable"`
 	Error     string `json:"error,omitempty"`
+	// ListedAt is when the container list the sync used was asked for;
+	// the daemon lists on Docker events and every resync interval.
+	ListedAt time.Time `json:"listed_at,omitzero"`
+	ListMS   float64   `json:"list_duration_ms,omitempty"`
 }
 
 // SyncSummary describes the daemon's last sync.

@@ -77,22 +77,6 @@ type Spec struct {
 	Host *HostSpec
 }
 
-// Equal reports whether two specs render the same rules.
-func (s Spec) Equal(o Spec) bool {
-	if s.Action != o.Action || (s.Host == nil) != (o.Host == nil) {
-		return false
-	}
-	if s.Host != nil && !slices.Equal(s.Host.Cgroups, o.Host.Cgroups) {
-		return false
-	}
-	for _, f := range []Family{IPv4, IPv6} {
-		if !slices.Equal(s.Exempt[f], o.Exempt[f]) {
-			return false
-		}
-	}
-	return true
-}
-
 // HostSpec lists the cgroup v2 paths (as in the "0::" line of
 // /proc/PID/cgroup) of host-network containers whose IMDS traffic is
 // blocked.

@@ -151,26 +151,3 @@ func TestHostChainLifecycle(t *testing.T) {
 		t.Fatalf("after remove:\n%s", d)
 	}
 }
-
-func TestSpecEqual(t *testing.T) {
-	a := netip.MustParseAddr("172.17.0.5")
-	base := Spec{Action: ActionDrop, Exempt: map[Family][]netip.Addr{IPv4: {a}}}
-	for _, tc := range []struct {
-		name string
-		o    Spec
-		want bool
-	}{
-		{"same", Spec{Action: ActionDrop, Exempt: map[Family][]netip.Addr{IPv4: {a}}}, true},
-		{"action", Spec{Action: ActionReject, Exempt: map[Family][]netip.Addr{IPv4: {a}}}, false},
-		{"no exemption", Spec{Action: ActionDrop}, false},
-		{"host chain set", Spec{Action: ActionDrop, Exempt: map[Family][]netip.Addr{IPv4: {a}}, Host: &HostSpec{}}, false},
-	} {
-		if got := base.Equal(tc.o); got != tc.want {
-			t.Errorf("%s: Equal = %v, want %v", tc.name, got, tc.want)
-		}
-	}
-	h := Spec{Host: &HostSpec{Cgroups: []string{"/a"}}}
-	if h.Equal(Spec{Host: &HostSpec{Cgroups: []string{"/b"}}}) || !h.Equal(Spec{Host: &HostSpec{Cgroups: []string{"/a"}}}) {
-		t.Error("host cgroups not compared")
-	}
-}
