@@ -14,17 +14,18 @@ import (
 // block, so the danger is address reuse: Docker hands a dead container's
 // address to the next container it starts. What keeps that safe:
 //
-//   - Exemptions are computed in every sync from the running containers
-//     only (ContainerList without --all), and the IMDS-GUARD body is
-//     replaced atomically, so the sync that no longer sees a container is
-//     the one that removes its ACCEPT. Nothing is remembered between syncs.
+//   - Exemptions are computed in every sync from the last listing of the
+//     running containers only (ContainerList without --all), taken on
+//     every Docker event, and the IMDS-GUARD body is replaced atomically,
+//     so the sync after the listing that no longer shows a container is
+//     the one that removes its ACCEPT. Only that listing is kept.
 //   - On exit dockerd marks the container stopped, sends "die", releases
 //     the endpoint (a network "disconnect" event) and only then updates the
-//     view ContainerList reads (20.10, daemon/monitor.go). The sync "die"
-//     triggers may still list the container; a follow-up sync 150 ms
+//     view ContainerList reads (20.10, daemon/monitor.go). The listing "die"
+//     triggers may still show the container; a follow-up listing 150 ms
 //     after "die" (plus at most the 100 ms event throttle) does not. The
 //     address can go to another container only when that one is started,
-//     which sends "start" and triggers one more sync; until the old
+//     which sends "start" and triggers one more listing; until the old
 //     container leaves the list, both claim the address and neither is
 //     exempted. What is left is a race of the order of one sync between a
 //     new container's first packet and its "start" sync, and only when it
