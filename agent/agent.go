@@ -72,6 +72,11 @@ type Agent struct {
 	dockerErr   error
 	dockerSeen  bool
 	status      Status
+	// statusJSON is status encoded, made by the first request after a
+	// sync: on a host with hundreds of containers, encoding on every
+	// request cost more CPU than the syncs themselves.
+	statusJSON []byte
+	statusGen  uint64 // counts published statuses
 	repairs     uint64
 	blocked     map[firewall.Family][2]uint64 // accumulated since start
 	lastCounts  map[firewall.Family][2]uint64 // last chain counters seen
@@ -516,7 +521,8 @@ func (a *Agent) sync(ctx context.Context) error {
 		st.Verdict = VerdictExposed
 		st.Reasons = append([]string{"the block has not been verified in place yet"}, st.Reasons...)
 	}
-	a.status = st
+	a.status, a.statusJSON = st, nil
+	a.statusGen++
 	a.mu.Unlock()
 	if a.metrics != nil {
 		a.metrics.observe(&st, err)
@@ -682,11 +688,24 @@ func (a *Agent) setDockerErr(err error) {
 }
 
 func (a *Agent) serveStatusJSON(w http.ResponseWriter, r *http.Request) {
-	st := a.Status()
+	a.mu.Lock()
+	b, st, gen := a.statusJSON, a.status, a.statusGen
+	a.mu.Unlock()
+	if b == nil {
+		var err error
+		if b, err = json.MarshalIndent(&st, "", "  "); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		b = append(b, '\n')
+		a.mu.Lock()
+		if a.statusGen == gen {
+			a.statusJSON = b
+		}
+		a.mu.Unlock()
+	}
 	w.Header().Set("Content-Type", "application/json")
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(&st)
+	_, _ = w.Write(b)
 }
 
 // healthy is true only while the last sync succeeded recently: health means

@@ -212,6 +212,11 @@ func TestLoopEnforcesAndRepairsDrift(t *testing.T) {
 		t.Fatalf("initial setup counted as %d repairs", st.Repairs)
 	}
 	changed := fx.watcher(t)
+	// Served (and kept encoded) before the drift: the answer after it
+	// must not be that copy.
+	if qs, err := QueryStatus(context.Background(), fx.cfg.StatusSocket); err != nil || qs.Repairs != 0 {
+		t.Fatalf("status before the drift: %v %+v", err, qs)
+	}
 
 	// Drift: someone flushes DOCKER-USER; the nf_tables watcher says so.
 	fx.fakes[firewall.IPv4].Flush(firewall.DockerUser)
