@@ -66,9 +66,9 @@ func (d *dockerAPI) ping() bool {
 }
 
 // run creates and starts a busybox container with cmd.
-func (d *dockerAPI) run(image string, cmd []string, autoRemove bool) (string, error) {
+func (d *dockerAPI) run(image string, cmd []string, autoRemove bool, labels map[string]string) (string, error) {
 	b, code, err := d.do("POST", "/containers/create", map[string]any{
-		"Image": image, "Cmd": cmd,
+		"Image": image, "Cmd": cmd, "Labels": labels,
 		// Init: busybox sleep as pid 1 ignores SIGTERM and stalls every stop.
 		"HostConfig": map[string]any{"AutoRemove": autoRemove, "Init": true},
 	})
@@ -110,6 +110,22 @@ type statusClient struct{ c *http.Client }
 
 func newStatusClient(sock string) *statusClient {
 	return &statusClient{unixClient(sock, 5*time.Second)}
+}
+
+// profile takes a CPU profile of the agent over d (Go's pprof format).
+func (s *statusClient) profile(d time.Duration) ([]byte, error) {
+	c := *s.c
+	c.Timeout = d + 30*time.Second
+	resp, err := c.Get(fmt.Sprintf("http://imdsguard/debug/pprof/profile?seconds=%d", int(d.Seconds())))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("profile: %s: %s", resp.Status, bytes.TrimSpace(b))
+	}
+	return b, err
 }
 
 func (s *statusClient) get() (*agent.Status, error) {
