@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -35,7 +36,9 @@ func parseRules(save string) map[string][]string {
 // to IMDS is dropped: FORWARD must start with the DOCKER-USER jump, and
 // DOCKER-USER must drop IMDS (directly, as the seed rule does, or through a
 // jump to a chain that does, as imdsguard's IMDS-GUARD) before anything
-// could accept or return. Conservative: any other rule ends the walk.
+// could accept or return. An ACCEPT of IMDS from one /32 source is an
+// exemption (scenario 5) and is passed over: the block holds for every
+// other container. Conservative: any other rule ends the walk.
 func blocked(save string) bool {
 	rules := parseRules(save)
 	fw := rules["FORWARD"]
@@ -45,6 +48,8 @@ func blocked(save string) bool {
 	return chainDrops(rules, "DOCKER-USER", 0)
 }
 
+var exemption = regexp.MustCompile(`^-s \d+\.\d+\.\d+\.\d+/32 -d ` + regexp.QuoteMeta(imdsRuleDst) + ` -j ACCEPT$`)
+
 func chainDrops(rules map[string][]string, chain string, depth int) bool {
 	if depth > 4 {
 		return false
@@ -52,6 +57,9 @@ func chainDrops(rules map[string][]string, chain string, depth int) bool {
 	for _, r := range rules[chain] {
 		if r == "-d "+imdsRuleDst+" -j DROP" || strings.HasPrefix(r, "-d "+imdsRuleDst+" -j REJECT") {
 			return true
+		}
+		if exemption.MatchString(r) {
+			continue
 		}
 		target, ok := strings.CutPrefix(r, "-j ")
 		if !ok || strings.Contains(target, " ") {
