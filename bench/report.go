@@ -155,10 +155,11 @@ func writeReport(res *results, dir string) ([]string, error) {
 	return files, nil
 }
 
-// pprofTop is `go tool pprof -top` of a profile, or why there is none.
+// pprofTop is `go tool pprof -top -cum` of a profile (where the time goes,
+// caller by caller), or why there is none.
 func pprofTop(path string) string {
 	gobin := cmp.Or(os.Getenv("GO"), "go")
-	out, err := exec.Command(gobin, "tool", "pprof", "-top", "-nodecount=15", path).CombinedOutput()
+	out, err := exec.Command(gobin, "tool", "pprof", "-top", "-cum", "-nodecount=25", path).CombinedOutput()
 	if err != nil {
 		return fmt.Sprintf("go tool pprof: %v\n%s", err, out)
 	}
@@ -375,7 +376,7 @@ func markdown(res *results, png, csvName string) string {
 		}
 		if s.ProfilePath != "" {
 			p("")
-			p("The agent's CPU profile over %v of it ([%s](%s), `go tool pprof -top`):", s.ProfileFor, filepath.Base(s.ProfilePath), filepath.Base(s.ProfilePath))
+			p("The agent's CPU profile over %v of it ([%s](%s), `go tool pprof -top -cum`):", s.ProfileFor, filepath.Base(s.ProfilePath), filepath.Base(s.ProfilePath))
 			p("")
 			p("```")
 			p("%s", s.ProfileTop)
