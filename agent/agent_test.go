@@ -524,6 +524,37 @@ func TestRunnerCoalescesAndRetries(t *testing.T) {
 	}
 }
 
+// TestRunnerPeriodIsStartToStart: a run that takes most of the period does
+// not push the next one a whole period further.
+func TestRunnerPeriodIsStartToStart(t *testing.T) {
+	var mu sync.Mutex
+	var starts []time.Time
+	r := newRunner(func(ctx context.Context) error {
+		mu.Lock()
+		starts = append(starts, time.Now())
+		mu.Unlock()
+		time.Sleep(300 * time.Millisecond)
+		return nil
+	}, time.Millisecond, 400*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Loop(ctx)
+	eventually(t, "three runs", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(starts) >= 3
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	// End to end would be 700 ms apart. The bound is loose on purpose: it
+	// only has to tell the two schedules apart on a busy machine.
+	for i := 1; i < 3; i++ {
+		if gap := starts[i].Sub(starts[i-1]); gap >= 600*time.Millisecond {
+			t.Fatalf("run %d started %v after the one before, want the 400 ms period", i+1, gap)
+		}
+	}
+}
+
 func TestConfigEnvAndFlags(t *testing.T) {
 	env := map[string]string{"IMDSGUARD_ACTION": "reject", "IMDSGUARD_IPV6": "false", "IMDSGUARD_RESYNC_INTERVAL": "2s", "IMDSGUARD_LOG_LEVEL": "debug"}
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)

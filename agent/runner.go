@@ -43,8 +43,8 @@ func (r *runner) Trigger() {
 	}
 }
 
-// Loop runs fn once at once, then on triggers, retries and the period, until
-// ctx ends.
+// Loop runs fn once at once, then on triggers, retries and the period
+// (counted from the start of the last run), until ctx ends.
 func (r *runner) Loop(ctx context.Context) {
 	var last time.Time
 	retry := time.Duration(0)
@@ -71,7 +71,10 @@ func (r *runner) Loop(ctx context.Context) {
 		}
 		last = time.Now()
 		err := r.fn(ctx)
-		next := r.maxInterval
+		// The period runs from start to start: on iptables-legacy it is
+		// the only drift detection, so drift must be seen within one
+		// period, however long the run that just missed it took.
+		next := max(r.maxInterval-time.Since(last), r.minInterval)
 		if err != nil {
 			retry = min(max(retry*2, r.retryMin), r.retryMax)
 			next = retry

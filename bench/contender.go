@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,7 +42,8 @@ type contender struct {
 	docker  *dockerAPI
 	resync  time.Duration
 	logf    func(string, ...any)
-	logDir  string // where the agent's log is kept after Close
+	logDir  string      // where the agent's log is kept after Close
+	warned  atomic.Bool // iptables-save's stderr was logged once
 }
 
 func (c *contender) label() string { return fmt.Sprintf("%s (%s)", c.kind, c.backend) }
@@ -147,7 +149,23 @@ func (c *contender) waitProtected(ctx context.Context, limit time.Duration) erro
 	return fmt.Errorf("%s: agent not enforcing after %v (%s)\n%s", c.label(), limit, last, tailLines(c.agent.Log(), 30))
 }
 
-func (c *contender) save() (string, error) { return c.sb.HostRun("iptables-save", "-t", "filter") }
+// save reads the filter table from stdout alone: a warning iptables-save
+// writes to stderr would otherwise land in the middle of a rule line.
+func (c *contender) save() (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var stderr strings.Builder
+	cmd := c.sb.HostCommand(ctx, "iptables-save", "-t", "filter")
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("iptables-save: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	if w := strings.TrimSpace(stderr.String()); w != "" && c.warned.CompareAndSwap(false, true) {
+		c.logf("%s: iptables-save says (on stderr, first time only): %s", c.label(), w)
+	}
+	return string(out), nil
+}
 
 func (c *contender) isBlocked() (bool, error) {
 	s, err := c.save()
