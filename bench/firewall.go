@@ -105,6 +105,13 @@ func newNFTMonitor(nsPath string) (*nftMonitor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("subscribing to nf_tables in %s: %w", nsPath, err)
 	}
+	// Rebuilding a chain of hundreds of exemptions sends one message per
+	// rule: with the default buffer the kernel drops some (ENOBUFS), and a
+	// lost commit would read as a drift never repaired.
+	if err := unix.SetsockoptInt(s.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 32<<20); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("nf_tables monitor buffer: %w", err)
+	}
 	m := &nftMonitor{s: s, ch: make(chan time.Time, 4096), done: make(chan struct{})}
 	go m.loop()
 	return m, nil
