@@ -306,8 +306,20 @@ func (a *Agent) containers(ctx context.Context) listing {
 	if a.view != nil {
 		return a.view.get(ctx, a.maxListingAge())
 	}
+	return a.list(ctx)
+}
+
+// list asks Docker for the running containers, unless its watch already
+// knows Docker cannot answer.
+func (a *Agent) list(ctx context.Context) listing {
 	start := time.Now()
-	list, err := a.docker.Containers(ctx)
+	a.mu.Lock()
+	err := a.dockerErr
+	a.mu.Unlock()
+	var list []Container
+	if err == nil {
+		list, err = a.docker.Containers(ctx)
+	}
 	if err != nil {
 		list = nil
 	}
@@ -324,22 +336,14 @@ func (a *Agent) maxListingAge() time.Duration {
 // relist is the view's loop body: list, store, and sync if it matters.
 func (a *Agent) relist(ctx context.Context) error {
 	event := a.view.begin()
-	start := time.Now()
-	a.mu.Lock()
-	err := a.dockerErr
-	a.mu.Unlock()
-	var list []Container
-	if err == nil {
-		list, err = a.docker.Containers(ctx)
+	l := a.list(ctx)
+	if l.err == nil && a.metrics != nil {
+		a.metrics.dockerList.Observe(l.took.Seconds())
 	}
-	took := time.Since(start)
-	if err == nil && a.metrics != nil {
-		a.metrics.dockerList.Observe(took.Seconds())
-	}
-	if a.view.set(list, err, start, took, event) {
+	if a.view.set(l.containers, l.err, l.at, l.took, event) {
 		a.runner.Trigger()
 	}
-	return err
+	return l.err
 }
 
 // dockerChanged is the Docker watch's callback: list again, then sync.
