@@ -66,17 +66,17 @@ type Agent struct {
 	lister   *runner
 	watchNFT func(ctx context.Context, changed func()) error
 
-	mu          sync.Mutex
-	fw          Firewall
-	backend     firewall.Backend
-	dockerErr   error
-	dockerSeen  bool
-	status      Status
+	mu         sync.Mutex
+	fw         Firewall
+	backend    firewall.Backend
+	dockerErr  error
+	dockerSeen bool
+	status     Status
 	// statusJSON is status encoded, made by the first request after a
 	// sync: on a host with hundreds of containers, encoding on every
 	// request cost more CPU than the syncs themselves.
-	statusJSON []byte
-	statusGen  uint64 // counts published statuses
+	statusJSON  []byte
+	statusGen   uint64 // counts published statuses
 	repairs     uint64
 	blocked     map[firewall.Family][2]uint64 // accumulated since start
 	lastCounts  map[firewall.Family][2]uint64 // last chain counters seen
