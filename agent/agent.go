@@ -297,16 +297,17 @@ func (a *Agent) containers(ctx context.Context) listing {
 	if a.docker == nil {
 		return listing{err: errors.New("no Docker client")}
 	}
+	if a.view == nil {
+		return a.list(ctx)
+	}
+	// The view may still hold a listing from before Docker went away.
 	a.mu.Lock()
 	err := a.dockerErr
 	a.mu.Unlock()
 	if err != nil {
 		return listing{err: err}
 	}
-	if a.view != nil {
-		return a.view.get(ctx, a.maxListingAge())
-	}
-	return a.list(ctx)
+	return a.view.get(ctx, a.maxListingAge())
 }
 
 // list asks Docker for the running containers, unless its watch already

@@ -202,11 +202,14 @@ var drifts = []drift{
 	{"ip6tables -F DOCKER-USER", "ipv6", "ip6tables -F DOCKER-USER"},
 }
 
-func TestAgent(t *testing.T) {
+// forEachBackend runs test once on iptables-nft and once on iptables-legacy.
+func forEachBackend(t *testing.T, test func(*testing.T, sandbox.Backend)) {
 	for _, b := range []sandbox.Backend{sandbox.BackendNFT, sandbox.BackendLegacy} {
-		t.Run(string(b), func(t *testing.T) { testAgent(t, b) })
+		t.Run(string(b), func(t *testing.T) { test(t, b) })
 	}
 }
+
+func TestAgent(t *testing.T) { forEachBackend(t, testAgent) }
 
 func testAgent(t *testing.T, backend sandbox.Backend) {
 	e := newEnv(t, sandbox.Options{Backend: backend})
@@ -364,33 +367,31 @@ func testAgent(t *testing.T, backend sandbox.Backend) {
 // moby#48560: DOCKER-USER exists before dockerd starts, so dockerd may not
 // add the FORWARD jump. The agent must cover that.
 func TestAgentBeforeDocker(t *testing.T) {
-	for _, b := range []sandbox.Backend{sandbox.BackendNFT, sandbox.BackendLegacy} {
-		t.Run(string(b), func(t *testing.T) {
-			e := newEnv(t, sandbox.Options{Backend: b, NoDockerd: true})
-			if out, code := e.cli(t, "apply"); code != 0 {
-				t.Fatalf("apply without Docker: exit %d\n%s", code, out)
-			}
-			if !e.protectedOutside("ipv4") || !e.protectedOutside("ipv6") {
-				t.Fatal("apply did not put the block in place")
-			}
-			e.startAgent(t, "--resync-interval", "1s")
-			waitFor(t, "daemon up", 20*time.Second, func() bool {
-				st, err := agent.QueryStatus(context.Background(), e.socket)
-				return err == nil && st.LastSync != nil && st.Firewall.IPv4.Enforced && !st.Docker.Reachable
-			})
-			if st := e.status(t); st.Verdict != agent.VerdictDegraded {
-				t.Fatalf("with Docker down the verdict must be degraded, not %s", st.Verdict)
-			}
-			if err := e.s.StartDockerd(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := e.s.RunContainer("first"); err != nil {
-				t.Fatal(err)
-			}
-			e.waitProtected(t)
-			e.assertBlocked(t, "first")
+	forEachBackend(t, func(t *testing.T, b sandbox.Backend) {
+		e := newEnv(t, sandbox.Options{Backend: b, NoDockerd: true})
+		if out, code := e.cli(t, "apply"); code != 0 {
+			t.Fatalf("apply without Docker: exit %d\n%s", code, out)
+		}
+		if !e.protectedOutside("ipv4") || !e.protectedOutside("ipv6") {
+			t.Fatal("apply did not put the block in place")
+		}
+		e.startAgent(t, "--resync-interval", "1s")
+		waitFor(t, "daemon up", 20*time.Second, func() bool {
+			st, err := agent.QueryStatus(context.Background(), e.socket)
+			return err == nil && st.LastSync != nil && st.Firewall.IPv4.Enforced && !st.Docker.Reachable
 		})
-	}
+		if st := e.status(t); st.Verdict != agent.VerdictDegraded {
+			t.Fatalf("with Docker down the verdict must be degraded, not %s", st.Verdict)
+		}
+		if err := e.s.StartDockerd(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.s.RunContainer("first"); err != nil {
+			t.Fatal(err)
+		}
+		e.waitProtected(t)
+		e.assertBlocked(t, "first")
+	})
 }
 
 // TestCheckBadInput: one clear line and a non-zero exit, nothing written.

@@ -149,11 +149,7 @@ func (e *env) assertNeighbours(t *testing.T, container string, v6 bool) {
 	}
 }
 
-func TestAWSVPC(t *testing.T) {
-	for _, b := range []sandbox.Backend{sandbox.BackendNFT, sandbox.BackendLegacy} {
-		t.Run(string(b), func(t *testing.T) { testAWSVPC(t, b) })
-	}
-}
+func TestAWSVPC(t *testing.T) { forEachBackend(t, testAWSVPC) }
 
 func testAWSVPC(t *testing.T, backend sandbox.Backend) {
 	e := newEnv(t, sandbox.Options{Backend: backend})

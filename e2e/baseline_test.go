@@ -13,11 +13,7 @@ import (
 
 // TestBaseline proves the "before" picture: with no agent, containers on
 // the default bridge and on a user-defined IPv6 network can read IMDS.
-func TestBaseline(t *testing.T) {
-	for _, backend := range []sandbox.Backend{sandbox.BackendNFT, sandbox.BackendLegacy} {
-		t.Run(string(backend), func(t *testing.T) { testBaseline(t, backend) })
-	}
-}
+func TestBaseline(t *testing.T) { forEachBackend(t, testBaseline) }
 
 func testBaseline(t *testing.T, backend sandbox.Backend) {
 	start := time.Now()
