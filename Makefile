@@ -17,8 +17,11 @@ build:
 # instances (root only: they skip, saying so, for other users).
 test: tools vet test-unit test-e2e test-packaging
 
-test-e2e: tools
-	$(GO) test -count=1 -v -timeout 30m ./e2e/...
+# DOCKER=28 (or 20.10, 26, or a comma list) runs the e2e suite on those
+# dockerd versions only; the default is all three (README, Tests).
+DOCKER ?= 20.10,26,28
+test-e2e: tools docker-roots
+	IMDSGUARD_E2E_DOCKER=$(DOCKER) $(GO) test -count=1 -v -timeout 40m ./e2e/...
 
 # demo: a container reads IMDS, imdsguard starts, the container cannot,
 # its neighbours still answer, drift is repaired; then everything is torn down.
@@ -33,7 +36,7 @@ test-unit:
 
 # tools: what the e2e sandbox (e2e/sandbox) needs. Apt packages are
 # installed only when missing; the metadata mock is pinned.
-E2E_APT := docker.io iptables nftables busybox-static iproute2
+E2E_APT := docker.io iptables nftables busybox-static iproute2 debootstrap
 MOCK_VERSION := v1.13.0
 tools:
 	@missing=$$(for p in $(E2E_APT); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -44,6 +47,33 @@ tools:
 	@if [ ! -x $(TOOLS)/bin/ec2-metadata-mock ]; then \
 		GOBIN=$(TOOLS)/bin $(GO) install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$(MOCK_VERSION); \
 	fi
+
+# docker-roots: Debian roots with newer dockerd for the e2e matrix (docker
+# 26.1 from trixie, 28.5 from sid), built once under $(DOCKER_ROOTS) and
+# rebuilt when missing or incomplete (.complete is written last). Each is
+# built in a temporary directory and renamed into place, so an interrupted
+# build never looks finished. The sandbox runs dockerd, the agent and
+# iptables from such a root (e2e/sandbox/rootexec.go).
+DOCKER_ROOTS := /var/cache/imdsguard-docker
+DOCKER_SUITES := trixie sid
+DOCKER_ROOT_PKGS := docker.io,iptables,nftables,iproute2,busybox-static,ca-certificates
+.PHONY: docker-roots
+docker-roots: tools
+	@if [ "$$(id -u)" != 0 ]; then echo "docker-roots: skipped, needs root"; exit 0; fi; \
+	mkdir -p $(DOCKER_ROOTS); \
+	for suite in $(DOCKER_SUITES); do \
+		want=$$(echo $(DOCKER_ROOT_PKGS) | md5sum | cut -c1-12); \
+		if [ "$$(cat $(DOCKER_ROOTS)/$$suite/.complete 2>/dev/null)" = "$$want" ]; then continue; fi; \
+		echo "docker-roots: building $$suite"; \
+		tmp=$$(mktemp -d $(DOCKER_ROOTS)/.$$suite.XXXXXX) || exit 1; \
+		if ! debootstrap --variant=minbase --include=$(DOCKER_ROOT_PKGS) $$suite $$tmp http://deb.debian.org/debian >$$tmp.log 2>&1; then \
+			tail -20 $$tmp.log; rm -rf $$tmp $$tmp.log; exit 1; fi; \
+		rm -f $$tmp.log $$tmp/var/cache/apt/archives/*.deb; \
+		chmod 755 $$tmp; echo $$want > $$tmp/.complete; \
+		rm -rf $(DOCKER_ROOTS)/$$suite.old; \
+		if [ -e $(DOCKER_ROOTS)/$$suite ]; then mv $(DOCKER_ROOTS)/$$suite $(DOCKER_ROOTS)/$$suite.old; fi; \
+		mv $$tmp $(DOCKER_ROOTS)/$$suite && rm -rf $(DOCKER_ROOTS)/$$suite.old || exit 1; \
+	done
 
 # --- packaging (systemd units, .deb/.rpm, user data, AMI) ---
 .PHONY: package test-packaging verify-units

@@ -27,7 +27,7 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	agentBin = filepath.Join(dir, "imdsguard")
-	out, err := exec.Command("go", "build", "-o", agentBin, "../cmd/imdsguard").CombinedOutput()
+	out, err := buildStatic(agentBin)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "building imdsguard: %v\n%s", err, out)
 		os.RemoveAll(dir)
@@ -36,6 +36,14 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// buildStatic builds the agent without cgo: the same binary then runs on
+// the machine and inside the Docker roots (RootExec), whatever their libc.
+func buildStatic(out string) ([]byte, error) {
+	cmd := exec.Command("go", "build", "-o", out, "../cmd/imdsguard")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	return cmd.CombinedOutput()
 }
 
 // env is one simulated instance with the agent's files.
@@ -48,6 +56,9 @@ type env struct {
 
 func newEnv(t *testing.T, opts sandbox.Options) *env {
 	t.Helper()
+	if opts.DockerRoot != "" {
+		opts.Binds = append(opts.Binds, filepath.Dir(agentBin))
+	}
 	s := sandbox.NewT(t, opts)
 	e := &env{s: s, hostRoot: filepath.Join(s.Dir, "hostroot"), socket: filepath.Join(s.Dir, "imdsguard.sock")}
 	if err := os.MkdirAll(filepath.Join(e.hostRoot, "etc/ecs"), 0o755); err != nil {
@@ -202,17 +213,11 @@ var drifts = []drift{
 	{"ip6tables -F DOCKER-USER", "ipv6", "ip6tables -F DOCKER-USER"},
 }
 
-// forEachBackend runs test once on iptables-nft and once on iptables-legacy.
-func forEachBackend(t *testing.T, test func(*testing.T, sandbox.Backend)) {
-	for _, b := range []sandbox.Backend{sandbox.BackendNFT, sandbox.BackendLegacy} {
-		t.Run(string(b), func(t *testing.T) { test(t, b) })
-	}
-}
-
 func TestAgent(t *testing.T) { forEachBackend(t, testAgent) }
 
-func testAgent(t *testing.T, backend sandbox.Backend) {
-	e := newEnv(t, sandbox.Options{Backend: backend})
+func testAgent(t *testing.T, opts sandbox.Options) {
+	backend := opts.Backend
+	e := newEnv(t, opts)
 	s := e.s
 	if _, err := s.RunContainer("onbridge"); err != nil {
 		t.Fatal(err)
@@ -367,8 +372,9 @@ func testAgent(t *testing.T, backend sandbox.Backend) {
 // moby#48560: DOCKER-USER exists before dockerd starts, so dockerd may not
 // add the FORWARD jump. The agent must cover that.
 func TestAgentBeforeDocker(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, b sandbox.Backend) {
-		e := newEnv(t, sandbox.Options{Backend: b, NoDockerd: true})
+	forEachBackend(t, func(t *testing.T, opts sandbox.Options) {
+		opts.NoDockerd = true
+		e := newEnv(t, opts)
 		if out, code := e.cli(t, "apply"); code != 0 {
 			t.Fatalf("apply without Docker: exit %d\n%s", code, out)
 		}

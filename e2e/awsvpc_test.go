@@ -151,8 +151,9 @@ func (e *env) assertNeighbours(t *testing.T, container string, v6 bool) {
 
 func TestAWSVPC(t *testing.T) { forEachBackend(t, testAWSVPC) }
 
-func testAWSVPC(t *testing.T, backend sandbox.Backend) {
-	e := newEnv(t, sandbox.Options{Backend: backend})
+func testAWSVPC(t *testing.T, opts sandbox.Options) {
+	backend := opts.Backend
+	e := newEnv(t, opts)
 	s := e.s
 	dual := newSimTask(t, s, "web", 1, true)
 	app := "web-app"

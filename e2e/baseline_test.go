@@ -15,9 +15,10 @@ import (
 // the default bridge and on a user-defined IPv6 network can read IMDS.
 func TestBaseline(t *testing.T) { forEachBackend(t, testBaseline) }
 
-func testBaseline(t *testing.T, backend sandbox.Backend) {
+func testBaseline(t *testing.T, opts sandbox.Options) {
+	backend := opts.Backend
 	start := time.Now()
-	s := sandbox.NewT(t, sandbox.Options{Backend: backend}) // skips unless root
+	s := sandbox.NewT(t, opts) // skips unless root
 	bringUp := time.Since(start)
 
 	if _, err := s.RunContainer("onbridge"); err != nil {

@@ -13,8 +13,10 @@ import (
 // TestExemptions: a labeled container reads IMDS, an unlabeled one on the
 // same network does not; a container that gets the labeled one's addresses
 // after it stops is blocked at once.
-func TestExemptions(t *testing.T) {
-	e := newEnv(t, sandbox.Options{})
+func TestExemptions(t *testing.T) { forEachDocker(t, testExemptions) }
+
+func testExemptions(t *testing.T, opts sandbox.Options) {
+	e := newEnv(t, opts)
 	s := e.s
 	if err := s.CreateNetwork("exnet", "172.31.5.0/24", "fd00:ec2:d5::/64"); err != nil {
 		t.Fatal(err)

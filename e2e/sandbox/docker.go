@@ -40,15 +40,16 @@ func (s *Sandbox) StartDockerd(ctx context.Context) error {
 		"--shutdown-timeout", "3",
 	}
 	args = append(args, s.opts.DockerdArgs...)
-	p, err := startIn(s.Dir, s.HostNetNSPath, "dockerd", "dockerd", args, s.Env())
+	p, err := startArgv(s.Dir, "dockerd", s.hostArgv("dockerd", args...), s.Env())
 	if err != nil {
 		return err
 	}
 	s.dockerd = p
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
+	var version string
 	for {
-		if _, err := s.dockerCtx(ctx, 5*time.Second, "version", "--format", "{{.Server.Version}}"); err == nil {
+		if version, err = s.dockerCtx(ctx, 5*time.Second, "version", "--format", "{{.Server.Version}}"); err == nil {
 			break
 		}
 		if done, werr := p.Exited(); done {
@@ -60,7 +61,7 @@ func (s *Sandbox) StartDockerd(ctx context.Context) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	s.logf("sandbox %s: dockerd (pid %d) up in %v", s.ID, p.Pid(), time.Since(start).Round(time.Millisecond))
+	s.logf("sandbox %s: dockerd %s (pid %d) up in %v", s.ID, version, p.Pid(), time.Since(start).Round(time.Millisecond))
 	if !s.imageReady {
 		t := time.Now()
 		if err := s.importImage(ctx); err != nil {

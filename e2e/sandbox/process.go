@@ -26,12 +26,18 @@ type Process struct {
 // startIn starts bin via nsenter in the network namespace at nsPath.
 // nsenter execs the program without forking, so the pid is the program's.
 func startIn(dir, nsPath, name, bin string, args, env []string) (*Process, error) {
+	return startArgv(dir, name, append([]string{"nsenter", "--net=" + nsPath, "--", bin}, args...), env)
+}
+
+// startArgv starts argv (a launcher that execs its program, so the pid is
+// the program's) with its output in dir/name.log.
+func startArgv(dir, name string, argv, env []string) (*Process, error) {
 	logPath := filepath.Join(dir, name+".log")
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command("nsenter", append([]string{"--net=" + nsPath, "--", bin}, args...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = env
 	cmd.Dir = dir
 	cmd.Stdout = lf

@@ -75,6 +75,13 @@ type Options struct {
 	DockerdArgs []string
 	// MockArgs are appended to each ec2-metadata-mock command line.
 	MockArgs []string
+	// DockerRoot, when set, is a Debian root (see DockerRoot) whose
+	// dockerd, iptables and everything else StartProcess, HostCommand and
+	// HostRun start are run from (RootExec); "" uses the machine's.
+	DockerRoot string
+	// Binds are host directories programs run from DockerRoot need to see
+	// (e.g. the agent binary's); the sandbox directory always is.
+	Binds []string
 }
 
 // Sandbox is one simulated container instance. Its methods are safe for
@@ -120,6 +127,9 @@ func New(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	}
 	if opts.Backend != BackendNFT && opts.Backend != BackendLegacy {
 		return nil, fmt.Errorf("sandbox: unknown backend %q", opts.Backend)
+	}
+	if opts.DockerRoot != "" && opts.Backend != BackendNFT {
+		return nil, fmt.Errorf("sandbox: the docker roots run iptables-nft only, not %q", opts.Backend)
 	}
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
@@ -167,6 +177,11 @@ func New(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	}
 	if _, err := os.Stat("/usr/bin/docker"); err == nil {
 		s.dockerCLI = "/usr/bin/docker" // docker.io's client matches its daemon
+	}
+	if opts.DockerRoot != "" {
+		if _, err := s.rootExec().Wrap(nil); err != nil {
+			return nil, err
+		}
 	}
 	if opts.Backend == BackendLegacy {
 		if err := s.makeLegacyDir(); err != nil {
@@ -283,9 +298,28 @@ func (s *Sandbox) Env() []string {
 	)
 }
 
+// hostArgv is the command line that runs name in the host namespace, from
+// Options.DockerRoot when set.
+func (s *Sandbox) hostArgv(name string, args ...string) []string {
+	argv := append([]string{name}, args...)
+	if s.opts.DockerRoot == "" {
+		return append([]string{"nsenter", "--net=" + s.HostNetNSPath, "--"}, argv...)
+	}
+	w, err := s.rootExec().Wrap(argv)
+	if err != nil { // New checked the options; a failure here is a bug
+		panic(err)
+	}
+	return w
+}
+
+func (s *Sandbox) rootExec() RootExec {
+	return RootExec{Root: s.opts.DockerRoot, Dir: s.Dir, NetNS: s.HostNetNSPath, Binds: s.opts.Binds}
+}
+
 // HostCommand prepares name to run in the host namespace with Env.
 func (s *Sandbox) HostCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + s.HostNetNSPath, "--", name}, args...)...)
+	argv := s.hostArgv(name, args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = s.Env()
 	cmd.WaitDelay = 2 * time.Second
 	return cmd
@@ -450,7 +484,7 @@ func waitListening(ctx context.Context, nsPath, addr string, port int, p *Proces
 // StartProcess runs bin in the host namespace with Env; its output goes to
 // Dir/name.log. Close stops it (SIGTERM, then SIGKILL after 5s).
 func (s *Sandbox) StartProcess(name string, bin string, args ...string) (*Process, error) {
-	p, err := startIn(s.Dir, s.HostNetNSPath, name, bin, args, s.Env())
+	p, err := startArgv(s.Dir, name, s.hostArgv(bin, args...), s.Env())
 	if err != nil {
 		return nil, err
 	}
