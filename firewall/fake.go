@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -230,6 +231,22 @@ func (f *Fake) Restore(payload []byte) error {
 			if err := next.insert(chain, len(next.rules[chain])+1, line); err != nil {
 				return fmt.Errorf("restore line %q: %w", line, err)
 			}
+		case strings.HasPrefix(line, "-I "): // "-I CHAIN N spec"
+			f := strings.SplitN(line[3:], " ", 3)
+			pos, err := strconv.Atoi(f[1])
+			if len(f) < 3 || err != nil {
+				return fakeErr{fmt.Sprintf("restore: bad insert %q", line)}
+			}
+			if err := next.insert(f[0], pos, "-A "+f[0]+" "+f[2]); err != nil {
+				return fmt.Errorf("restore line %q: %w", line, err)
+			}
+		case strings.HasPrefix(line, "-D "): // by spec: the first match
+			chain, _, _ := strings.Cut(line[3:], " ")
+			i := slices.Index(next.rules[chain], "-A "+line[3:])
+			if i < 0 {
+				return fakeErr{fmt.Sprintf("restore line %q: no such rule", line)}
+			}
+			next.rules[chain] = slices.Delete(next.rules[chain], i, i+1)
 		default:
 			return fakeErr{fmt.Sprintf("restore: unsupported line %q", line)}
 		}

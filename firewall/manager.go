@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -221,7 +222,10 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 	if reasons[ReasonForwardJumpMissing] || reasons[ReasonForwardJumpLate] {
 		// Docker deletes and re-inserts this same rule at the top of FORWARD
 		// on every start, so inserting it ourselves never fights Docker.
-		if err := t.Insert(Table, Forward, 1, "-j", DockerUser); err != nil {
+		// Stale copies go in the same transaction, by spec, not by number:
+		// Docker inserts into FORWARD meanwhile (after a firewalld reload,
+		// one -I per rule), and each late copy left behind would pile up.
+		if err := t.Restore(forwardJumpPayload(len(indices(o.forward, jumpRule(Forward, DockerUser))))); err != nil {
 			errs = append(errs, fmt.Errorf("inserting the %s jump to %s: %w", Forward, DockerUser, err))
 		}
 	}
@@ -250,6 +254,19 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 		}
 	}
 	return st, errors.Join(errs...)
+}
+
+// forwardJumpPayload puts the FORWARD jump to DOCKER-USER on top and
+// deletes the stale copies in one transaction, so there is no moment
+// without a jump.
+func forwardJumpPayload(stale int) []byte {
+	var b strings.Builder
+	b.WriteString("*" + Table + "\n")
+	for range stale {
+		b.WriteString("-D " + Forward + " -j " + DockerUser + "\n")
+	}
+	b.WriteString("-I " + Forward + " 1 -j " + DockerUser + "\nCOMMIT\n")
+	return []byte(b.String())
 }
 
 // chainExists re-reads the table after a failed create: Docker may have

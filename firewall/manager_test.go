@@ -396,3 +396,27 @@ func BenchmarkEnsureSteadyState(b *testing.B) {
 		}
 	}
 }
+
+// TestForwardJumpNoPileUp: after a firewalld reload Docker re-adds its
+// FORWARD rules one -I at a time while the agent repairs. Each repair puts
+// the jump on top; the copies Docker's inserts pushed down must go, or one
+// is left behind per insert.
+func TestForwardJumpNoPileUp(t *testing.T) {
+	m, fakes := newFakeManager(ActionDrop)
+	f := fakes[IPv4]
+	dockerRuleset(t, f)
+	dockerRuleset(t, fakes[IPv6])
+	for i := range 5 {
+		must(t, f.Insert(Table, Forward, 1, "-i", "docker0", "-o", "docker0", "-j", "ACCEPT"))
+		if _, err := m.Ensure(context.Background()); err != nil {
+			t.Fatalf("repair %d: %v", i, err)
+		}
+	}
+	out, _ := f.Save(Table)
+	if n := strings.Count(string(out), "-A FORWARD -j DOCKER-USER\n"); n != 1 {
+		t.Fatalf("%d FORWARD jumps to DOCKER-USER, want 1:\n%s", n, f.Dump())
+	}
+	if first := strings.Split(f.Dump(), "\n")[7]; first != "-A FORWARD -j DOCKER-USER" {
+		t.Fatalf("first FORWARD rule %q:\n%s", first, f.Dump())
+	}
+}
