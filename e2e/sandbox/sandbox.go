@@ -79,6 +79,11 @@ type Options struct {
 	// dockerd, iptables and everything else StartProcess, HostCommand and
 	// HostRun start are run from (RootExec); "" uses the machine's.
 	DockerRoot string
+	// Firewalld runs Debian's firewalld (FirewalldBackend: "nftables", the
+	// default, or "iptables") on a private system bus before dockerd
+	// starts (firewalld.go).
+	Firewalld        bool
+	FirewalldBackend string
 	// Binds are host directories programs run from DockerRoot need to see
 	// (e.g. the agent binary's); the sandbox directory always is.
 	Binds []string
@@ -103,6 +108,8 @@ type Sandbox struct {
 
 	mu         sync.Mutex
 	dockerd    *Process
+	dbus       *Process
+	firewalld  *Process
 	mocks      []*Process
 	procs      []*Process
 	listeners  []net.Listener
@@ -197,6 +204,11 @@ func New(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		return nil, fmt.Errorf("sandbox: IMDS: %w", err)
 	}
 	s.logf("sandbox %s: IMDS up in %v", id, time.Since(start).Round(time.Millisecond))
+	if opts.Firewalld {
+		if err := s.startFirewalld(ctx); err != nil {
+			return nil, err
+		}
+	}
 	if !opts.NoDockerd {
 		if err := s.StartDockerd(ctx); err != nil {
 			return nil, err
@@ -282,7 +294,7 @@ func (s *Sandbox) Env() []string {
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case "PATH", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH":
+		case "PATH", "DBUS_SYSTEM_BUS_ADDRESS", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH":
 			continue
 		}
 		env = append(env, kv)
@@ -293,6 +305,7 @@ func (s *Sandbox) Env() []string {
 	return append(env,
 		"PATH="+path,
 		"DOCKER_HOST="+s.DockerHost,
+		"DBUS_SYSTEM_BUS_ADDRESS="+s.busAddress(),
 		// Keep the CLI away from ~/.docker (credential helpers, contexts).
 		"DOCKER_CONFIG="+filepath.Join(s.Dir, "docker-config"),
 	)
@@ -542,6 +555,7 @@ func (s *Sandbox) close() error {
 	}
 	// dockerd stops its containers itself (--init makes that quick).
 	errs = append(errs, s.StopDockerd())
+	errs = append(errs, s.stopBus())
 	for _, m := range mocks {
 		errs = append(errs, m.Stop(2*time.Second))
 	}

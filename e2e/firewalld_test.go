@@ -1,0 +1,163 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imdsguard/imdsguard/e2e/sandbox"
+)
+
+// TestFirewalld runs a real firewalld (Debian's, private system bus) under
+// dockerd, as on a RHEL-family ECS host, and does what operators do to it:
+// --reload, --complete-reload, a restart. Each time the block must be back
+// within the drift-repair bound, and once Docker has re-created its chains
+// there must be exactly one of each of imdsguard's rules: Docker's
+// re-creation never removes or duplicates them. firewalld's nftables
+// backend (its default) leaves iptables alone; its iptables backend flushes
+// every table on reload (moby/moby#35043), the case users report.
+func TestFirewalld(t *testing.T) {
+	forEachDocker(t, func(t *testing.T, opts sandbox.Options) {
+		for _, fb := range []string{"nftables", "iptables"} {
+			t.Run("firewalld-"+fb, func(t *testing.T) {
+				opts := opts
+				opts.Firewalld, opts.FirewalldBackend = true, fb
+				testFirewalld(t, opts)
+			})
+		}
+	})
+}
+
+func testFirewalld(t *testing.T, opts sandbox.Options) {
+	e := newEnv(t, opts)
+	s := e.s
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("firewalld log (tail):\n%s", tailLines(s.FirewalldLog(), 30))
+		}
+	})
+	zones, err := s.FirewallCmd("--get-active-zones")
+	if err != nil || !strings.Contains(zones, "docker") {
+		t.Fatalf("dockerd did not register its docker zone with firewalld (%v):\n%s", err, zones)
+	}
+	if _, err := s.RunContainer("onbridge"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateNetwork("appnet", "172.30.0.0/24", "fd00:ec2:d1::/64"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RunContainer("onappnet", "--network", "appnet"); err != nil {
+		t.Fatal(err)
+	}
+	// firewalld itself must not be what blocks IMDS here.
+	if body, err := s.ReadIMDS("onbridge"); err != nil || body != sandbox.InstanceID {
+		t.Fatalf("under firewalld, before the agent, a container must read IMDS: %q %v", body, err)
+	}
+	version, _ := s.Docker("version", "--format", "{{.Server.Version}}")
+	e.startAgent(t, "--resync-interval", "5s")
+	e.waitProtected(t)
+	e.assertBlocked(t, "onbridge", "onappnet")
+	if bad := e.ruleCensus(); bad != "" {
+		t.Fatalf("before any reload: %s", bad)
+	}
+
+	bound := 5 * time.Second // the drift-repair bound TestAgent holds
+	for _, op := range []struct {
+		name string
+		do   func() error
+	}{
+		{"firewall-cmd --reload", func() error { _, err := s.FirewallCmd("--reload"); return err }},
+		{"firewall-cmd --complete-reload", func() error { _, err := s.FirewallCmd("--complete-reload"); return err }},
+		{"firewalld restart", func() error { return s.RestartFirewalld(context.Background()) }},
+	} {
+		for i := range 3 {
+			start := time.Now()
+			if err := op.do(); err != nil {
+				t.Fatalf("%s: %v", op.name, err)
+			}
+			took := time.Since(start)
+			// Lost at any point after the command? Poll from its return.
+			var lost bool
+			waitFor(t, "block back after "+op.name, bound, func() bool {
+				ok := e.protectedOutside("ipv4") && e.protectedOutside("ipv6")
+				lost = lost || !ok
+				return ok
+			})
+			back := time.Since(start)
+			// Docker re-creates its chains on firewalld's Reloaded signal or
+			// its reappearance on the bus, on its own schedule; watch the
+			// census until it has been clean for 3 s in a row.
+			var last string
+			clean := time.Time{}
+			for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				last = e.ruleCensus()
+				if last == "" && e.protectedOutside("ipv4") && e.protectedOutside("ipv6") {
+					if clean.IsZero() {
+						clean = time.Now()
+					}
+					if time.Since(clean) >= 3*time.Second {
+						break
+					}
+				} else {
+					clean = time.Time{}
+				}
+				if time.Now().After(deadline) {
+					rules, _ := s.HostRun("iptables-save", "-t", "filter")
+					t.Fatalf("after %s, not one of each rule for 3 s within 20 s: %s\n%s", op.name, last, rules)
+				}
+			}
+			t.Logf("%s #%d (%s firewalld, docker %s): command %v; block lost: %v; enforced again %v after the command started",
+				op.name, i+1, opts.FirewalldBackend, version, took.Round(time.Millisecond), lost, back.Round(time.Millisecond))
+		}
+		e.assertBlocked(t, "onbridge", "onappnet")
+		zones, err := s.FirewallCmd("--get-active-zones")
+		if err != nil || !strings.Contains(zones, "docker") {
+			t.Fatalf("after %s, Docker's zone is gone (%v):\n%s", op.name, err, zones)
+		}
+	}
+	// Containers started after all that are blocked too (Docker's own
+	// forwarding works again).
+	if _, err := s.RunContainer("late"); err != nil {
+		t.Fatal(err)
+	}
+	e.assertBlocked(t, "late")
+}
+
+
+// ruleCensus reads both families' filter tables and reports what is not
+// exactly one: the FORWARD -> DOCKER-USER jump, the DOCKER-USER ->
+// IMDS-GUARD jump, each line of IMDS-GUARD's body. "" means clean.
+func (e *env) ruleCensus() string {
+	var bad []string
+	for _, bin := range []string{"iptables-save", "ip6tables-save"} {
+		out, err := e.s.HostRun(bin, "-t", "filter")
+		if err != nil {
+			return fmt.Sprintf("%s: %v", bin, err)
+		}
+		count := map[string]int{}
+		for _, l := range strings.Split(out, "\n") {
+			if l == "-A FORWARD -j DOCKER-USER" || strings.HasPrefix(l, "-A DOCKER-USER -j IMDS-GUARD") || strings.HasPrefix(l, "-A IMDS-GUARD ") {
+				count[l]++
+			}
+		}
+		for _, must := range []string{"-A FORWARD -j DOCKER-USER", "-A DOCKER-USER -j IMDS-GUARD"} {
+			if count[must] == 0 {
+				bad = append(bad, bin+": no "+must)
+			}
+		}
+		keys := make([]string, 0, len(count))
+		for k := range count {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			if count[k] > 1 {
+				bad = append(bad, fmt.Sprintf("%s: %d× %q", bin, count[k], k))
+			}
+		}
+	}
+	return strings.Join(bad, "; ")
+}
