@@ -5,7 +5,7 @@ BIN := bin/imdsguard
 TOOLS := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(PATH)
 
-.PHONY: build test test-unit test-e2e demo vet tools
+.PHONY: build test test-unit test-e2e demo vet tools soak
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
@@ -23,6 +23,14 @@ DOCKER ?= 20.10,26,28
 test-e2e: tools docker-roots
 	IMDSGUARD_E2E_DOCKER=$(DOCKER) $(GO) test -count=1 -v -timeout 40m ./e2e/...
 
+# soak: the chaos soak (e2e/soak_test.go) for $(SOAK) on the last of
+# $(DOCKER)'s versions; a short one runs inside test-e2e.
+SOAK ?= 10m
+soak: tools docker-roots
+	IMDSGUARD_E2E_DOCKER=$(DOCKER) IMDSGUARD_SOAK=$(SOAK) IMDSGUARD_SOAK_OUT=$(CURDIR)/bench/results/soak-$$(date -u +%F).md \
+		$(GO) test -count=1 -v -run '^TestSoak$$' -timeout $(SOAK_TIMEOUT) ./e2e/
+SOAK_TIMEOUT ?= 90m
+
 # demo: a container reads IMDS, imdsguard starts, the container cannot,
 # its neighbours still answer, drift is repaired; then everything is torn down.
 demo: tools build
@@ -35,14 +43,22 @@ test-unit:
 	$(GO) test -count=1 ./agent/... ./firewall/... ./ecsconfig/... ./cmd/... ./packaging/...
 
 # tools: what the e2e sandbox (e2e/sandbox) needs. Apt packages are
-# installed only when missing; the metadata mock is pinned.
-E2E_APT := docker.io iptables nftables busybox-static iproute2 debootstrap
+# installed only when missing; the metadata mock is pinned. firewalld is
+# for the sandbox's private instance only: a policy-rc.d keeps apt from
+# starting it on the machine, and it is not enabled at boot.
+E2E_APT := docker.io iptables nftables busybox-static iproute2 debootstrap firewalld
 MOCK_VERSION := v1.13.0
 tools:
 	@missing=$$(for p in $(E2E_APT); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing:" $$missing; \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+		guard=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && guard=1; fi; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; rc=$$?; \
+		if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+		case " $$missing " in *" firewalld "*) \
+			if [ -d /run/systemd/system ]; then systemctl disable firewalld >/dev/null 2>&1 || true; fi;; esac; \
+		[ $$rc = 0 ] || exit $$rc; \
 	fi
 	@if [ ! -x $(TOOLS)/bin/ec2-metadata-mock ]; then \
 		GOBIN=$(TOOLS)/bin $(GO) install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$(MOCK_VERSION); \

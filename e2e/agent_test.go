@@ -169,13 +169,20 @@ func (e *env) assertBlocked(t *testing.T, containers ...string) {
 // iptables-save, independently of the agent, and says whether the block is
 // whole for one family.
 func (e *env) protectedOutside(family string) bool {
-	bin, imds := "iptables-save", "-A IMDS-GUARD -d 169.254.169.254/32 -j DROP"
+	bin := "iptables-save"
 	if family == "ipv6" {
-		bin, imds = "ip6tables-save", "-A IMDS-GUARD -d fd00:ec2::254/128 -j DROP"
+		bin = "ip6tables-save"
 	}
 	out, err := e.s.HostRun(bin, "-t", "filter")
-	if err != nil {
-		return false
+	return err == nil && protectedIn(out, family)
+}
+
+// protectedIn says whether one family's `iptables-save -t filter` output
+// holds the whole block.
+func protectedIn(out, family string) bool {
+	imds := "-A IMDS-GUARD -d 169.254.169.254/32 -j DROP"
+	if family == "ipv6" {
+		imds = "-A IMDS-GUARD -d fd00:ec2::254/128 -j DROP"
 	}
 	var fwd, du []string
 	guard := false
