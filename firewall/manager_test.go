@@ -419,4 +419,13 @@ func TestForwardJumpNoPileUp(t *testing.T) {
 	if first := strings.Split(f.Dump(), "\n")[7]; first != "-A FORWARD -j DOCKER-USER" {
 		t.Fatalf("first FORWARD rule %q:\n%s", first, f.Dump())
 	}
+	// Docker deletes its jump and inserts it again; a repair that fills
+	// the gap leaves two, the first still on top.
+	must(t, f.Insert(Table, Forward, 1, "-j", DockerUser))
+	states, err := m.Ensure(context.Background())
+	must(t, err)
+	out, _ = f.Save(Table)
+	if n := strings.Count(string(out), "-A FORWARD -j DOCKER-USER\n"); n != 1 || !states[0].Enforced {
+		t.Fatalf("after a duplicate: %d FORWARD jumps, enforced %v:\n%s", n, states[0].Enforced, f.Dump())
+	}
 }

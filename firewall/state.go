@@ -18,6 +18,9 @@ const (
 	ReasonJumpDuplicate      Reason = "jump_duplicate"
 	ReasonForwardJumpMissing Reason = "forward_jump_missing"
 	ReasonForwardJumpLate    Reason = "forward_jump_late"
+	// ReasonForwardJumpDuplicate: Docker's delete-then-insert of its jump
+	// raced a repair that filled the gap between the two.
+	ReasonForwardJumpDuplicate Reason = "forward_jump_duplicate"
 	// Host-network blocking (only with Spec.Host).
 	ReasonHostChainMissing    Reason = "host_chain_missing"
 	ReasonHostChainModified   Reason = "host_chain_modified"
@@ -117,6 +120,8 @@ func (o observed) problems(f Family, spec Spec) []Problem {
 	firstJump(o.dockerUser, DockerUser, Chain, ReasonJumpMissing, ReasonJumpNotFirst, ReasonJumpDuplicate)
 	if ok, reason, detail := forwardJumpOK(o.forward); !ok {
 		add(reason, "%s", detail)
+	} else if n := len(indices(o.forward, jumpRule(Forward, DockerUser))); n > 1 {
+		add(ReasonForwardJumpDuplicate, "%s jumps to %s %d times", Forward, DockerUser, n)
 	}
 	if spec.Host != nil {
 		body(HostChain, o.hostExists, o.host, spec.HostRules(f), ReasonHostChainMissing, ReasonHostChainModified)
@@ -134,7 +139,7 @@ func (r Reason) Fix() string {
 		return "created " + DockerUser
 	case ReasonJumpMissing, ReasonJumpNotFirst:
 		return "inserted the jump to " + Chain + " as rule 1 of " + DockerUser
-	case ReasonJumpDuplicate:
+	case ReasonJumpDuplicate, ReasonForwardJumpDuplicate:
 		return "deleted the extra jumps"
 	case ReasonForwardJumpMissing, ReasonForwardJumpLate:
 		return "inserted the jump to " + DockerUser + " as rule 1 of " + Forward
