@@ -178,3 +178,15 @@ func (s *Sandbox) stopBus() error {
 	}
 	return err
 }
+
+// FirewalldBackendName is the FirewallBackend the sandbox's firewalld was
+// given ("" without Options.Firewalld).
+func (s *Sandbox) FirewalldBackendName() string {
+	if !s.opts.Firewalld {
+		return ""
+	}
+	if s.opts.FirewalldBackend == "" {
+		return "nftables"
+	}
+	return s.opts.FirewalldBackend
+}
