@@ -21,7 +21,7 @@ test: tools vet test-unit test-e2e test-packaging
 # dockerd versions only; the default is all three (README, Tests).
 DOCKER ?= 20.10,26,28
 test-e2e: tools docker-roots
-	IMDSGUARD_E2E_DOCKER=$(DOCKER) $(GO) test -count=1 -v -timeout 40m ./e2e/...
+	IMDSGUARD_E2E_DOCKER=$(DOCKER) $(GO) test -count=1 -v -timeout 60m ./e2e/...
 
 # soak: the chaos soak (e2e/soak_test.go) for $(SOAK) on the last of
 # $(DOCKER)'s versions; a short one runs inside test-e2e.
