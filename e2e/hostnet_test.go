@@ -15,7 +15,7 @@ import (
 // have their own cgroup v2 group it is blocked while the host namespace
 // still reads IMDS; elsewhere the status says why it is not.
 func TestHostNetwork(t *testing.T) {
-	e := newEnv(t, sandbox.Options{})
+	e := newEnv(t, sandbox.Options{CgroupV2: true})
 	s := e.s
 	arn := "arn:aws:ecs:us-east-1:123456789012:task/e2e/mon"
 	args := append([]string{"--network", "host"}, ecsLabels(arn, "mon", "collector")...)
