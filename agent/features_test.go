@@ -32,17 +32,21 @@ func (d *inspectingDocker) Inspect(_ context.Context, id string) (Details, error
 	return det, nil
 }
 
-// fakeNS is an in-memory set of namespaces by path.
+// fakeNS is an in-memory set of namespaces by path. Each has a default
+// route through its ENI, so without a blackhole (or the guard rule) a
+// lookup to IMDS leaves; bypassed namespaces hold a policy rule and a
+// route in another table that go around the main table's blackhole.
 type fakeNS struct {
-	mu      sync.Mutex
-	routes  map[string]*NSRoutes
-	host    map[string]bool
-	added   []string // "path family", in order
-	watches map[string]func()
+	mu       sync.Mutex
+	routes   map[string]*NSRoutes
+	host     map[string]bool
+	bypassed map[string]bool
+	added    []string // "path family", in order
+	watches  map[string]func()
 }
 
 func newFakeNS() *fakeNS {
-	return &fakeNS{routes: map[string]*NSRoutes{}, host: map[string]bool{}, watches: map[string]func(){}}
+	return &fakeNS{routes: map[string]*NSRoutes{}, host: map[string]bool{}, bypassed: map[string]bool{}, watches: map[string]func(){}}
 }
 
 func (n *fakeNS) Routes(path string) (NSRoutes, error) {
@@ -55,7 +59,39 @@ func (n *fakeNS) Routes(path string) (NSRoutes, error) {
 	if !ok {
 		return NSRoutes{}, fmt.Errorf("opening network namespace %s: %w", path, fs.ErrNotExist)
 	}
-	return *r, nil
+	out := *r
+	// What a lookup honouring the policy rules finds.
+	escape := func(blackhole, guard bool) string {
+		switch {
+		case guard:
+			return ""
+		case n.bypassed[path]:
+			return "a route lookup reaches IMDS: routed via 192.0.2.1 (table 100)"
+		case !blackhole:
+			return "a route lookup reaches IMDS: routed via 192.0.2.1 (table 254)"
+		}
+		return ""
+	}
+	out.V4Escape = escape(out.V4Blackhole, out.V4Guard)
+	if out.HasIPv6 {
+		out.V6Escape = escape(out.V6Blackhole, out.V6Guard)
+	}
+	return out, nil
+}
+
+// bypass is `ip rule add to 169.254.169.254 lookup 100` plus a route in
+// table 100, with or without the guard rule deleted first.
+func (n *fakeNS) bypass(path string, deleteGuard bool) {
+	n.mu.Lock()
+	n.bypassed[path] = true
+	if deleteGuard {
+		n.routes[path].V4Guard = false
+	}
+	cb := n.watches[path]
+	n.mu.Unlock()
+	if cb != nil {
+		cb()
+	}
 }
 
 func (n *fakeNS) Blackhole(path string, fams []firewall.Family) error {
@@ -67,9 +103,9 @@ func (n *fakeNS) Blackhole(path string, fams []firewall.Family) error {
 	for _, f := range fams {
 		n.added = append(n.added, path+" "+string(f))
 		if f == firewall.IPv6 {
-			n.routes[path].V6Blackhole = true
+			n.routes[path].V6Blackhole, n.routes[path].V6Guard = true, true
 		} else {
-			n.routes[path].V4Blackhole = true
+			n.routes[path].V4Blackhole, n.routes[path].V4Guard = true, true
 		}
 	}
 	return nil
@@ -208,6 +244,45 @@ func TestAWSVPCEnforceRetrofitsAndRepairs(t *testing.T) {
 	fx.docker.mu.Unlock()
 	fx.docker.event(t)
 	eventually(t, "watch stopped", func() bool { return !ns.watching(path) })
+}
+
+// TestAWSVPCPolicyRuleBypass: a task that routes IMDS around the main
+// table's blackhole through a rule of its own is exposed in check mode
+// and, in enforce mode, gets the guard rule and is blocked; deleting the
+// guard to bypass again is repaired.
+func TestAWSVPCPolicyRuleBypass(t *testing.T) {
+	path := "/var/run/docker/netns/pause"
+	fx := awsvpcFixture(t, ECSModeCheck, true)
+	ns := fx.ns.(*fakeNS)
+	ns.routes[path].V4Blackhole = true
+	ns.bypass(path, false)
+	st, _ := fx.build(t).Once(context.Background(), true)
+	task := st.AWSVPC.Tasks[0]
+	if task.Protected || !task.IPv4Route || !strings.Contains(task.Reason, "despite the blackhole") || !strings.Contains(task.Escape, "table 100") {
+		t.Fatalf("check mode, bypassed task: %+v", task)
+	}
+	if st.Verdict != VerdictDegraded || !strings.Contains(strings.Join(st.Reasons, "\n"), "table 100") {
+		t.Fatalf("verdict %s %v", st.Verdict, st.Reasons)
+	}
+	if len(ns.addedRoutes()) != 0 {
+		t.Fatal("check mode changed the namespace")
+	}
+
+	fx = awsvpcFixture(t, ECSModeEnforce, true)
+	ns = fx.ns.(*fakeNS)
+	ns.routes[path].V4Blackhole = true
+	ns.bypass(path, false)
+	fx.start(t)
+	eventually(t, "protected", func() bool { return fx.agent.Status().Verdict == VerdictProtected })
+	if task := fx.agent.Status().AWSVPC.Tasks[0]; !task.IPv4Guard || task.Escape != "" {
+		t.Fatalf("enforce mode: %+v", task)
+	}
+	eventually(t, "watching the namespace", func() bool { return ns.watching(path) })
+	ns.bypass(path, true)
+	eventually(t, "guard repaired", func() bool { return fx.agent.Status().Repairs == 1 })
+	if st := fx.agent.Status(); st.Verdict != VerdictProtected || !st.AWSVPC.Tasks[0].IPv4Guard {
+		t.Fatalf("after the repair: %s %+v", st.Verdict, st.AWSVPC.Tasks[0])
+	}
 }
 
 func TestAWSVPCNeverTouchesTheHost(t *testing.T) {
