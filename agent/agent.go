@@ -89,6 +89,9 @@ type Agent struct {
 	// route that goes missing later is counted as drift.
 	routesSeen map[string]bool
 	watches    map[string]nsWatch
+	// hostCgroups are the host-network containers' cgroups the last sync
+	// blocked, by container ID: kept while a read fails (fail closed).
+	hostCgroups map[string]hostCgroup
 	runCtx     context.Context
 	wg         sync.WaitGroup
 }
@@ -188,16 +191,25 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	// exemption goes (fail closed) and the host chain is left as it is
 	// (dropping its rules would unblock containers that may still run).
 	exempt, exemptList, exemptAddrs := exemptions(a.cfg, containers)
-	host, hostSpec, hostBlocked := a.hostNetwork(ctx, containers, exempt)
+	host, hostSpec, hostBlocked, hostStale, hostErr := a.hostNetwork(ctx, containers, exempt, dockerErr == nil)
 	if dockerErr != nil {
 		hostSpec = nil
+	}
+	if hostErr != nil {
+		errs = append(errs, hostErr.Error())
 	}
 	st.Exemptions, st.HostNetwork = exemptList, &host
 	lap("containers")
 
 	// Firewall.
 	spec := firewall.Spec{Action: a.cfg.Action, Exempt: exemptAddrs, Host: hostSpec}
+	if enforce && hostSpec != nil && len(hostStale) > 0 {
+		a.reinsertHost(ctx, spec, hostStale)
+	}
 	fwStates, fwErr := a.firewall(ctx, enforce, spec)
+	if err := a.hostChainOff(ctx, enforce, &host); err != nil {
+		errs = append(errs, err.Error())
+	}
 	lap("firewall")
 	a.mu.Lock()
 	st.Firewall = FirewallStatus{Backend: a.backend.Mode, Why: a.backend.Why, Action: string(a.cfg.Action)}

@@ -435,13 +435,21 @@ func TestExemptionFollowsTheContainer(t *testing.T) {
 	}
 }
 
-// fakeSys is a System with a fixed cgroup layout.
+// fakeSys is a System with a cgroup layout tests change: files are
+// /proc/PID/cgroup contents, ids the cgroups' identities (1 if unset).
 type fakeSys struct {
 	unified error
 	files   map[string]string
+	ids     map[string]uint64
 }
 
 func (s fakeSys) CgroupV2Unified() error { return s.unified }
+func (s fakeSys) CgroupID(path string) (uint64, error) {
+	if id, ok := s.ids[path]; ok {
+		return id, nil
+	}
+	return 1, nil
+}
 func (s fakeSys) ReadFile(p string) ([]byte, error) {
 	if b, ok := s.files[p]; ok {
 		return []byte(b), nil
@@ -461,7 +469,7 @@ func hostFixture(t *testing.T, unified error) *fixture {
 	fx.insp = map[string]Details{
 		"agentagentagent0": {Pid: 10}, "daemondaemondae0": {Pid: 20}, "rootrootrootroo0": {Pid: 30}, "parentparentpar0": {Pid: 40},
 	}
-	fx.sys = fakeSys{unified: unified, files: map[string]string{
+	fx.sys = fakeSys{unified: unified, ids: map[string]uint64{}, files: map[string]string{
 		"/proc/self/cgroup": "0::/system.slice/imdsguard.service\n",
 		"/proc/1/cgroup":    "0::/init.scope\n",
 		"/proc/10/cgroup":   "0::/system.slice/docker-agent.scope\n",
@@ -502,6 +510,136 @@ func TestHostNetworkBlockedByCgroup(t *testing.T) {
 	st, _ = fx.agent.Once(context.Background(), true)
 	if strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-m cgroup") || strings.Contains(strings.Join(st.Reasons, "\n"), "container") {
 		t.Fatalf("verdict %s %v:\n%s", st.Verdict, st.Reasons, fx.fakes[firewall.IPv4].Dump())
+	}
+}
+
+// TestHostNetworkFailsClosed: a container whose inspect or cgroup read
+// fails keeps its rule (and says so), and only a listing without it lifts
+// the rule; a container restarted in the same cgroup path gets its rule
+// put in again (the kernel resolved the old cgroup).
+func TestHostNetworkFailsClosed(t *testing.T) {
+	fx := hostFixture(t, nil)
+	rule := `-A IMDS-GUARD-HOST -d 169.254.169.254/32 -m cgroup --path "/ecstasks-0123.slice/docker-collector.scope" -j DROP`
+	a := fx.build(t)
+	ctx := context.Background()
+	if _, err := a.Once(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	collector := func(st *Status) HostContainer {
+		for _, c := range st.HostNetwork.Containers {
+			if c.Name == "ecs-mon-1-collector" {
+				return c
+			}
+		}
+		t.Fatal("collector not in the status")
+		return HostContainer{}
+	}
+	docker := a.docker.(*inspectingDocker)
+	for _, fail := range []struct {
+		name         string
+		break_, heal func()
+	}{
+		{"inspect fails", func() { delete(docker.det, "daemondaemondae0") }, func() { docker.det["daemondaemondae0"] = Details{Pid: 20} }},
+		{"cgroup read fails", func() { delete(fx.sys.(fakeSys).files, "/proc/20/cgroup") }, func() {
+			fx.sys.(fakeSys).files["/proc/20/cgroup"] = "0::/ecstasks-0123.slice/docker-collector.scope\n"
+		}},
+	} {
+		fail.break_()
+		st, err := a.Once(ctx, true)
+		if err == nil || !IsPartial(err) {
+			t.Fatalf("%s: want a partial error (retried), got %v", fail.name, err)
+		}
+		if c := collector(st); !c.Blocked || !strings.Contains(c.Reason, "kept from the last sync") || !strings.Contains(fx.fakes[firewall.IPv4].Dump(), rule) {
+			t.Fatalf("%s: %+v\n%s", fail.name, c, fx.fakes[firewall.IPv4].Dump())
+		}
+		fail.heal()
+	}
+
+	// Restarted: same path, new cgroup. The chain is rebuilt without the
+	// rule and with it again.
+	calls := fx.fakes[firewall.IPv4].Calls
+	if _, err := a.Once(ctx, true); err != nil || fx.fakes[firewall.IPv4].Calls != calls {
+		t.Fatalf("a steady pass changed the firewall (%d calls) or failed: %v", fx.fakes[firewall.IPv4].Calls-calls, err)
+	}
+	fx.sys.(fakeSys).ids["/ecstasks-0123.slice/docker-collector.scope"] = 2
+	if _, err := a.Once(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := fx.fakes[firewall.IPv4].Calls - calls; got != 2 || !strings.Contains(fx.fakes[firewall.IPv4].Dump(), rule) {
+		t.Fatalf("after a restart in the same cgroup path: %d restores, want 2 (without, then with the rule):\n%s", got, fx.fakes[firewall.IPv4].Dump())
+	}
+
+	// Gone from the listing, while its inspect fails: the rule goes.
+	delete(docker.det, "daemondaemondae0")
+	fx.docker.containers = slices.DeleteFunc(fx.docker.containers, func(c Container) bool { return c.ID == "daemondaemondae0" })
+	if _, err := a.Once(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-m cgroup") {
+		t.Fatalf("rule outlived its container:\n%s", fx.fakes[firewall.IPv4].Dump())
+	}
+}
+
+// TestHostNetworkJoinerHasItsOwnRule: a container in a host-network
+// container's namespace (--network container:<id>) is blocked by its own
+// cgroup, not reported blocked on its owner's.
+func TestHostNetworkJoinerHasItsOwnRule(t *testing.T) {
+	fx := hostFixture(t, nil)
+	fx.docker.containers = append(fx.docker.containers, Container{ID: "sidecarsidecar00", Name: "sidecar", NetworkMode: "container:daemondaemondae0"})
+	fx.insp["sidecarsidecar00"] = Details{Pid: 50}
+	fx.sys.(fakeSys).files["/proc/50/cgroup"] = "0::/ecstasks-0123.slice/docker-sidecar.scope\n"
+	st, _ := fx.build(t).Once(context.Background(), true)
+	if !strings.Contains(fx.fakes[firewall.IPv4].Dump(), `--path "/ecstasks-0123.slice/docker-sidecar.scope"`) {
+		t.Fatalf("no rule of its own:\n%s", fx.fakes[firewall.IPv4].Dump())
+	}
+	for _, c := range st.Containers {
+		if c.Name == "sidecar" && (!c.Protected || !strings.Contains(c.Reason, "(host network): host network: blocked")) {
+			t.Fatalf("sidecar %+v", c)
+		}
+	}
+	// Without its own rule (its cgroup unreadable from the start) it is
+	// not blocked, whatever its owner is.
+	fx = hostFixture(t, nil)
+	fx.docker.containers = append(fx.docker.containers, Container{ID: "sidecarsidecar00", Name: "sidecar", NetworkMode: "container:daemondaemondae0"})
+	st, _ = fx.build(t).Once(context.Background(), true)
+	for _, c := range st.Containers {
+		if c.Name == "sidecar" && (c.Protected || !strings.Contains(c.Reason, "no rule of its own")) {
+			t.Fatalf("sidecar without a rule: %+v", c)
+		}
+	}
+}
+
+// TestHostNetworkOffRemovesTheChain: --block-host-network turned off
+// deletes IMDS-GUARD-HOST and its jump; check (which changes nothing)
+// says the chain is still there.
+func TestHostNetworkOffRemovesTheChain(t *testing.T) {
+	fx := hostFixture(t, nil)
+	ctx := context.Background()
+	if _, err := fx.build(t).Once(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-A OUTPUT -j IMDS-GUARD-HOST") {
+		t.Fatal("no host chain to start with")
+	}
+	fx.cfg.BlockHostNetwork = false
+	st, err := fx.build(t).Once(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(st.HostNetwork.Enforcement, "still in place") || !strings.Contains(fx.fakes[firewall.IPv4].Dump(), firewall.HostChain) {
+		t.Fatalf("check with the chain left: %q", st.HostNetwork.Enforcement)
+	}
+	st, err = fx.agent.Once(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []firewall.Family{firewall.IPv4, firewall.IPv6} {
+		if d := fx.fakes[f].Dump(); strings.Contains(d, firewall.HostChain) {
+			t.Fatalf("%s: host chain left after apply with blocking off:\n%s", f, d)
+		}
+	}
+	if strings.Contains(st.HostNetwork.Enforcement, "still in place") || st.Verdict == VerdictExposed {
+		t.Fatalf("after removal: %q %s", st.HostNetwork.Enforcement, st.Verdict)
 	}
 }
 

@@ -174,19 +174,29 @@ func (n *netlinkNamespaces) judge(ns netns.NsHandle, h *netlink.Handle, f firewa
 	for _, a := range addrs {
 		srcs = append(srcs, a.IP)
 	}
+	// One line per way out, with the sources that take it.
 	var escapes []string
+	from := map[string][]string{}
 	for _, src := range srcs {
 		rs, err := h.RouteGetWithOptions(imdsNet(f).IP, &netlink.RouteGetOptions{SrcAddr: src})
 		esc, err := lookupEscape(rs, err)
 		if err != nil {
 			return familyPath{}, fmt.Errorf("route lookup to %s from %v: %w", imdsNet(f).IP, src, err)
 		}
-		if esc != "" {
-			if src != nil {
-				esc = "from " + src.String() + " " + esc
-			}
+		if esc == "" {
+			continue
+		}
+		if _, ok := from[esc]; !ok {
 			escapes = append(escapes, esc)
 		}
+		name := "any source"
+		if src != nil {
+			name = src.String()
+		}
+		from[esc] = append(from[esc], name)
+	}
+	for i, esc := range escapes {
+		escapes[i] = esc + " from " + strings.Join(from[esc], ", ")
 	}
 	return judgePath(rules, escapes, mainBlackhole, tosRoutes(tos, imdsNet(f))), nil
 }
