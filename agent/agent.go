@@ -92,8 +92,8 @@ type Agent struct {
 	// hostCgroups are the host-network containers' cgroups the last sync
 	// blocked, by container ID: kept while a read fails (fail closed).
 	hostCgroups map[string]hostCgroup
-	runCtx     context.Context
-	wg         sync.WaitGroup
+	runCtx      context.Context
+	wg          sync.WaitGroup
 }
 
 // Options are the agent's collaborators.
