@@ -89,11 +89,12 @@ type Agent struct {
 	// route that goes missing later is counted as drift.
 	routesSeen map[string]bool
 	watches    map[string]nsWatch
+	runCtx     context.Context
+	wg         sync.WaitGroup
+
 	// hostCgroups are the host-network containers' cgroups the last sync
 	// blocked, by container ID: kept while a read fails (fail closed).
 	hostCgroups map[string]hostCgroup
-	runCtx      context.Context
-	wg          sync.WaitGroup
 }
 
 // Options are the agent's collaborators.
