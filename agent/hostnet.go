@@ -153,6 +153,11 @@ func (a *Agent) hostNetwork(ctx context.Context, containers []Container, exempt 
 				errs = append(errs, fmt.Errorf("host-network container %s: keeping its rule: %w", c.Name, err))
 				kept = " (kept from the last sync: " + err.Error() + ")"
 				path, id = prev.path, prev.id
+				// A restart need not be seen through Docker: a new cgroup
+				// in the same path still needs its rule put in again.
+				if now, ierr := a.sys.CgroupID(path); ierr == nil && now != id {
+					stale, id = append(stale, path), now
+				}
 			} else if had && prev.path == path && prev.id != id {
 				stale = append(stale, path)
 			}
