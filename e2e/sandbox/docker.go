@@ -44,7 +44,7 @@ func (s *Sandbox) StartDockerd(ctx context.Context) error {
 		args = append(args, "--exec-opt", "native.cgroupdriver=cgroupfs")
 	}
 	args = append(args, s.opts.DockerdArgs...)
-	bin, args := s.hostArgv("dockerd", args)
+	bin, args := s.withCgroupV2("dockerd", args)
 	p, err := startIn(s.Dir, s.HostNetNSPath, "dockerd", bin, args, s.Env())
 	if err != nil {
 		return err

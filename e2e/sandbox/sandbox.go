@@ -289,13 +289,13 @@ func (s *Sandbox) Env() []string {
 	)
 }
 
-// hostArgv wraps a command line for the host namespace's processes: with
+// withCgroupV2 wraps a command line for the host namespace's processes: with
 // Options.CgroupV2 it runs in a mount namespace of its own (private, so
 // nothing propagates to the machine and it vanishes with its processes)
 // where cgroup2 is mounted over /sys/fs/cgroup. Every process so started
 // sees the same hierarchy: there is one cgroup2 hierarchy per kernel. Each
 // step execs, so the pid is the program's.
-func (s *Sandbox) hostArgv(bin string, args []string) (string, []string) {
+func (s *Sandbox) withCgroupV2(bin string, args []string) (string, []string) {
 	if !s.opts.CgroupV2 {
 		return bin, args
 	}
@@ -305,7 +305,7 @@ func (s *Sandbox) hostArgv(bin string, args []string) (string, []string) {
 
 // HostCommand prepares name to run in the host namespace with Env.
 func (s *Sandbox) HostCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
-	name, args = s.hostArgv(name, args)
+	name, args = s.withCgroupV2(name, args)
 	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + s.HostNetNSPath, "--", name}, args...)...)
 	cmd.Env = s.Env()
 	cmd.WaitDelay = 2 * time.Second
@@ -471,7 +471,7 @@ func waitListening(ctx context.Context, nsPath, addr string, port int, p *Proces
 // StartProcess runs bin in the host namespace with Env; its output goes to
 // Dir/name.log. Close stops it (SIGTERM, then SIGKILL after 5s).
 func (s *Sandbox) StartProcess(name string, bin string, args ...string) (*Process, error) {
-	bin, args = s.hostArgv(bin, args)
+	bin, args = s.withCgroupV2(bin, args)
 	p, err := startIn(s.Dir, s.HostNetNSPath, name, bin, args, s.Env())
 	if err != nil {
 		return nil, err
