@@ -719,8 +719,7 @@ func TestNewFlags(t *testing.T) {
 // — with the fake firewall, namespaces and cgroups: the agent's own cost of
 // the new features at scale, without iptables or netlink.
 func BenchmarkPass500(b *testing.B) {
-	fx := newFixture(&testing.T{})
-	fx.cfg.HostRoot = b.TempDir()
+	fx := newFixture(b)
 	fx.cfg.AWSVPCMode, fx.cfg.BlockHostNetwork, fx.cfg.ExemptLabel = ECSModeEnforce, true, DefaultExemptLabel
 	ns := newFakeNS()
 	sys := fakeSys{files: map[string]string{"/proc/self/cgroup": "0::/system.slice/imdsguard.service\n", "/proc/1/cgroup": "0::/init.scope\n"}}
@@ -750,7 +749,7 @@ func BenchmarkPass500(b *testing.B) {
 		fx.docker.containers = append(fx.docker.containers, c)
 	}
 	fx.ns, fx.sys = ns, sys
-	a := fx.build(&testing.T{})
+	a := fx.build(b)
 	ctx := context.Background()
 	if _, err := a.Once(ctx, true); err != nil {
 		b.Fatal(err)

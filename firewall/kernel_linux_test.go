@@ -20,27 +20,39 @@ import (
 )
 
 // inNewNetns runs fn on a thread moved into a fresh network namespace, so the
-// iptables processes it starts see only that namespace's tables.
+// iptables processes it starts see only that namespace's tables. fn runs on
+// the test's own goroutine, so it may call t.Fatal: the deferred switch back
+// still runs. Should the switch back fail, the thread stays locked and dies
+// with the test's goroutine, so it never returns to the pool in the wrong
+// namespace.
 func inNewNetns(t *testing.T, fn func()) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates a network namespace and runs iptables")
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// The thread is left locked and dies with the goroutine, so it never
-		// returns to the pool in the wrong namespace.
-		runtime.LockOSThread()
-		ns, err := netns.New()
-		if err != nil {
-			t.Errorf("new netns: %v", err)
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("current netns: %v", err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		t.Fatalf("new netns: %v", err)
+	}
+	defer ns.Close()
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			t.Errorf("back to the original network namespace: %v", err)
 			return
 		}
-		defer ns.Close()
-		fn()
+		runtime.UnlockOSThread()
 	}()
-	<-done
+	fn()
 }
 
 // legacyPath puts iptables* names linked to the -legacy binaries first on
