@@ -272,6 +272,12 @@ func listRules(ns netns.NsHandle, family int) ([]policyRule, error) {
 	return out, nil
 }
 
+// ruleSelectors name the rule attributes that always restrict a match.
+var ruleSelectors = map[uint16]string{
+	nl.FRA_IIFNAME: "iif", nl.FRA_OIFNAME: "oif", nl.FRA_IP_PROTO: "ipproto",
+	nl.FRA_SPORT_RANGE: "sport", nl.FRA_DPORT_RANGE: "dport", nl.FRA_TUN_ID: "tun_id",
+}
+
 func parseRule(m []byte) (policyRule, error) {
 	msg := nl.DeserializeRtMsg(m)
 	attrs, err := nl.ParseRouteAttr(m[msg.Len():])
@@ -302,23 +308,13 @@ func parseRule(m []byte) (policyRule, error) {
 			if native.Uint32(a.Value) != 0 {
 				sel = append(sel, "fwmark")
 			}
-		case nl.FRA_IIFNAME:
-			sel = append(sel, "iif")
-		case nl.FRA_OIFNAME:
-			sel = append(sel, "oif")
-		case nl.FRA_IP_PROTO:
-			sel = append(sel, "ipproto")
-		case nl.FRA_SPORT_RANGE:
-			sel = append(sel, "sport")
-		case nl.FRA_DPORT_RANGE:
-			sel = append(sel, "dport")
+		case nl.FRA_IIFNAME, nl.FRA_OIFNAME, nl.FRA_IP_PROTO, nl.FRA_SPORT_RANGE, nl.FRA_DPORT_RANGE, nl.FRA_TUN_ID:
+			sel = append(sel, ruleSelectors[a.Attr.Type])
 		case nl.FRA_UID_RANGE:
 			// The kernel reports the full range for rules without one.
 			if native.Uint32(a.Value[0:4]) != 0 || native.Uint32(a.Value[4:8]) != ^uint32(0) {
 				sel = append(sel, "uidrange")
 			}
-		case nl.FRA_TUN_ID:
-			sel = append(sel, "tun_id")
 		case unix.FRA_L3MDEV:
 			if a.Value[0] != 0 {
 				sel = append(sel, "l3mdev")
