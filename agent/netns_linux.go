@@ -375,10 +375,12 @@ func (n *netlinkNamespaces) Blackhole(path string, fams []firewall.Family) error
 // go below priority 0, and a rule joins the end of its priority, so once
 // ours leads priority 0 every rule added later comes after it. The kernel's
 // own "lookup local" also sits at 0, and a task may add a route to IMDS to
-// the local table: it is moved to priority 1 first (added there before it
-// is deleted at 0, so local delivery never stops). Rules found ahead of
-// ours — added while ours was deleted — are deleted: in enforce mode
-// nothing may route IMDS traffic before imdsguard does.
+// the local table: it goes behind the guard without a moment when no local
+// rule exists — moved to priority 1 when that is free (the order against
+// every other rule stays), else re-added at 0 behind the guard with a
+// stand-in at 1 meanwhile (rules the task has at 1 stay behind it). Rules
+// found ahead of ours — added while ours was deleted — are deleted: in
+// enforce mode nothing may route IMDS traffic before imdsguard does.
 func ensureGuard(ns netns.NsHandle, h *netlink.Handle, f firewall.Family) error {
 	fam := nlFamily(f)
 	rules, err := listRules(ns, fam)
@@ -388,34 +390,56 @@ func ensureGuard(ns netns.NsHandle, h *netlink.Handle, f firewall.Family) error 
 	if guardFirst(rules) {
 		return nil
 	}
-	if !slices.ContainsFunc(rules, policyRule.isGuard) {
-		if slices.ContainsFunc(rules, func(r policyRule) bool { return r.isLocal() && r.Pref == 0 }) {
-			if !slices.ContainsFunc(rules, func(r policyRule) bool { return r.isLocal() && r.Pref == 1 }) {
-				local := netlink.NewRule()
-				local.Family, local.Priority, local.Table = fam, 1, unix.RT_TABLE_LOCAL
-				if err := h.RuleAdd(local); err != nil {
-					return fmt.Errorf("moving the local rule to priority 1: %w", err)
-				}
+	has := func(ok func(policyRule) bool) bool { return slices.ContainsFunc(rules, ok) }
+	local := func(pref int, proto uint8) *netlink.Rule {
+		r := netlink.NewRule()
+		r.Family, r.Priority, r.Table, r.Protocol = fam, pref, unix.RT_TABLE_LOCAL, proto
+		return r
+	}
+	guard := netlink.NewRule()
+	guard.Family, guard.Priority, guard.Dst, guard.Type, guard.Protocol = fam, 0, imdsNet(f), unix.FR_ACT_BLACKHOLE, guardProtocol
+	if !has(policyRule.isGuard) {
+		var steps []func() error
+		switch {
+		case !has(func(r policyRule) bool { return r.isLocal() && r.Pref == 0 }):
+			steps = []func() error{func() error { return h.RuleAdd(guard) }}
+		case !has(func(r policyRule) bool { return r.Pref == 1 && !r.isLocal() }):
+			steps = []func() error{
+				func() error {
+					if has(func(r policyRule) bool { return r.isLocal() && r.Pref == 1 }) {
+						return nil
+					}
+					return h.RuleAdd(local(1, 0))
+				},
+				func() error { return h.RuleDel(local(0, 0)) },
+				func() error { return h.RuleAdd(guard) },
 			}
-			local := netlink.NewRule()
-			local.Family, local.Priority, local.Table = fam, 0, unix.RT_TABLE_LOCAL
-			if err := h.RuleDel(local); err != nil {
-				return fmt.Errorf("deleting the local rule at priority 0: %w", err)
+		default:
+			// The stand-in carries our protocol, so deleting it cannot
+			// take a rule of the task's.
+			steps = []func() error{
+				func() error { return h.RuleAdd(guard) },
+				func() error { return h.RuleAdd(local(1, guardProtocol)) },
+				func() error { return h.RuleDel(local(0, 0)) },
+				func() error { return h.RuleAdd(local(0, 0)) },
+				func() error { return h.RuleDel(local(1, guardProtocol)) },
 			}
 		}
-		g := netlink.NewRule()
-		g.Family, g.Priority, g.Dst, g.Type, g.Protocol = fam, 0, imdsNet(f), unix.FR_ACT_BLACKHOLE, guardProtocol
-		if err := h.RuleAdd(g); err != nil {
-			return fmt.Errorf("adding the guard rule: %w", err)
+		for _, step := range steps {
+			if err := step(); err != nil {
+				return fmt.Errorf("putting the guard rule first: %w", err)
+			}
 		}
 		if rules, err = listRules(ns, fam); err != nil {
 			return err
 		}
 	}
+	at := slices.IndexFunc(rules, policyRule.isGuard)
+	localBehind := at >= 0 && slices.ContainsFunc(rules[at+1:], policyRule.isLocal)
 	var errs []error
-	for _, r := range rules {
-		if r.isGuard() {
-			break
+	for _, r := range rules[:max(at, 0)] {
+		if r.isLocal() && !localBehind {
+			continue // the only local rule: judged by the lookups instead
 		}
 		// Only priority 0 can be ahead of ours; delete by every attribute
 		// the kernel matches on that this rule has, never ours (action).

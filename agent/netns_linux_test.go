@@ -214,3 +214,34 @@ func TestKernelPolicyRuleBypass(t *testing.T) {
 		t.Fatalf("rules after the repair:\n%s", got)
 	}
 }
+
+// TestKernelGuardKeepsTheTasksPriorityOne: with a rule of the task's at
+// priority 1, the local rule goes back to 0 behind the guard, so the
+// task's rule still comes after local delivery.
+func TestKernelGuardKeepsTheTasksPriorityOne(t *testing.T) {
+	p := tempNetns(t)
+	n := strings.TrimPrefix(p, "/var/run/netns/")
+	ip(t, "-n", n, "rule", "add", "pref", "1", "fwmark", "0x7", "lookup", "200")
+	ns, err := NewNamespaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Blackhole(p, []firewall.Family{firewall.IPv4}); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := exec.Command("ip", "-n", n, "rule").CombinedOutput()
+	want := "0:\tfrom all to 169.254.169.254 blackhole proto 73\n0:\tfrom all lookup local\n1:\tfrom all fwmark 0x7 lookup 200\n32766:\tfrom all lookup main\n"
+	if !strings.HasPrefix(string(out), want) {
+		t.Fatalf("rules:\n%s\nwant them to start:\n%s", out, want)
+	}
+	if r, err := ns.Routes(p); err != nil || !r.V4Guard || r.V4Escape != "" {
+		t.Fatalf("%+v %v", r, err)
+	}
+	// Idempotent: a second pass changes nothing.
+	if err := ns.Blackhole(p, []firewall.Family{firewall.IPv4}); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := exec.Command("ip", "-n", n, "rule").CombinedOutput(); string(again) != string(out) {
+		t.Fatalf("second pass changed the rules:\n%s", again)
+	}
+}
