@@ -145,13 +145,17 @@ type familyPath struct {
 // else can matter. Without it, the lookups speak for every packet only if
 // no rule the packet meets before its final lookup matches on a key the
 // lookups did not vary (fwmark, uid, ports...) and no route is chosen by
-// tos: those are reported as escapes, since unknown is not blocked.
+// tos: those are reported as escapes, since unknown is not blocked. A
+// lookup that leaves is an escape even with the guard first.
 func judgePath(rules []policyRule, escapes []string, mainBlackhole bool, tos string) familyPath {
-	if guardFirst(rules) {
-		return familyPath{Guard: true}
-	}
+	p := familyPath{Guard: guardFirst(rules)}
 	if len(escapes) > 0 {
-		return familyPath{Escape: "a route lookup reaches IMDS: " + strings.Join(escapes, "; ")}
+		// Whatever the rules say: a lookup that leaves is never blocked.
+		p.Escape = "a route lookup reaches IMDS: " + strings.Join(escapes, "; ")
+		return p
+	}
+	if p.Guard {
+		return p
 	}
 	for _, r := range rules {
 		if r.isGuard() || (mainBlackhole && r.isMain()) {
