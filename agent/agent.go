@@ -95,6 +95,9 @@ type Agent struct {
 	// hostCgroups are the host-network containers' cgroups the last sync
 	// blocked, by container ID: kept while a read fails (fail closed).
 	hostCgroups map[string]hostCgroup
+	// hostChainGone is the firewall with which, blocking off, the host
+	// chain was seen gone (after Redetect a new one looks again).
+	hostChainGone Firewall
 }
 
 // Options are the agent's collaborators.

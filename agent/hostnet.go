@@ -283,12 +283,21 @@ func (a *Agent) hostChainOff(ctx context.Context, enforce bool, st *HostNetworkS
 	}
 	a.mu.Lock()
 	fw := a.fw
+	clean := fw != nil && a.hostChainGone == fw
 	a.mu.Unlock()
 	r, ok := fw.(hostChainRemover)
-	if !ok {
-		return nil // no firewall yet; the next pass looks again
+	if !ok || clean {
+		// No firewall yet (the next pass looks again), or the chain is
+		// known gone: nothing creates it while blocking is off, so one
+		// iptables-save per family per sync is not spent on it.
+		return nil
 	}
 	left, err := r.HostChainLeft(ctx, enforce)
+	if len(left) == 0 && err == nil {
+		a.mu.Lock()
+		a.hostChainGone = fw
+		a.mu.Unlock()
+	}
 	if len(left) > 0 {
 		st.Enforcement += fmt.Sprintf("; %s from an earlier run is still in place (%v): it blocks the containers it names, and `imdsguard remove` or the daemon deletes it", firewall.HostChain, left)
 	}
