@@ -18,6 +18,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/firewall"
 )
 
 // TestHostNetwork: on a host where containers have their own cgroup v2
@@ -124,6 +125,20 @@ func TestHostNetwork(t *testing.T) {
 			rules, _ := s.HostRun("iptables-save", "-t", "filter")
 			return !strings.Contains(rules, "-m cgroup")
 		})
+
+		// Blocking turned off: the chain and its OUTPUT jump go.
+		if err := e.agent.Stop(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		e.startAgent(t)
+		waitFor(t, "host chain removed with blocking off", 30*time.Second, func() bool {
+			v4, _ := s.HostRun("iptables-save", "-t", "filter")
+			v6, _ := s.HostRun("ip6tables-save", "-t", "filter")
+			return strings.Contains(v4, "-A IMDS-GUARD ") && !strings.Contains(v4+v6, firewall.HostChain)
+		})
+		if hn := e.status(t).HostNetwork; hn == nil || hn.Enforcement != "off: --block-host-network is not set" {
+			t.Fatalf("host network status with the chain gone: %+v", hn)
+		}
 	})
 }
 
