@@ -367,3 +367,42 @@ func kernelConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelDetectAndCheckCreateNothing: detecting the backend and checking,
+// on either flavour, in a namespace without tables, leaves it without legacy
+// tables (iptables-legacy-save alone would create the filter table).
+func TestKernelDetectAndCheckCreateNothing(t *testing.T) {
+	for _, mode := range []string{"nft", "legacy"} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == "legacy" {
+				legacyPath(t)
+			}
+			inNewNetns(t, func() {
+				b, err := DetectBackend("auto")
+				if err != nil {
+					t.Errorf("detect: %v", err)
+					return
+				}
+				m, err := NewManagerFor(b, Spec{Action: ActionDrop}, IPv4, IPv6)
+				if err != nil {
+					t.Errorf("manager: %v", err)
+					return
+				}
+				states, _ := m.Check(context.Background())
+				for _, st := range states {
+					if st.Enforced || st.Err != nil {
+						t.Errorf("%s: %+v, want not enforced and no error", st.Family, st)
+					}
+				}
+				for _, f := range []Family{IPv4, IPv6} {
+					if ok, err := legacyTableExists(f, Table); err != nil || ok {
+						t.Errorf("%s/%s: legacy filter table exists after detect and check (%v)", mode, f, err)
+					}
+				}
+				if out, err := exec.Command("nft", "list", "ruleset").Output(); err == nil && len(strings.TrimSpace(string(out))) > 0 {
+					t.Errorf("nftables ruleset after detect and check:\n%s", out)
+				}
+			})
+		})
+	}
+}
