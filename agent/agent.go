@@ -457,7 +457,7 @@ func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (
 	if enforce && a.cfg.ECSConfigMode == ECSModeEnforce {
 		changed, err := ecsconfig.Enforce(a.cfg.HostRoot)
 		if err != nil {
-			st.Error = err.Error()
+			st.Error, st.WriteFailed = err.Error(), true
 			return st, []string{"cannot write ECS_AWSVPC_BLOCK_IMDS=true: " + err.Error()}, err
 		}
 		if changed {
