@@ -14,6 +14,7 @@
 package hostlock
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -75,7 +76,8 @@ const pollInterval = 20 * time.Millisecond
 // (a HeldError naming its pid); a one-shot holder is waited for up to wait,
 // since apply and remove end within seconds and two boot scripts may well
 // run apply at the same time.
-func Acquire(dir, role string, wait time.Duration) (*Lock, error) {
+// Cancelling ctx ends the wait.
+func Acquire(ctx context.Context, dir, role string, wait time.Duration) (*Lock, error) {
 	path, err := Path(dir)
 	if err != nil {
 		return nil, err
@@ -102,7 +104,12 @@ func Acquire(dir, role string, wait time.Duration) (*Lock, error) {
 			f.Close()
 			return nil, held
 		}
-		time.Sleep(pollInterval)
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("waiting for %s: %w", held, ctx.Err())
+		case <-time.After(pollInterval):
+		}
 	}
 	// Say who holds it, for the next one's message.
 	err = f.Truncate(0)

@@ -1,6 +1,7 @@
 package hostlock
 
 import (
+	"context"
 	"errors"
 	"os"
 	"strings"
@@ -10,14 +11,14 @@ import (
 
 func TestDaemonHolderRefusedAtOnce(t *testing.T) {
 	dir := t.TempDir()
-	l, err := Acquire(dir, RoleDaemon, 0)
+	l, err := Acquire(context.Background(), dir, RoleDaemon, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Release()
 	for _, role := range []string{RoleDaemon, "apply", "remove"} {
 		start := time.Now()
-		_, err := Acquire(dir, role, 5*time.Second)
+		_, err := Acquire(context.Background(), dir, role, 5*time.Second)
 		var held *HeldError
 		if !errors.As(err, &held) || held.PID != os.Getpid() || held.Role != RoleDaemon {
 			t.Fatalf("%s: %v, want a HeldError naming this pid as the daemon", role, err)
@@ -33,13 +34,13 @@ func TestDaemonHolderRefusedAtOnce(t *testing.T) {
 
 func TestOneShotHolderWaitedFor(t *testing.T) {
 	dir := t.TempDir()
-	l, err := Acquire(dir, "apply", 0)
+	l, err := Acquire(context.Background(), dir, "apply", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := make(chan error, 1)
 	go func() {
-		l2, err := Acquire(dir, "apply", 10*time.Second)
+		l2, err := Acquire(context.Background(), dir, "apply", 10*time.Second)
 		if err == nil {
 			l2.Release()
 		}
@@ -57,25 +58,25 @@ func TestOneShotHolderWaitedFor(t *testing.T) {
 		t.Fatalf("second apply after release: %v", err)
 	}
 	// And a one-shot holder past the wait is an error naming it.
-	l, err = Acquire(dir, "remove", 0)
+	l, err = Acquire(context.Background(), dir, "remove", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Release()
 	var held *HeldError
-	if _, err := Acquire(dir, "apply", 50*time.Millisecond); !errors.As(err, &held) || held.Role != "remove" {
+	if _, err := Acquire(context.Background(), dir, "apply", 50*time.Millisecond); !errors.As(err, &held) || held.Role != "remove" {
 		t.Fatalf("got %v, want a HeldError naming remove", err)
 	}
 }
 
 func TestReleaseOnClose(t *testing.T) {
 	dir := t.TempDir()
-	l, err := Acquire(dir, RoleDaemon, 0)
+	l, err := Acquire(context.Background(), dir, RoleDaemon, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.Release()
-	l, err = Acquire(dir, RoleDaemon, 0)
+	l, err = Acquire(context.Background(), dir, RoleDaemon, 0)
 	if err != nil {
 		t.Fatalf("after release: %v", err)
 	}
