@@ -19,7 +19,6 @@ import (
 // check reads the same file; an unwritable /etc/ecs fails apply.
 func TestApplyECSConfigThroughLink(t *testing.T) {
 	e := newEnv(t, sandbox.Options{NoDockerd: true})
-	removeLockFile(t, e.s)
 	link := filepath.Join(e.hostRoot, "etc/ecs/ecs.config")
 	target := filepath.Join(e.hostRoot, "opt/ecs/ecs.config")
 	orig := "ECS_CLUSTER=e2e\nECS_ENABLE_TASK_IAM_ROLE=true\nECS_RESERVED_MEMORY=256\n"

@@ -17,7 +17,7 @@ import (
 	"github.com/imdsguard/imdsguard/hostlock"
 )
 
-// removeLockFile deletes the lock file the binary creates for the sandbox's
+// removeLockFile deletes, at cleanup, the lock file the binary creates for the sandbox's
 // namespace (named after its inode, so no other run shares it).
 func removeLockFile(t *testing.T, s *sandbox.Sandbox) {
 	var st syscall.Stat_t
@@ -65,7 +65,6 @@ func countJumps(t *testing.T, s *sandbox.Sandbox, save string) (guard, forward i
 // then 50 rounds of two concurrent applies leave one jump per family.
 func TestOneWriter(t *testing.T) {
 	e := newEnv(t, sandbox.Options{NoDockerd: true})
-	removeLockFile(t, e.s)
 
 	// Read-only means read-only: no legacy tables after a check (the
 	// sandbox is nft; iptables-legacy-save alone would create them).
