@@ -214,12 +214,14 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 			errs = append(errs, fmt.Errorf("creating %s: %w", DockerUser, err))
 		}
 	}
-	errs = append(errs, fixJumps(t, o, reasons)...)
+	// A jump fix that failed and was then made good by the convergence
+	// below is not an error: only what is still wrong is reported.
+	jumpErrs := fixJumps(t, o, reasons)
 
 	// Verify with a fresh read: only the kernel's word counts as enforced.
 	o, err = observe(t)
 	if err != nil {
-		return st, errors.Join(append(errs, fmt.Errorf("verifying: %w", err))...)
+		return st, errors.Join(append(append(errs, jumpErrs...), fmt.Errorf("verifying: %w", err))...)
 	}
 	left := o.problems(f, m.spec)
 	// Another writer (Docker re-inserting its FORWARD jump, a second
@@ -230,11 +232,14 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 		if !ok {
 			break
 		}
-		errs = append(errs, fixJumps(t, o, rs)...)
+		jumpErrs = append(jumpErrs, fixJumps(t, o, rs)...)
 		if o, err = observe(t); err != nil {
-			return st, errors.Join(append(errs, fmt.Errorf("verifying: %w", err))...)
+			return st, errors.Join(append(append(errs, jumpErrs...), fmt.Errorf("verifying: %w", err))...)
 		}
 		left = o.problems(f, m.spec)
+	}
+	if len(left) > 0 {
+		errs = append(errs, jumpErrs...)
 	}
 	st.Packets, st.Bytes = o.packets, o.bytes
 	st.Enforced = len(left) == 0
@@ -293,7 +298,6 @@ func fixJumps(t Tables, o observed, reasons map[Reason]bool) []error {
 			errs = append(errs, err)
 		}
 	}
-
 	return errs
 }
 
