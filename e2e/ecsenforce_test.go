@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -76,5 +77,60 @@ func TestApplyECSConfigThroughLink(t *testing.T) {
 	out, code = e.cli(t, "apply", "--ecs-config-mode", "enforce")
 	if code == 0 || !strings.Contains(out, "imdsguard apply: rules in place, but ecsconfig: writing /etc/ecs/ecs.config") {
 		t.Fatalf("apply on a read-only /etc/ecs: exit %d\n%s", code, out)
+	}
+}
+
+// TestCheckRefusesUnreadableECSConfig: ecs.config as a FIFO, a link to a
+// device, or 200 MB: check answers at once (exit 2) with one line naming the
+// file, instead of blocking or reading without end.
+func TestCheckRefusesUnreadableECSConfig(t *testing.T) {
+	e := newEnv(t, sandbox.Options{NoDockerd: true})
+	cfg := filepath.Join(e.hostRoot, "etc/ecs/ecs.config")
+	for _, tc := range []struct {
+		name, want string
+		make       func() error
+	}{
+		{"fifo", "a FIFO", func() error { return unix.Mkfifo(cfg, 0o644) }},
+		{"link to /dev/zero", "(-> /dev/zero): not a regular file (a character device)", func() error {
+			dev := filepath.Join(e.hostRoot, "dev/zero")
+			if err := os.MkdirAll(filepath.Dir(dev), 0o755); err != nil {
+				return err
+			}
+			if err := unix.Mknod(dev, unix.S_IFCHR|0o666, int(unix.Mkdev(1, 5))); err != nil && !os.IsExist(err) {
+				return err
+			}
+			return os.Symlink("/dev/zero", cfg)
+		}},
+		{"200 MB", "209715200 bytes, the limit is 1048576", func() error {
+			if err := os.WriteFile(cfg, nil, 0o644); err != nil {
+				return err
+			}
+			return os.Truncate(cfg, 200<<20)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.Remove(cfg); err != nil && !os.IsNotExist(err) {
+				t.Fatal(err)
+			}
+			if err := tc.make(); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			out, code := e.cli(t, "check", "--log-level", "error")
+			took := time.Since(start)
+			var line string
+			for _, l := range strings.Split(out, "\n") {
+				if strings.HasPrefix(l, "imdsguard check:") {
+					line = l
+				}
+			}
+			t.Logf("exit %d after %v: %s", code, took, line)
+			if code != 2 || !strings.Contains(line, "/etc/ecs/ecs.config") || !strings.Contains(line, tc.want) {
+				t.Fatalf("exit %d, want 2 and a line naming the file and %q:\n%s", code, tc.want, out)
+			}
+			if took > 5*time.Second {
+				t.Errorf("check took %v", took)
+			}
+		})
 	}
 }
