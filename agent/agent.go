@@ -473,7 +473,7 @@ func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (
 	if enforce && a.cfg.ECSConfigMode == ECSModeEnforce {
 		changed, err := ecsconfig.Enforce(a.cfg.HostRoot)
 		if err != nil {
-			st.Error = err.Error()
+			st.Error, st.WriteFailed = err.Error(), true
 			return st, []string{"cannot write ECS_AWSVPC_BLOCK_IMDS=true: " + err.Error()}, err
 		}
 		if changed {
@@ -481,7 +481,7 @@ func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (
 			a.log.Warn("wrote ECS_AWSVPC_BLOCK_IMDS=true to /etc/ecs/ecs.config; the ECS agent applies it after a restart")
 		}
 	}
-	in, err := ecsconfig.Load(a.cfg.HostRoot)
+	in, err := ecsconfig.LoadContext(ctx, a.cfg.HostRoot)
 	if err != nil {
 		st.Error = err.Error()
 		return st, []string{"cannot read the ECS configuration: " + err.Error()}, err

@@ -27,8 +27,8 @@ func (m *Manager) HostChainLeft(ctx context.Context, remove bool) ([]Family, err
 			left = append(left, f) // unknown is not gone
 			continue
 		}
-		jumps := indices(o.output, jumpRule(Output, HostChain))
-		if !o.hostExists && len(jumps) == 0 {
+		jumps := len(indices(o.output, jumpRule(Output, HostChain)))
+		if !o.hostExists && jumps == 0 {
 			continue
 		}
 		if !remove {
@@ -37,7 +37,11 @@ func (m *Manager) HostChainLeft(ctx context.Context, remove bool) ([]Family, err
 		}
 		// The jumps first: a jump to a missing chain cannot be deleted
 		// later by name, and the chain cannot go while referenced.
-		err = deleteJumps(t, Output, HostChain, jumps, 0)
+		if jumps > 0 {
+			if err = t.Restore(jumpPayload(Output, HostChain, jumps, false)); err != nil {
+				err = fmt.Errorf("deleting the %s jumps to %s: %w", Output, HostChain, err)
+			}
+		}
 		if err == nil && o.hostExists {
 			if err = t.ClearAndDeleteChain(Table, HostChain); err != nil {
 				err = fmt.Errorf("deleting %s: %w", HostChain, err)
