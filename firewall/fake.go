@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 )
@@ -231,22 +230,30 @@ func (f *Fake) Restore(payload []byte) error {
 			if err := next.insert(chain, len(next.rules[chain])+1, line); err != nil {
 				return fmt.Errorf("restore line %q: %w", line, err)
 			}
-		case strings.HasPrefix(line, "-I "): // "-I CHAIN N spec"
-			f := strings.SplitN(line[3:], " ", 3)
-			pos, err := strconv.Atoi(f[1])
-			if len(f) < 3 || err != nil {
-				return fakeErr{fmt.Sprintf("restore: bad insert %q", line)}
+		case strings.HasPrefix(line, "-I "):
+			// "-I CHAIN POS spec…", as the manager writes it.
+			f := strings.Fields(line[3:])
+			var pos int
+			if len(f) < 2 {
+				return fakeErr{fmt.Sprintf("restore: bad line %q", line)}
 			}
-			if err := next.insert(f[0], pos, "-A "+f[0]+" "+f[2]); err != nil {
+			if _, err := fmt.Sscan(f[1], &pos); err != nil {
+				return fakeErr{fmt.Sprintf("restore: bad position in %q", line)}
+			}
+			if err := next.insert(f[0], pos, rule(f[0], f[2:])); err != nil {
 				return fmt.Errorf("restore line %q: %w", line, err)
 			}
-		case strings.HasPrefix(line, "-D "): // by spec: the first match
-			chain, _, _ := strings.Cut(line[3:], " ")
-			i := slices.Index(next.rules[chain], "-A "+line[3:])
-			if i < 0 {
-				return fakeErr{fmt.Sprintf("restore line %q: no such rule", line)}
+		case strings.HasPrefix(line, "-D "):
+			// Delete by spec: the first rule that matches, as iptables -D.
+			f := strings.Fields(line[3:])
+			if len(f) < 1 {
+				return fakeErr{fmt.Sprintf("restore: bad line %q", line)}
 			}
-			next.rules[chain] = slices.Delete(next.rules[chain], i, i+1)
+			i := slices.Index(next.rules[f[0]], rule(f[0], f[1:]))
+			if i < 0 {
+				return fakeErr{fmt.Sprintf("restore line %q: Bad rule (does a matching rule exist in that chain?)", line)}
+			}
+			next.rules[f[0]] = slices.Delete(next.rules[f[0]], i, i+1)
 		default:
 			return fakeErr{fmt.Sprintf("restore: unsupported line %q", line)}
 		}

@@ -18,8 +18,8 @@ const (
 	ReasonJumpDuplicate      Reason = "jump_duplicate"
 	ReasonForwardJumpMissing Reason = "forward_jump_missing"
 	ReasonForwardJumpLate    Reason = "forward_jump_late"
-	// ReasonForwardJumpDuplicate: Docker's delete-then-insert of its jump
-	// raced a repair that filled the gap between the two.
+	// ReasonForwardJumpDuplicate: more than one FORWARD jump to
+	// DOCKER-USER, which makes every packet walk it twice.
 	ReasonForwardJumpDuplicate Reason = "forward_jump_duplicate"
 	// Host-network blocking (only with Spec.Host).
 	ReasonHostChainMissing    Reason = "host_chain_missing"
@@ -32,7 +32,7 @@ const (
 // Reasons lists every Reason, so metrics can start each series at zero.
 var Reasons = []Reason{
 	ReasonChainMissing, ReasonChainModified, ReasonDockerUserMissing, ReasonJumpMissing,
-	ReasonJumpNotFirst, ReasonJumpDuplicate, ReasonForwardJumpMissing, ReasonForwardJumpLate,
+	ReasonJumpNotFirst, ReasonJumpDuplicate, ReasonForwardJumpMissing, ReasonForwardJumpLate, ReasonForwardJumpDuplicate,
 	ReasonHostChainMissing, ReasonHostChainModified, ReasonOutputJumpMissing, ReasonOutputJumpNotFirst,
 	ReasonOutputJumpDuplicate,
 }
@@ -139,10 +139,12 @@ func (r Reason) Fix() string {
 		return "created " + DockerUser
 	case ReasonJumpMissing, ReasonJumpNotFirst:
 		return "inserted the jump to " + Chain + " as rule 1 of " + DockerUser
-	case ReasonJumpDuplicate, ReasonForwardJumpDuplicate:
+	case ReasonJumpDuplicate:
 		return "deleted the extra jumps"
 	case ReasonForwardJumpMissing, ReasonForwardJumpLate:
 		return "inserted the jump to " + DockerUser + " as rule 1 of " + Forward
+	case ReasonForwardJumpDuplicate:
+		return "kept one jump to " + DockerUser + ", as rule 1 of " + Forward
 	case ReasonHostChainMissing, ReasonHostChainModified:
 		return "rebuilt " + HostChain + " with iptables-restore"
 	case ReasonOutputJumpMissing, ReasonOutputJumpNotFirst:

@@ -39,6 +39,10 @@ func (s *Sandbox) StartDockerd(ctx context.Context) error {
 		"--iptables=true",
 		"--shutdown-timeout", "3",
 	}
+	if s.opts.CgroupV2 {
+		// systemd is not the cgroup manager in the sandbox's namespace.
+		args = append(args, "--exec-opt", "native.cgroupdriver=cgroupfs")
+	}
 	args = append(args, s.opts.DockerdArgs...)
 	p, err := startArgv(s.Dir, "dockerd", s.hostArgv("dockerd", args...), s.Env())
 	if err != nil {

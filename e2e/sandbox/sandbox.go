@@ -87,6 +87,12 @@ type Options struct {
 	// Binds are host directories programs run from DockerRoot need to see
 	// (e.g. the agent binary's); the sandbox directory always is.
 	Binds []string
+	// CgroupV2 runs dockerd and every process started in the host
+	// namespace (StartProcess, HostCommand) in a private mount namespace
+	// with the unified cgroup v2 hierarchy at /sys/fs/cgroup, so that on a
+	// cgroup v1 or hybrid machine Docker (cgroupfs driver) gives each
+	// container a cgroup v2 group of its own, as on a cgroup v2 host.
+	CgroupV2 bool
 }
 
 // Sandbox is one simulated container instance. Its methods are safe for
@@ -316,7 +322,8 @@ func (s *Sandbox) Env() []string {
 func (s *Sandbox) hostArgv(name string, args ...string) []string {
 	argv := append([]string{name}, args...)
 	if s.opts.DockerRoot == "" {
-		return append([]string{"nsenter", "--net=" + s.HostNetNSPath, "--"}, argv...)
+		name, args = s.withCgroupV2(name, args)
+		return append([]string{"nsenter", "--net=" + s.HostNetNSPath, "--", name}, args...)
 	}
 	w, err := s.rootExec().Wrap(argv)
 	if err != nil { // New checked the options; a failure here is a bug
@@ -326,7 +333,21 @@ func (s *Sandbox) hostArgv(name string, args ...string) []string {
 }
 
 func (s *Sandbox) rootExec() RootExec {
-	return RootExec{Root: s.opts.DockerRoot, Dir: s.Dir, NetNS: s.HostNetNSPath, Binds: s.opts.Binds}
+	return RootExec{Root: s.opts.DockerRoot, Dir: s.Dir, NetNS: s.HostNetNSPath, Binds: s.opts.Binds, CgroupV2: s.opts.CgroupV2}
+}
+
+// withCgroupV2 wraps a command line for the host namespace's processes: with
+// Options.CgroupV2 it runs in a mount namespace of its own (private, so
+// nothing propagates to the machine and it vanishes with its processes)
+// where cgroup2 is mounted over /sys/fs/cgroup. Every process so started
+// sees the same hierarchy: there is one cgroup2 hierarchy per kernel. Each
+// step execs, so the pid is the program's.
+func (s *Sandbox) withCgroupV2(bin string, args []string) (string, []string) {
+	if !s.opts.CgroupV2 {
+		return bin, args
+	}
+	return "unshare", append([]string{"--mount", "--propagation", "private", "--",
+		"sh", "-c", `mount -t cgroup2 none /sys/fs/cgroup && exec "$0" "$@"`, bin}, args...)
 }
 
 // HostCommand prepares name to run in the host namespace with Env.
