@@ -95,6 +95,12 @@ func (s *Sandbox) StopDockerd() error {
 	for _, p := range s.procs {
 		keep[p.Pid()] = true
 	}
+	// The private bus and firewalld name the directory too (their config).
+	for _, p := range []*Process{s.dbus, s.firewalld} {
+		if p != nil {
+			keep[p.Pid()] = true
+		}
+	}
 	s.mu.Unlock()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
