@@ -73,6 +73,26 @@ func newEnv(t *testing.T, opts sandbox.Options) *env {
 	return e
 }
 
+// startTwoContainers starts "onbridge" on the default bridge and
+// "onappnet" on a user-defined IPv6 network, and checks that, with nothing
+// blocking yet, a container reads IMDS.
+func (e *env) startTwoContainers(t *testing.T) {
+	t.Helper()
+	s := e.s
+	if _, err := s.RunContainer("onbridge"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateNetwork("appnet", "172.30.0.0/24", "fd00:ec2:d1::/64"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RunContainer("onappnet", "--network", "appnet"); err != nil {
+		t.Fatal(err)
+	}
+	if body, err := s.ReadIMDS("onbridge"); err != nil || body != sandbox.InstanceID {
+		t.Fatalf("before the agent, a container must read IMDS: %q %v", body, err)
+	}
+}
+
 // flags are the settings every agent command in a sandbox needs.
 func (e *env) flags() []string {
 	return []string{"--docker-host", e.s.DockerHost, "--status-socket", e.socket, "--host-root", e.hostRoot}
@@ -227,18 +247,7 @@ func testAgent(t *testing.T, opts sandbox.Options) {
 	backend := opts.Backend
 	e := newEnv(t, opts)
 	s := e.s
-	if _, err := s.RunContainer("onbridge"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.CreateNetwork("appnet", "172.30.0.0/24", "fd00:ec2:d1::/64"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.RunContainer("onappnet", "--network", "appnet"); err != nil {
-		t.Fatal(err)
-	}
-	if body, err := s.ReadIMDS("onbridge"); err != nil || body != sandbox.InstanceID {
-		t.Fatalf("before the agent, a container must read IMDS: %q %v", body, err)
-	}
+	e.startTwoContainers(t)
 
 	// On legacy the periodic resync is the only drift detection.
 	resync := 5 * time.Second

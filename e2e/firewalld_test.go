@@ -54,19 +54,8 @@ func testFirewalld(t *testing.T, opts sandbox.Options) {
 	if err != nil || !strings.Contains(zones, "docker") {
 		t.Fatalf("dockerd did not register its docker zone with firewalld (%v):\n%s", err, zones)
 	}
-	if _, err := s.RunContainer("onbridge"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.CreateNetwork("appnet", "172.30.0.0/24", "fd00:ec2:d1::/64"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.RunContainer("onappnet", "--network", "appnet"); err != nil {
-		t.Fatal(err)
-	}
 	// firewalld itself must not be what blocks IMDS here.
-	if body, err := s.ReadIMDS("onbridge"); err != nil || body != sandbox.InstanceID {
-		t.Fatalf("under firewalld, before the agent, a container must read IMDS: %q %v", body, err)
-	}
+	e.startTwoContainers(t)
 	version, _ := s.Docker("version", "--format", "{{.Server.Version}}")
 	e.startAgent(t, "--resync-interval", "5s")
 	e.waitProtected(t)

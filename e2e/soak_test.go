@@ -536,11 +536,14 @@ func (so *soak) report(wall time.Duration, done map[string]int, probes string) {
 	p("")
 	p("## Events")
 	p("")
-	p("| Event | Count |")
-	p("|---|---|")
-	for _, k := range sortedKeys(done) {
-		p("| %s | %d |", k, done[k])
+	table := func(head string, m map[string]int) {
+		p("| %s |", head)
+		p("|---|---|")
+		for _, k := range sortedKeys(m) {
+			p("| %s | %d |", strings.ReplaceAll(k, "|", "\\|"), m[k])
+		}
 	}
+	table("Event | Count", done)
 	p("")
 	if so.fwFailed > 0 {
 		p("")
@@ -551,11 +554,7 @@ func (so *soak) report(wall time.Duration, done map[string]int, probes string) {
 	p("")
 	p("Issued ≈ %d, answered %d. An answered probe is put down to the last event before it.", issued, answered)
 	p("")
-	p("| Last event before the answer | Answered probes |")
-	p("|---|---|")
-	for _, k := range sortedKeys(answeredBy) {
-		p("| %s | %d |", k, answeredBy[k])
-	}
+	table("Last event before the answer | Answered probes", answeredBy)
 	p("")
 	p("## Ruleset snapshots (every 50 ms, both families)")
 	p("")
@@ -565,11 +564,7 @@ func (so *soak) report(wall time.Duration, done map[string]int, probes string) {
 	}
 	p("%d snapshots, one every %.0f ms on average (50 ms asked: each is an iptables-save pair through the Docker root's launcher, slower on a loaded machine); %d without the whole block.", so.snaps, interval, so.unprotected)
 	p("")
-	p("| Last event before an unprotected snapshot | Snapshots |")
-	p("|---|---|")
-	for _, k := range sortedKeys(so.unprotectedBy) {
-		p("| %s | %d |", k, so.unprotectedBy[k])
-	}
+	table("Last event before an unprotected snapshot | Snapshots", so.unprotectedBy)
 	p("")
 	p("## Time to verified enforcement (agent status: protected, from a sync begun after the event)")
 	p("")
@@ -599,11 +594,7 @@ func (so *soak) report(wall time.Duration, done map[string]int, probes string) {
 	if len(so.dupSnaps) == 0 {
 		p("None in any snapshot.")
 	} else {
-		p("| Duplicate | Snapshots showing it |")
-		p("|---|---|")
-		for _, k := range sortedKeys(so.dupSnaps) {
-			p("| %s | %d |", strings.ReplaceAll(k, "|", "\\|"), so.dupSnaps[k])
-		}
+		table("Duplicate | Snapshots showing it", so.dupSnaps)
 	}
 	p("")
 	if len(so.dupBad) > 0 {
