@@ -29,6 +29,14 @@
 // in-process TCP responders listening inside the IMDS namespace that answer
 // one line naming themselves and close.
 //
+// With Options.DockerRoot, dockerd, the agent and every host-namespace
+// command run from a Debian root with a newer docker.io (built by `make
+// docker-roots`; see [RootExec]), so they share that root's iptables. With
+// Options.Firewalld a real firewalld runs in the host namespace on a
+// private system bus before dockerd starts (firewalld.go). Every process
+// the sandbox starts gets DBUS_SYSTEM_BUS_ADDRESS pointing into the sandbox
+// directory, so no sandbox dockerd ever talks to the machine's firewalld.
+//
 // Everything a sandbox creates lives under one temporary directory (dockerd
 // data/exec roots, sockets, logs, the busybox image tarball) or in its two
 // namespaces; [Sandbox.Close] kills processes by pid, deletes the

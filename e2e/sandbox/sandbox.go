@@ -289,8 +289,9 @@ func (s *Sandbox) makeLegacyDir() error {
 }
 
 // Env is the environment for programs that run in the host namespace:
-// PATH starts with the legacy iptables directory for BackendLegacy, and
-// DOCKER_HOST points at the sandbox daemon.
+// PATH starts with the legacy iptables directory for BackendLegacy,
+// DOCKER_HOST points at the sandbox daemon, and DBUS_SYSTEM_BUS_ADDRESS at
+// the sandbox's private bus (which exists only with Options.Firewalld).
 func (s *Sandbox) Env() []string {
 	var env []string
 	path := os.Getenv("PATH")
