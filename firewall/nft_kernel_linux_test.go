@@ -1,0 +1,397 @@
+//go:build linux
+
+package firewall
+
+import (
+	"context"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// nftCmd runs the nft binary in the calling thread's namespace: another
+// process, with a socket of its own, as an operator would.
+func nftCmd(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("nft not installed (make tools installs it)")
+	}
+	out, err := exec.Command("nft", args...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+func openLayer(t *testing.T, spec NFTSpec) *NFTLayer {
+	t.Helper()
+	l, err := OpenNFT(0, spec)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return l
+}
+
+func mustEnsure(t *testing.T, l *NFTLayer, what string) NFTState {
+	t.Helper()
+	st, err := l.Ensure(context.Background())
+	if err != nil {
+		t.Fatalf("%s: ensure: %v", what, err)
+	}
+	if !st.Present {
+		t.Fatalf("%s: not present after ensure: %+v", what, st)
+	}
+	return st
+}
+
+func mustCheck(t *testing.T, l *NFTLayer) NFTState {
+	t.Helper()
+	st, err := l.Check(context.Background())
+	if err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	return st
+}
+
+var kernelSpecNFT = NFTSpec{Scope: ScopeHost, Action: ActionDrop, IPv6: true,
+	Exempt: []NFTExemption{{Container: "exempt", Port: "vethexempt"}}}
+
+// TestNFTKernelOwnership checks, on this kernel, what other processes and
+// the owner's exit do to the owned tables: the facts the README's table
+// states.
+func TestNFTKernelOwnership(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		flags NFTFlags
+	}{{"owner+persist", NFTFlags{Owner: true, Persist: true}}, {"owner", NFTFlags{Owner: true}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			inNewNetns(t, func() { kernelOwnership(t, tc.flags) })
+		})
+	}
+}
+
+func kernelOwnership(t *testing.T, flags NFTFlags) {
+	l := openLayer(t, kernelSpecNFT)
+	if !l.Flags().Owner || flags.Persist && !l.Flags().Persist {
+		l.Close()
+		t.Skipf("kernel offers %+v, test needs %+v", l.Flags(), flags)
+	}
+	l.flags = flags // owner alone: how a 5.12..6.8 kernel behaves
+	st := mustEnsure(t, l, "first")
+	if !st.Owned || st.OwnerPort != l.Port() {
+		t.Fatalf("not owned by us (port %d): %+v", l.Port(), st)
+	}
+	if st = mustEnsure(t, l, "steady"); st.Rebuilt || len(st.Problems) != 0 {
+		t.Fatalf("steady state rebuilt: %+v", st)
+	}
+
+	// Another process: flush the ruleset, delete the table, add a chain.
+	if out, err := nftCmd(t, "add", "table", "ip", "other"); err != nil {
+		t.Fatalf("add other: %v %s", err, out)
+	}
+	if out, err := nftCmd(t, "flush", "ruleset"); err != nil {
+		t.Fatalf("flush ruleset: %v %s", err, out)
+	}
+	t.Logf("%s: nft flush ruleset: exit 0", flags)
+	if out, _ := nftCmd(t, "list", "tables"); strings.Contains(out, "ip other") {
+		t.Fatalf("flush ruleset left an ordinary table: %s", out)
+	}
+	if st := mustCheck(t, l); !st.Present || len(st.Problems) != 0 {
+		t.Fatalf("after nft flush ruleset: %+v", st)
+	}
+	for _, args := range [][]string{{"delete", "table", "inet", NFTTable}, {"delete", "table", "bridge", NFTTable},
+		{"add", "chain", "inet", NFTTable, "sneak"}, {"flush", "table", "inet", NFTTable}} {
+		out, err := nftCmd(t, args...)
+		if err == nil || !strings.Contains(out, "Operation not permitted") {
+			t.Fatalf("nft %s: %v %q, want Operation not permitted", strings.Join(args, " "), err, out)
+		}
+		t.Logf("%s: nft %s: %s", flags, strings.Join(args, " "), firstLine(out))
+	}
+	if st := mustCheck(t, l); !st.Present || len(st.Problems) != 0 {
+		t.Fatalf("after nft delete table: %+v", st)
+	}
+
+	// The owner exits.
+	port := l.Port()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := nftCmd(t, "list", "table", "inet", NFTTable)
+	if !flags.Persist {
+		if err == nil {
+			t.Fatalf("owner-only table outlived its owner:\n%s", out)
+		}
+		t.Logf("%s: owner closed its socket: table gone", flags)
+		return
+	}
+	if err != nil {
+		t.Fatalf("persist table gone after the owner exited: %v %s", err, out)
+	}
+	t.Logf("%s: owner closed its socket: table stays, orphaned", flags)
+
+	// The next agent finds it whole but unowned, and takes it over.
+	l2 := openLayer(t, kernelSpecNFT)
+	defer l2.Close()
+	st = mustCheck(t, l2)
+	// (The kernel may hand the new socket the same port id: ownership
+	// went with the old socket all the same.)
+	if !st.Present || st.Owned || st.OwnerPort != 0 {
+		t.Fatalf("orphan as seen by the next agent (port %d, was %d): %+v", l2.Port(), port, st)
+	}
+	st = mustEnsure(t, l2, "takeover")
+	if !st.Owned || st.OwnerPort != l2.Port() {
+		t.Fatalf("takeover: %+v", st)
+	}
+	if out, err := nftCmd(t, "delete", "table", "inet", NFTTable); err == nil {
+		t.Fatalf("delete after takeover succeeded: %s", out)
+	}
+	t.Logf("%s: a new owner took the orphan over; nft delete table: Operation not permitted again", flags)
+	// An orphan can be deleted by anyone (what `imdsguard remove` relies on
+	// once the agent is stopped).
+	l2.Close()
+	if out, err := nftCmd(t, "delete", "table", "inet", NFTTable); err != nil {
+		t.Fatalf("delete orphan: %v %s", err, out)
+	}
+	t.Logf("%s: orphan: nft delete table: exit 0", flags)
+}
+
+func firstLine(s string) string {
+	first, _, _ := strings.Cut(s, "\n")
+	return first
+}
+
+// TestNFTKernelRemove: remove from another socket after the owner closed
+// (orphan), and refused while the owner lives.
+func TestNFTKernelRemove(t *testing.T) {
+	inNewNetns(t, func() {
+		l := openLayer(t, kernelSpecNFT)
+		mustEnsure(t, l, "first")
+		other := openLayer(t, kernelSpecNFT)
+		defer other.Close()
+		if err := other.Remove(context.Background()); err == nil || !l.Flags().Owner {
+			t.Fatalf("remove while the owner lives: %v", err)
+		}
+		l.Close()
+		if err := other.Remove(context.Background()); err != nil {
+			t.Fatalf("remove: %v", err)
+		}
+		for _, fam := range []string{"inet", "bridge"} {
+			if out, err := nftCmd(t, "list", "table", fam, NFTTable); err == nil {
+				t.Fatalf("%s table left after remove:\n%s", fam, out)
+			}
+		}
+	})
+}
+
+// TestNFTKernelSpecChange: a changed spec (a new exemption, reject) is
+// applied in one rebuild and reads back equal.
+func TestNFTKernelSpecChange(t *testing.T) {
+	inNewNetns(t, func() {
+		l := openLayer(t, kernelSpecNFT)
+		defer l.Close()
+		mustEnsure(t, l, "first")
+		s := kernelSpecNFT
+		s.Action = ActionReject
+		s.Exempt = append(s.Exempt, NFTExemption{Container: "b", Port: "vethb"}, NFTExemption{Container: "noport"})
+		s.HostCgroups = []string{"/does/not/exist"}
+		l.SetSpec(s)
+		st := mustEnsure(t, l, "changed")
+		if !st.Rebuilt || len(st.Skipped) != 2 {
+			t.Fatalf("changed spec: %+v", st)
+		}
+		if st = mustEnsure(t, l, "steady"); st.Rebuilt {
+			t.Fatalf("steady: %+v", st)
+		}
+		out, _ := nftCmd(t, "list", "table", "bridge", NFTTable)
+		if !strings.Contains(out, `iifname "vethb"`) || strings.Contains(out, "drop") {
+			t.Fatalf("bridge table:\n%s", out)
+		}
+	})
+}
+
+// topology is a container host in miniature, in throwaway namespaces:
+// containers on a bridge in "host", which routes to "far", where IMDS and
+// the ECS credentials endpoint listen. Nothing touches the root namespace.
+type topology struct {
+	host, far netns.NsHandle
+	ctrs      map[string]netns.NsHandle // by host-side port name
+}
+
+func mustDo(t *testing.T, err error, what string) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func addr(t *testing.T, link netlink.Link, cidr string) {
+	t.Helper()
+	a, err := netlink.ParseAddr(cidr)
+	mustDo(t, err, cidr)
+	a.Flags = 0x02 // IFA_F_NODAD: usable at once
+	mustDo(t, netlink.AddrAdd(link, a), "address "+cidr)
+}
+
+func up(t *testing.T, name string) netlink.Link {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	mustDo(t, err, name)
+	mustDo(t, netlink.LinkSetUp(l), "up "+name)
+	return l
+}
+
+func sysctl(t *testing.T, kv string) {
+	t.Helper()
+	out, err := exec.Command("sysctl", "-qw", kv).CombinedOutput()
+	mustDo(t, err, "sysctl "+kv+": "+string(out))
+}
+
+// newTopology builds it on the calling (locked) thread, which it leaves in
+// host.
+func newTopology(t *testing.T, ports ...string) *topology {
+	tp := &topology{ctrs: map[string]netns.NsHandle{}}
+	var err error
+	tp.far, err = netns.New()
+	mustDo(t, err, "far netns")
+	up(t, "lo")
+	sysctl(t, "net.ipv6.conf.default.accept_dad=0")
+	tp.host, err = netns.New()
+	mustDo(t, err, "host netns")
+	t.Cleanup(func() { tp.far.Close(); tp.host.Close() })
+	up(t, "lo")
+	sysctl(t, "net.ipv6.conf.default.accept_dad=0")
+	sysctl(t, "net.ipv4.ip_forward=1")
+	sysctl(t, "net.ipv6.conf.all.forwarding=1")
+	mustDo(t, netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "up0"}, PeerName: "far0", PeerNamespace: netlink.NsFd(tp.far)}), "veth to far")
+	addr(t, up(t, "up0"), "10.99.0.1/24")
+	addr(t, up(t, "up0"), "fdbb::1/64")
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	mustDo(t, netlink.LinkAdd(br), "bridge")
+	addr(t, up(t, "br0"), "172.30.0.1/24")
+	addr(t, up(t, "br0"), "fdaa::1/64")
+	_, imds, _ := net.ParseCIDR("169.254.0.0/16")
+	_, imds6, _ := net.ParseCIDR("fd00:ec2::/64")
+	for _, dst := range []*net.IPNet{imds, imds6} {
+		gw := net.ParseIP("10.99.0.2")
+		if dst.IP.To4() == nil {
+			gw = net.ParseIP("fdbb::2")
+		}
+		mustDo(t, netlink.RouteAdd(&netlink.Route{Dst: dst, Gw: gw}), "route to far")
+	}
+	for i, p := range ports {
+		ns, err := netns.New()
+		mustDo(t, err, "container netns")
+		t.Cleanup(func() { ns.Close() })
+		tp.ctrs[p] = ns
+		mustDo(t, netns.Set(tp.host), "back to host")
+		mustDo(t, netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: p, MasterIndex: 0}, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns)}), "veth "+p)
+		port := up(t, p)
+		mustDo(t, netlink.LinkSetMaster(port, br), "enslave "+p)
+		mustDo(t, netns.Set(ns), "into container")
+		up(t, "lo")
+		eth := up(t, "eth0")
+		addr(t, eth, "172.30.0."+strconv.Itoa(10+i)+"/24")
+		addr(t, eth, "fdaa::"+strconv.Itoa(10+i)+"/64")
+		mustDo(t, netlink.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.ParseIP("172.30.0.1")}), "default route")
+		mustDo(t, netlink.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.ParseIP("fdaa::1")}), "default route v6")
+	}
+	mustDo(t, netns.Set(tp.host), "back to host")
+	upLink, err := netlink.LinkByName("up0")
+	mustDo(t, err, "up0")
+	mustDo(t, netns.Set(tp.far), "into far")
+	far := up(t, "far0")
+	// Static neighbours across the link: IPv6 neighbour discovery over a
+	// veth whose far end just came up is not reliable at once.
+	mustDo(t, netlink.NeighAdd(&netlink.Neigh{LinkIndex: far.Attrs().Index, State: netlink.NUD_PERMANENT,
+		IP: net.ParseIP("fdbb::1"), HardwareAddr: upLink.Attrs().HardwareAddr}), "neighbour fdbb::1")
+	addr(t, far, "10.99.0.2/24")
+	addr(t, far, "fdbb::2/64")
+	lo, _ := netlink.LinkByName("lo")
+	for _, a := range []string{"169.254.169.254/32", "169.254.170.2/32", "fd00:ec2::254/128"} {
+		addr(t, lo, a)
+	}
+	for _, dst := range []string{"172.30.0.0/24", "fdaa::/64"} {
+		_, n, _ := net.ParseCIDR(dst)
+		gw := net.ParseIP("10.99.0.1")
+		if n.IP.To4() == nil {
+			gw = net.ParseIP("fdbb::1")
+		}
+		mustDo(t, netlink.RouteAdd(&netlink.Route{Dst: n, Gw: gw}), "route back")
+	}
+	for _, a := range []string{"169.254.169.254:80", "169.254.170.2:80", "[fd00:ec2::254]:80"} {
+		l, err := net.Listen("tcp", a)
+		mustDo(t, err, "listen "+a)
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+	mustDo(t, netns.Set(tp.host), "back to host")
+	mustDo(t, netlink.NeighAdd(&netlink.Neigh{LinkIndex: upLink.Attrs().Index, State: netlink.NUD_PERMANENT,
+		IP: net.ParseIP("fdbb::2"), HardwareAddr: far.Attrs().HardwareAddr}), "neighbour fdbb::2")
+	return tp
+}
+
+// dial connects from the container behind port; the thread returns to host.
+func (tp *topology) dial(t *testing.T, port, dst string) error {
+	t.Helper()
+	mustDo(t, netns.Set(tp.ctrs[port]), "into container")
+	defer func() { mustDo(t, netns.Set(tp.host), "back to host") }()
+	c, err := net.DialTimeout("tcp", dst, 700*time.Millisecond)
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
+// TestNFTKernelTraffic: layer 1 alone (no iptables at all) drops IMDS v4
+// and v6 from a bridged container, lets its neighbour 169.254.170.2
+// through, lets the exempt container's port through, and keeps doing so
+// after `nft flush ruleset`.
+func TestNFTKernelTraffic(t *testing.T) {
+	inNewNetns(t, func() {
+		tp := newTopology(t, "vethblocked", "vethexempt")
+		imds := []string{"169.254.169.254:80", "[fd00:ec2::254]:80"}
+		// The topology is ready when every path answers (the first
+		// packets wait for neighbour resolution): a few tries each.
+		for _, p := range []string{"vethblocked", "vethexempt"} {
+			for _, d := range append(imds, "169.254.170.2:80") {
+				err := tp.dial(t, p, d)
+				for try := 0; err != nil && try < 5; try++ {
+					err = tp.dial(t, p, d)
+				}
+				mustDo(t, err, "before layer 1, "+p+" to "+d)
+			}
+		}
+		l := openLayer(t, kernelSpecNFT)
+		defer l.Close()
+		mustEnsure(t, l, "first")
+		check := func(when string) {
+			for _, d := range imds {
+				if err := tp.dial(t, "vethblocked", d); err == nil {
+					t.Fatalf("%s: blocked container reached %s", when, d)
+				}
+				mustDo(t, tp.dial(t, "vethexempt", d), when+": exempt container to "+d)
+			}
+			mustDo(t, tp.dial(t, "vethblocked", "169.254.170.2:80"), when+": neighbour 169.254.170.2")
+		}
+		check("owned tables")
+		out, err := nftCmd(t, "flush", "ruleset")
+		mustDo(t, err, "flush ruleset: "+out)
+		check("after nft flush ruleset")
+		st := mustCheck(t, l)
+		if st.Packets == 0 {
+			t.Fatalf("counters saw no blocked packets: %+v", st)
+		}
+		t.Logf("blocked: %d packets, %d bytes", st.Packets, st.Bytes)
+	})
+}
