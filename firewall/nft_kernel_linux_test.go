@@ -37,7 +37,7 @@ func openLayer(t *testing.T, spec NFTSpec) *NFTLayer {
 
 func mustEnsure(t *testing.T, l *NFTLayer, what string) NFTState {
 	t.Helper()
-	st, err := l.Ensure(context.Background())
+	st, err := l.EnsureNFT(context.Background())
 	if err != nil {
 		t.Fatalf("%s: ensure: %v", what, err)
 	}
@@ -49,7 +49,7 @@ func mustEnsure(t *testing.T, l *NFTLayer, what string) NFTState {
 
 func mustCheck(t *testing.T, l *NFTLayer) NFTState {
 	t.Helper()
-	st, err := l.Check(context.Background())
+	st, err := l.CheckNFT(context.Background())
 	if err != nil {
 		t.Fatalf("check: %v", err)
 	}

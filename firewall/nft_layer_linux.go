@@ -196,8 +196,30 @@ func diffTable(t nftTableSpec, lt *nftLive) string {
 	return ""
 }
 
-// Check reads the tables and reports what is wrong, changing nothing.
-func (l *NFTLayer) Check(ctx context.Context) (NFTState, error) {
+// Name is the layer's name in status: "nftables".
+func (l *NFTLayer) Name() string { return "nftables" }
+
+// SetIntent renders the intent in the layer's scope.
+func (l *NFTLayer) SetIntent(in Intent) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.spec = NFTSpec{Scope: l.spec.Scope, Action: in.Action, IPv6: in.IPv6, Exempt: in.Exempt, HostCgroups: in.HostCgroups}
+}
+
+// Check is CheckNFT as a Layer.
+func (l *NFTLayer) Check(ctx context.Context) (LayerState, error) {
+	st, err := l.CheckNFT(ctx)
+	return nftLayerState(st), err
+}
+
+// Ensure is EnsureNFT as a Layer.
+func (l *NFTLayer) Ensure(ctx context.Context) (LayerState, error) {
+	st, err := l.EnsureNFT(ctx)
+	return nftLayerState(st), err
+}
+
+// CheckNFT reads the tables and reports what is wrong, changing nothing.
+func (l *NFTLayer) CheckNFT(ctx context.Context) (NFTState, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	o, err := l.observe()
@@ -207,10 +229,10 @@ func (l *NFTLayer) Check(ctx context.Context) (NFTState, error) {
 	return l.state(o), nil
 }
 
-// Ensure rebuilds the tables when anything differs, in one transaction
+// EnsureNFT rebuilds the tables when anything differs, in one transaction
 // (old tables out, new ones in: no moment without the block), and verifies
 // the result with a fresh read.
-func (l *NFTLayer) Ensure(ctx context.Context) (NFTState, error) {
+func (l *NFTLayer) EnsureNFT(ctx context.Context) (NFTState, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := ctx.Err(); err != nil {
@@ -294,3 +316,8 @@ func (l *NFTLayer) Close() error {
 	defer l.mu.Unlock()
 	return l.k.Close()
 }
+
+var (
+	_ Layer = (*NFTLayer)(nil)
+	_ Layer = IPTablesLayer{}
+)
