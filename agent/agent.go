@@ -90,7 +90,9 @@ type Agent struct {
 	routesSeen map[string]bool
 	watches    map[string]nsWatch
 	runCtx     context.Context
-	wg         sync.WaitGroup
+	// l1 is imdsguard's own nftables tables (layer1.go); nil: off.
+	l1 *layer1
+	wg sync.WaitGroup
 }
 
 // Options are the agent's collaborators.
@@ -109,6 +111,8 @@ type Options struct {
 	Namespaces Namespaces
 	// System reads cgroups for host-network blocking; nil is the machine.
 	System System
+	// NFTables opens layer 1, imdsguard's own nftables tables; nil: off.
+	NFTables NFTFactory
 }
 
 // New builds an agent. Nothing touches the system until Once or Run.
@@ -121,6 +125,9 @@ func New(o Options) *Agent {
 	}
 	if a.sys == nil {
 		a.sys = realSystem{}
+	}
+	if o.NFTables != nil {
+		a.l1 = &layer1{open: o.NFTables}
 	}
 	if a.namespaces == nil {
 		ns, err := NewNamespaces()
@@ -229,6 +236,11 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	if !a.cfg.IPv6 {
 		st.Firewall.IPv6 = FamilyStatus{Enabled: false}
 	}
+	// Layer 1 (layer1.go): either layer whole blocks every bridged container.
+	nftExempt, portIssues := a.exemptPorts(ctx, containers, exempt)
+	st.Firewall.NFTables = a.syncLayer1(ctx, enforce, nftIntent(a.cfg, spec, nftExempt))
+	issues = append(append(issues, portIssues...), mergeLayers(a.cfg, enforced, st.Firewall.NFTables)...)
+	lap("nftables")
 
 	// ECS configuration, and what the running ECS agent applies.
 	ecs, ecsIssues, ecsErr := a.ecs(ctx, containers, enforce)
@@ -640,6 +652,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	cancel()
 	wg.Wait()
 	a.wg.Wait() // route watchers
+	a.closeLayer1()
 	if a.hooks.Stopping != nil {
 		a.hooks.Stopping()
 	}

@@ -52,6 +52,9 @@ type FirewallStatus struct {
 	IPv4    FamilyStatus `json:"ipv4"`
 	IPv6    FamilyStatus `json:"ipv6"`
 	Error   string       `json:"error,omitempty"`
+	// NFTables is layer 1, imdsguard's own tables (ipv4/ipv6 above are
+	// layer 2, the iptables chain).
+	NFTables *NFTStatus `json:"nftables,omitempty"`
 }
 
 // FamilyStatus is one family's block.
@@ -141,6 +144,9 @@ func (s *Status) WriteText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "firewall: %s via iptables-%s; %s; %s\n", s.Firewall.Action, s.Firewall.Backend,
 		fam("ipv4", s.Firewall.IPv4), fam("ipv6", s.Firewall.IPv6))
+	if n := s.Firewall.NFTables; n != nil {
+		n.writeText(w)
+	}
 	ecs := fmt.Sprintf("ECS_AWSVPC_BLOCK_IMDS=%v", s.ECSConfig.AWSVPCBlockIMDS)
 	if s.ECSConfig.Config != nil {
 		ecs += " (" + s.ECSConfig.Config.Reason + ")"

@@ -321,3 +321,14 @@ var (
 	_ Layer = (*NFTLayer)(nil)
 	_ Layer = IPTablesLayer{}
 )
+
+// RemoveNFT deletes layer 1 in the namespace netnsFd refers to (0: the
+// caller's), for `imdsguard remove`: orphans are taken over and deleted; a
+// table a live agent owns is refused.
+func RemoveNFT(ctx context.Context, netnsFd int) error {
+	l, err := OpenNFT(netnsFd, NFTSpec{})
+	if err != nil {
+		return err
+	}
+	return errors.Join(l.Remove(ctx), l.Close())
+}

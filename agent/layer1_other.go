@@ -1,0 +1,15 @@
+//go:build !linux
+
+package agent
+
+import (
+	"context"
+
+	"github.com/imdsguard/imdsguard/firewall"
+)
+
+// exemptPorts: bridge ports are a Linux notion; without them every
+// exemption stays blocked in layer 1, which off Linux does not exist.
+func (a *Agent) exemptPorts(context.Context, []Container, map[string]string) ([]firewall.NFTExemption, []string) {
+	return nil, nil
+}
