@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -109,7 +110,7 @@ func (a *Agent) syncLayer1(ctx context.Context, enforce bool, in firewall.Intent
 		}
 		st.Problems = append(st.Problems, p.Detail)
 		if enforce && ns.Present {
-			a.log.WithField("reason", p.Reason).Warnf("nftables layer: repaired: %s", p.Detail)
+			a.log.WithField("reason", p.Reason).Infof("nftables layer: rebuilt: %s", p.Detail)
 		}
 	}
 	if err != nil {
@@ -189,6 +190,11 @@ func mergeLayers(cfg Config, enforced map[string]bool, nft *NFTStatus) []string 
 		issues = append(issues, fmt.Sprintf("the nftables layer (table inet %s) is not in place: %v", firewall.NFTTable, nft.Problems))
 	case nft.Owner && nft.OwnerPort == 0:
 		issues = append(issues, "the nftables tables are whole but no running imdsguard owns them: the next `nft flush ruleset` would delete them")
+	}
+	for _, sk := range nft.Skipped {
+		if strings.HasPrefix(sk, "exemption ") {
+			issues = append(issues, "nftables layer: "+sk)
+		}
 	}
 	if nft.Present && !l2 {
 		issues = append(issues, "the iptables layer is not in place; the nftables layer still blocks")

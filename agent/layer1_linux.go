@@ -21,7 +21,7 @@ func (a *Agent) exemptPorts(ctx context.Context, containers []Container, exempt 
 	var out []firewall.NFTExemption
 	var problems []string
 	for _, c := range containers {
-		if class, _ := modeClass(c); exempt[c.ID] == "" || class != ModeBridge {
+		if class, _ := modeClass(c); exempt[c.ID] == "" || class != ModeBridge && class != ModeUserNet {
 			continue
 		}
 		addrs := slices.Concat(c.IPv4, c.IPv6)
@@ -71,15 +71,20 @@ func bridgePorts(path string) ([]string, error) {
 		return nil, err
 	}
 	defer nh.Close()
+	// Listing the links first makes the kernel assign the ids of their
+	// peers' namespaces, which the lookup below only reads.
+	links, err := nh.LinkList()
+	if err != nil {
+		return nil, err
+	}
 	// The id the container's namespace gives ours: a veth's peer index
 	// means an interface here only when its link netns id is this one.
 	hostID, err := nh.GetNetNsIdByFd(int(self))
 	if err != nil {
 		return nil, fmt.Errorf("the host's namespace id as seen from %s: %w", path, err)
 	}
-	links, err := nh.LinkList()
-	if err != nil {
-		return nil, err
+	if hostID < 0 {
+		return nil, fmt.Errorf("no veth of %s has its other end in this namespace", path)
 	}
 	var ports []string
 	for _, l := range links {

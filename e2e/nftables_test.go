@@ -1,0 +1,110 @@
+package e2e
+
+import (
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/imdsguard/imdsguard/agent"
+	"github.com/imdsguard/imdsguard/e2e/sandbox"
+)
+
+// TestNFTablesLayer: imdsguard's own nftables tables hold the block on
+// their own. Everything an operator or a service does to iptables, and
+// `nft flush ruleset`, leaves bridged containers without an answer from
+// IMDS (v4 and v6) while the neighbours and an exempt container answer;
+// after SIGTERM the tables stay (owner+persist) and still block with
+// every iptables rule gone; `imdsguard remove` deletes them.
+func TestNFTablesLayer(t *testing.T) { forEachBackend(t, testNFTablesLayer) }
+
+func testNFTablesLayer(t *testing.T, backend sandbox.Backend) {
+	e := newEnv(t, sandbox.Options{Backend: backend})
+	s := e.s
+	if _, err := s.RunContainer("onbridge"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateNetwork("nftnet", "172.31.7.0/24", "fd00:ec2:d7::/64"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RunContainer("onnftnet", "--network", "nftnet"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RunContainer("exempt", "--network", "nftnet", "--label", agent.DefaultExemptLabel); err != nil {
+		t.Fatal(err)
+	}
+	e.startAgent(t)
+	st := e.waitProtected(t)
+	n := st.Firewall.NFTables
+	if n == nil || !n.Present || !n.Owned || n.SurvivesFlush != "yes" || n.SurvivesStop != "yes" {
+		t.Fatalf("nftables layer: %+v", n)
+	}
+	if len(n.Skipped) != 0 {
+		t.Fatalf("exemption not applied in layer 1: %q", n.Skipped)
+	}
+	out, _ := e.cli(t, "status")
+	t.Logf("imdsguard status:\n%s", out)
+	if !strings.Contains(out, "survives nft flush: yes; survives agent stop: yes") {
+		t.Fatalf("status text lacks the layer-1 guarantees:\n%s", out)
+	}
+	ruleset, _ := s.HostRun("nft", "list", "table", "bridge", "imdsguard")
+	t.Logf("bridge imdsguard:\n%s", ruleset)
+
+	exemptReads := func(when string) {
+		t.Helper()
+		if body, err := s.ReadIMDS("exempt"); err != nil || body != sandbox.InstanceID {
+			t.Fatalf("%s: exempt container must read IMDS: %q %v", when, body, err)
+		}
+		if body, err := s.ReadIMDSv6("exempt"); err != nil || body != sandbox.InstanceID {
+			t.Fatalf("%s: exempt container must read IMDS over IPv6: %q %v", when, body, err)
+		}
+	}
+	exemptReads("both layers")
+
+	// Drift while the agent runs: the probes go out right after the
+	// drift, before anything could be repaired. Layer 1 is not touched by
+	// any of it, so nothing of it is rebuilt.
+	for _, d := range []string{
+		"iptables -F FORWARD; iptables -F DOCKER-USER; ip6tables -F FORWARD; ip6tables -F DOCKER-USER",
+		"nft flush ruleset",
+	} {
+		if out, err := s.HostRun("sh", "-c", d); err != nil {
+			t.Fatalf("%s: %v %s", d, err, out)
+		}
+		e.assertBlocked(t, "onbridge", "onnftnet")
+		if out, err := s.HostRun("nft", "list", "table", "inet", "imdsguard"); err != nil {
+			t.Fatalf("after %s the table is gone: %v %s", d, err, out)
+		}
+	}
+	exemptReads("after the drifts")
+
+	// SIGTERM, then every iptables rule goes: layer 1 alone still blocks.
+	if err := e.agent.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-e.agent.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent did not stop on SIGTERM")
+	}
+	if out, err := s.HostRun("sh", "-c", "iptables -F; ip6tables -F"); err != nil {
+		t.Fatalf("iptables -F: %v %s", err, out)
+	}
+	e.assertBlocked(t, "onbridge", "onnftnet")
+	exemptReads("agent stopped, iptables flushed")
+	out, code := e.cli(t, "check", "--json")
+	t.Logf("check after stop (exit %d): %s", code, tailLines(out, 3))
+
+	// remove: the orphaned tables go, and IMDS answers again.
+	if out, code := e.cli(t, "remove"); code != 0 {
+		t.Fatalf("remove: exit %d %s", code, out)
+	}
+	for _, fam := range []string{"inet", "bridge"} {
+		if out, err := s.HostRun("nft", "list", "table", fam, "imdsguard"); err == nil {
+			t.Fatalf("table %s imdsguard left after remove:\n%s", fam, out)
+		}
+	}
+	if body, err := s.ReadIMDS("onbridge"); err != nil || body != sandbox.InstanceID {
+		t.Fatalf("after remove a container reads IMDS again: %q %v", body, err)
+	}
+}
