@@ -127,7 +127,7 @@ func New(o Options) *Agent {
 		a.sys = realSystem{}
 	}
 	if o.NFTables != nil {
-		a.l1 = &layer1{open: o.NFTables}
+		a.l1 = &layer1{open: o.NFTables, dockerNFT: firewall.DockerNFTables}
 	}
 	if a.namespaces == nil {
 		ns, err := NewNamespaces()

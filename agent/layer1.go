@@ -42,6 +42,10 @@ type NFTStatus struct {
 	BlockedPackets uint64   `json:"blocked_packets"`
 	BlockedBytes   uint64   `json:"blocked_bytes"`
 	Error          string   `json:"error,omitempty"`
+	// DockerNFTables: Docker runs its nftables firewall backend (Docker
+	// 29+): no DOCKER-USER exists for Docker's own rules, and layer 1 is
+	// the separate table Docker's documentation asks users to add.
+	DockerNFTables bool `json:"docker_nftables_backend,omitempty"`
 }
 
 func yesNo(b bool) string {
@@ -54,6 +58,8 @@ func yesNo(b bool) string {
 // layer1 is the agent's layer-1 state.
 type layer1 struct {
 	open NFTFactory
+	// dockerNFT detects Docker's nftables backend; nil: not asked.
+	dockerNFT func() (bool, error)
 	mu   sync.Mutex
 	l    *firewall.NFTLayer
 	// counters accumulated across rebuilds, like layer 2's.
@@ -94,6 +100,11 @@ func (a *Agent) syncLayer1(ctx context.Context, enforce bool, in firewall.Intent
 		a.log.WithFields(logrus.Fields{"flags": f.String(), "port": l.Port()}).Info("nftables layer: using table flags")
 	}
 	l1.l.SetIntent(in)
+	if l1.dockerNFT != nil {
+		if ok, err := l1.dockerNFT(); err == nil {
+			st.DockerNFTables = ok
+		}
+	}
 	var ns firewall.NFTState
 	var err error
 	if enforce {
@@ -210,6 +221,9 @@ func (n *NFTStatus) writeText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "nftables: table inet %s %s; flags %s; survives nft flush: %s; survives agent stop: %s\n",
 		firewall.NFTTable, state, firewall.NFTFlags{Owner: n.Owner, Persist: n.Persist}, n.SurvivesFlush, n.SurvivesStop)
+	if n.DockerNFTables {
+		fmt.Fprintf(w, "  Docker uses its nftables firewall backend (no DOCKER-USER of its own): this table is what Docker's documentation asks for\n")
+	}
 	if n.Error != "" {
 		fmt.Fprintf(w, "  ! nftables: %s\n", n.Error)
 	}

@@ -350,3 +350,25 @@ func OpenNFT(netnsFd int, spec NFTSpec) (*NFTLayer, error) {
 	}
 	return newNFTLayer(k, spec, statCgroupID)
 }
+
+// DockerNFTables reports whether Docker's nftables firewall backend (Docker
+// 29+, `"firewall-backend": "nftables"`) has its tables in the caller's
+// namespace: `ip docker-bridges`. That backend has no DOCKER-USER; its
+// documentation sends users to a table of their own with base chains on
+// the same hooks, which is layer 1.
+func DockerNFTables() (bool, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return false, err
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return false, fmt.Errorf("listing nftables tables: %w", err)
+	}
+	for _, t := range tables {
+		if t.Name == "docker-bridges" {
+			return true, nil
+		}
+	}
+	return false, nil
+}

@@ -395,3 +395,88 @@ func TestNFTKernelTraffic(t *testing.T) {
 		t.Logf("blocked: %d packets, %d bytes", st.Packets, st.Bytes)
 	})
 }
+
+// dockerNFT is Docker 29's nftables firewall backend for one bridge, from
+// moby's integration/network/bridge/nftablesdoc/generated/new-daemon.md,
+// with docker0 and 172.17.0.0/16 replaced by the test's bridge and the
+// priority names by their numbers (this nft takes no "dstnat" in output).
+const dockerNFT = `table ip docker-bridges {
+	map filter-forward-in-jumps { type ifname : verdict; elements = { "br0" : jump filter-forward-in__br0 } }
+	map filter-forward-out-jumps { type ifname : verdict; elements = { "br0" : jump filter-forward-out__br0 } }
+	map nat-postrouting-in-jumps { type ifname : verdict; elements = { "br0" : jump nat-postrouting-in__br0 } }
+	map nat-postrouting-out-jumps { type ifname : verdict; elements = { "br0" : jump nat-postrouting-out__br0 } }
+	chain filter-FORWARD {
+		type filter hook forward priority 0; policy accept;
+		oifname vmap @filter-forward-in-jumps
+		iifname vmap @filter-forward-out-jumps
+	}
+	chain nat-OUTPUT {
+		type nat hook output priority -100; policy accept;
+		ip daddr != 127.0.0.0/8 fib daddr type local counter jump nat-prerouting-and-output
+	}
+	chain nat-POSTROUTING {
+		type nat hook postrouting priority 100; policy accept;
+		iifname vmap @nat-postrouting-out-jumps
+		oifname vmap @nat-postrouting-in-jumps
+	}
+	chain nat-PREROUTING {
+		type nat hook prerouting priority -100; policy accept;
+		fib daddr type local counter jump nat-prerouting-and-output
+	}
+	chain nat-prerouting-and-output {
+	}
+	chain raw-PREROUTING {
+		type filter hook prerouting priority -300; policy accept;
+	}
+	chain filter-forward-in__br0 {
+		ct state established,related counter accept
+		iifname "br0" counter accept comment "ICC"
+		counter drop comment "UNPUBLISHED PORT DROP"
+	}
+	chain filter-forward-out__br0 {
+		ct state established,related counter accept
+		counter accept comment "OUTGOING"
+	}
+	chain nat-postrouting-in__br0 {
+	}
+	chain nat-postrouting-out__br0 {
+		oifname != "br0" ip saddr 172.30.0.0/24 counter masquerade comment "MASQUERADE"
+	}
+}
+`
+
+// TestNFTKernelDocker29: with Docker 29's nftables backend (built by hand:
+// Docker 29 is in no Debian suite) its filter-FORWARD accepts the
+// container's traffic to IMDS, and there is no DOCKER-USER; layer 1 drops it
+// all the same, and imdsguard sees Docker's tables.
+func TestNFTKernelDocker29(t *testing.T) {
+	inNewNetns(t, func() {
+		tp := newTopology(t, "vethblocked", "vethexempt")
+		cmd := exec.Command("nft", "-f", "-")
+		cmd.Stdin = strings.NewReader(dockerNFT)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("loading Docker's tables: %v %s", err, out)
+		}
+		if ok, err := DockerNFTables(); err != nil || !ok {
+			t.Fatalf("Docker's nftables backend not detected: %v %v", ok, err)
+		}
+		err := tp.dial(t, "vethblocked", "169.254.169.254:80")
+		for try := 0; err != nil && try < 5; try++ {
+			err = tp.dial(t, "vethblocked", "169.254.169.254:80")
+		}
+		mustDo(t, err, "Docker's rules alone accept the container's IMDS traffic")
+		l := openLayer(t, NFTSpec{Scope: ScopeHost, Action: ActionDrop, Exempt: []NFTExemption{{Container: "x", Port: "vethexempt"}}})
+		defer l.Close()
+		mustEnsure(t, l, "first")
+		if err := tp.dial(t, "vethblocked", "169.254.169.254:80"); err == nil {
+			t.Fatal("layer 1 beside Docker's nftables tables: the container reached IMDS")
+		}
+		mustDo(t, tp.dial(t, "vethexempt", "169.254.169.254:80"), "exempt container")
+		mustDo(t, tp.dial(t, "vethblocked", "169.254.170.2:80"), "neighbour")
+		out, _ := nftCmd(t, "list", "chain", "ip", "docker-bridges", "filter-forward-out__br0")
+		if !strings.Contains(out, "counter packets") || strings.Contains(out, "packets 0 bytes 0 accept comment \"OUTGOING\"") {
+			t.Fatalf("Docker's OUTGOING accept saw nothing:\n%s", out)
+		}
+		t.Logf("Docker's chain, which accepted:\n%s", out)
+	})
+}

@@ -27,3 +27,5 @@ func (*NFTLayer) Remove(context.Context) error                { return errNoNFT 
 func (*NFTLayer) Close() error                                { return nil }
 
 func RemoveNFT(context.Context, int) error { return errNoNFT }
+
+func DockerNFTables() (bool, error) { return false, errNoNFT }
