@@ -60,8 +60,8 @@ type layer1 struct {
 	open NFTFactory
 	// dockerNFT detects Docker's nftables backend; nil: not asked.
 	dockerNFT func() (bool, error)
-	mu   sync.Mutex
-	l    *firewall.NFTLayer
+	mu        sync.Mutex
+	l         *firewall.NFTLayer
 	// counters accumulated across rebuilds, like layer 2's.
 	last, total [2]uint64
 	present     prometheus.Gauge
