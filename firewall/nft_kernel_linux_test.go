@@ -480,3 +480,50 @@ func TestNFTKernelDocker29(t *testing.T) {
 		t.Logf("Docker's chain, which accepted:\n%s", out)
 	})
 }
+
+// TestNFTKernelTask: layer 1 inside an awsvpc task's own namespace, opened
+// from outside it (the socket is created in the namespace, the agent stays
+// where it is). A process in the task with NET_ADMIN deletes the route to
+// IMDS's network and adds its own way there, runs `nft flush ruleset` and
+// tries to delete the table: IMDS stays unreachable, the credentials
+// endpoint answers.
+func TestNFTKernelTask(t *testing.T) {
+	inNewNetns(t, func() {
+		tp := newTopology(t, "vethtask")
+		task := tp.ctrs["vethtask"]
+		l, err := OpenNFT(int(task), NFTSpec{Scope: ScopeTask, Action: ActionDrop, IPv6: true})
+		mustDo(t, err, "open in the task namespace")
+		defer l.Close()
+		mustEnsure(t, l, "task")
+		if out, err := nftCmd(t, "list", "tables"); err != nil || strings.Contains(out, NFTTable) {
+			t.Fatalf("the task's table is in the host namespace: %v %s", err, out)
+		}
+		blocked := func(when string) {
+			for _, d := range []string{"169.254.169.254:80", "[fd00:ec2::254]:80"} {
+				if err := tp.dial(t, "vethtask", d); err == nil {
+					t.Fatalf("%s: the task reached %s", when, d)
+				}
+			}
+			mustDo(t, tp.dial(t, "vethtask", "169.254.170.2:80"), when+": credentials endpoint")
+		}
+		blocked("owned table")
+		mustDo(t, netns.Set(task), "into the task")
+		for _, c := range [][]string{
+			{"nft", "flush", "ruleset"},
+			{"ip", "route", "add", "169.254.169.254/32", "via", "172.30.0.1", "table", "100"},
+			{"ip", "rule", "add", "to", "169.254.169.254", "lookup", "100", "priority", "10"},
+		} {
+			out, err := exec.Command(c[0], c[1:]...).CombinedOutput()
+			mustDo(t, err, strings.Join(c, " ")+": "+string(out))
+		}
+		out, err := exec.Command("nft", "delete", "table", "inet", NFTTable).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "Operation not permitted") {
+			t.Fatalf("delete from inside the task: %v %s", err, out)
+		}
+		mustDo(t, netns.Set(tp.host), "back to host")
+		blocked("after flush ruleset, a policy route and a delete from inside")
+		if st := mustCheck(t, l); !st.Present || !st.Owned {
+			t.Fatalf("task table: %+v", st)
+		}
+	})
+}
