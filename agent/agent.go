@@ -90,9 +90,11 @@ type Agent struct {
 	routesSeen map[string]bool
 	watches    map[string]nsWatch
 	runCtx     context.Context
-	// l1 is imdsguard's own nftables tables (layer1.go); nil: off.
-	l1 *layer1
-	wg sync.WaitGroup
+	// l1 is imdsguard's own nftables tables (layer1.go), tasks1 the same
+	// in awsvpc task namespaces (layer1_task.go); nil: off.
+	l1     *layer1
+	tasks1 *taskLayers
+	wg     sync.WaitGroup
 }
 
 // Options are the agent's collaborators.
@@ -128,6 +130,7 @@ func New(o Options) *Agent {
 	}
 	if o.NFTables != nil {
 		a.l1 = &layer1{open: o.NFTables, dockerNFT: firewall.DockerNFTables}
+		a.tasks1 = &taskLayers{open: openTaskNFT, m: map[string]*firewall.NFTLayer{}}
 	}
 	if a.namespaces == nil {
 		ns, err := NewNamespaces()
@@ -258,6 +261,9 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	// awsvpc tasks: their own namespaces, after the firewall so a slow or
 	// failing namespace never delays the bridge block.
 	awsvpc, tasks, watch := a.awsvpc(ctx, containers, exempt, enforce)
+	if dockerErr == nil { // without a listing every task keeps its layer-1 socket
+		a.pruneTaskLayers(tasks)
+	}
 	lap("awsvpc")
 	st.AWSVPC = &awsvpc
 	if !fwAllEnforced(fwStates) {

@@ -137,6 +137,8 @@ type AWSVPCTask struct {
 	// Added are the routes this sync added (a retrofit or a repair).
 	Added []string `json:"added,omitempty"`
 	Error string   `json:"error,omitempty"`
+	// NFTables is layer 1 in the task's namespace (enforce mode only).
+	NFTables *firewall.NFTState `json:"nftables,omitempty"`
 }
 
 // awsvpcTask groups a pause container with the containers that join it.
@@ -281,6 +283,14 @@ func (a *Agent) checkTask(ctx context.Context, t *awsvpcTask, task *AWSVPCTask, 
 	}
 	task.IPv4Route, task.IPv6Route = r.V4Blackhole, r.V6Blackhole
 	task.Protected = r.V4Blackhole && (!task.IPv6 || r.V6Blackhole)
+	if enforce && task.Exempt == "" {
+		var err error
+		if task.NFTables, err = a.taskLayer1(ctx, t.pause.ID, path, task.IPv6); err != nil {
+			task.Error = strings.TrimPrefix(task.Error+"; "+err.Error(), "; ")
+		}
+		// Either the routes or the owned table blocks the whole task.
+		task.Protected = task.Protected || task.NFTables != nil && task.NFTables.Present
+	}
 	a.mu.Lock()
 	if task.Protected {
 		a.routesSeen[t.pause.ID] = true

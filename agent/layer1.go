@@ -165,6 +165,7 @@ func (a *Agent) layer1Metrics(st *NFTStatus) {
 // orphaned, for the next agent to take over; without it the kernel deletes
 // them and layer 2 is what keeps blocking.
 func (a *Agent) closeLayer1() {
+	a.pruneTaskLayers(nil)
 	if a.l1 == nil {
 		return
 	}

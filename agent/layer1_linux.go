@@ -103,3 +103,21 @@ func bridgePorts(path string) ([]string, error) {
 	slices.Sort(ports)
 	return ports, nil
 }
+
+// openTaskNFT opens layer 1 in the task namespace at path, never the host's.
+func openTaskNFT(path string, spec firewall.NFTSpec) (*firewall.NFTLayer, error) {
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	self, err := netns.Get()
+	if err != nil {
+		return nil, err
+	}
+	defer self.Close()
+	if h.Equal(self) {
+		return nil, fmt.Errorf("%s: %w", path, ErrHostNamespace)
+	}
+	return firewall.OpenNFT(int(h), spec)
+}

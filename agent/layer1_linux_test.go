@@ -100,3 +100,40 @@ func TestLayer1MissingIsDegraded(t *testing.T) {
 		t.Fatalf("layer 1 cannot open: %s %v", st.Verdict, st.Reasons)
 	}
 }
+
+// TestLayer1InTask: in --awsvpc-mode enforce each task namespace gets an
+// owned table of its own beside its routes; the task is protected by
+// either; the socket closes when the task goes away.
+func TestLayer1InTask(t *testing.T) {
+	fx := awsvpcFixture(t, ECSModeEnforce, true)
+	nsByPath := map[string]*firewall.FakeNFTNetns{}
+	a := fx.build(t)
+	a.tasks1 = &taskLayers{m: map[string]*firewall.NFTLayer{}, open: func(path string, spec firewall.NFTSpec) (*firewall.NFTLayer, error) {
+		if nsByPath[path] == nil {
+			nsByPath[path] = firewall.NewFakeNFTNetns(firewall.NFTFlags{Owner: true, Persist: true})
+		}
+		return firewall.NewFakeNFTLayer(nsByPath[path], spec, nil)
+	}}
+	st := once(t, a, true)
+	task := st.AWSVPC.Tasks[0]
+	if task.NFTables == nil || !task.NFTables.Present || !task.NFTables.Owned || !task.Protected {
+		t.Fatalf("task: %+v nft %+v", task, task.NFTables)
+	}
+	n := nsByPath["/var/run/docker/netns/pause"]
+	// The routes go (NET_ADMIN in the task) and stay gone: the table holds.
+	fx.ns.(*fakeNS).deleteRoute("/var/run/docker/netns/pause")
+	n.FlushRuleset(1)
+	if tbl := n.Table(nftables.TableFamilyINet); tbl == nil {
+		t.Fatal("flush ruleset inside the task deleted the owned table")
+	}
+	// The task stops: its socket is closed (persist: the table stays
+	// with the namespace until it goes).
+	fx.docker.containers = nil
+	once(t, a, true)
+	if len(a.tasks1.m) != 0 {
+		t.Fatalf("task sockets left open: %v", a.tasks1.m)
+	}
+	if n.Table(nftables.TableFamilyINet) == nil {
+		t.Fatal("table gone with the socket on a persist kernel")
+	}
+}

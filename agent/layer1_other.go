@@ -13,3 +13,7 @@ import (
 func (a *Agent) exemptPorts(context.Context, []Container, map[string]string) ([]firewall.NFTExemption, []string) {
 	return nil, nil
 }
+
+func openTaskNFT(string, firewall.NFTSpec) (*firewall.NFTLayer, error) {
+	return firewall.OpenNFT(0, firewall.NFTSpec{})
+}
