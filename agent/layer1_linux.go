@@ -50,22 +50,12 @@ func (a *Agent) exemptPorts(ctx context.Context, containers []Container, exempt 
 // bridgePorts returns the host-side names of the veths whose other ends are
 // in the namespace at path, and that are enslaved to a bridge.
 func bridgePorts(path string) ([]string, error) {
-	if path == "" {
-		return nil, errors.New("no network namespace")
-	}
-	h, err := netns.GetFromPath(path)
+	h, self, err := foreignNetns(path)
 	if err != nil {
 		return nil, err
 	}
 	defer h.Close()
-	self, err := netns.Get()
-	if err != nil {
-		return nil, err
-	}
 	defer self.Close()
-	if h.Equal(self) {
-		return nil, fmt.Errorf("%s: %w", path, ErrHostNamespace)
-	}
 	nh, err := netlink.NewHandleAt(h)
 	if err != nil {
 		return nil, err
@@ -106,18 +96,32 @@ func bridgePorts(path string) ([]string, error) {
 
 // openTaskNFT opens layer 1 in the task namespace at path, never the host's.
 func openTaskNFT(path string, spec firewall.NFTSpec) (*firewall.NFTLayer, error) {
-	h, err := netns.GetFromPath(path)
+	h, self, err := foreignNetns(path)
 	if err != nil {
 		return nil, err
 	}
 	defer h.Close()
-	self, err := netns.Get()
-	if err != nil {
-		return nil, err
-	}
-	defer self.Close()
-	if h.Equal(self) {
-		return nil, fmt.Errorf("%s: %w", path, ErrHostNamespace)
-	}
+	self.Close()
 	return firewall.OpenNFT(int(h), spec)
+}
+
+// foreignNetns opens the namespace at path and ours, refusing path when it
+// is ours: what is done there must never be done to the host.
+func foreignNetns(path string) (h, self netns.NsHandle, err error) {
+	if path == "" {
+		return netns.None(), netns.None(), errors.New("no network namespace")
+	}
+	if h, err = netns.GetFromPath(path); err != nil {
+		return netns.None(), netns.None(), err
+	}
+	if self, err = netns.Get(); err != nil {
+		h.Close()
+		return netns.None(), netns.None(), err
+	}
+	if h.Equal(self) {
+		h.Close()
+		self.Close()
+		return netns.None(), netns.None(), fmt.Errorf("%s: %w", path, ErrHostNamespace)
+	}
+	return h, self, nil
 }

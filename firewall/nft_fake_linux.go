@@ -51,6 +51,18 @@ func (n *FakeNFTNetns) writable(t *nftLive, port uint32) bool {
 	return t.flags&tableFlagOwn == 0 || t.owner == port
 }
 
+// mine returns the table if port may write it, else the kernel's error.
+func (n *FakeNFTNetns) mine(fam nftables.TableFamily, port uint32) (*nftLive, error) {
+	t := n.tables[fam]
+	if t == nil {
+		return nil, unix.ENOENT
+	}
+	if !n.writable(t, port) {
+		return nil, unix.EPERM
+	}
+	return t, nil
+}
+
 // FlushRuleset is `nft flush ruleset` from port: every table it may write goes.
 func (n *FakeNFTNetns) FlushRuleset(port uint32) {
 	n.mu.Lock()
@@ -63,12 +75,8 @@ func (n *FakeNFTNetns) FlushRuleset(port uint32) {
 func (n *FakeNFTNetns) DeleteTable(fam nftables.TableFamily, port uint32) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	t := n.tables[fam]
-	if t == nil {
-		return unix.ENOENT
-	}
-	if !n.writable(t, port) {
-		return unix.EPERM
+	if _, err := n.mine(fam, port); err != nil {
+		return err
 	}
 	delete(n.tables, fam)
 	n.Commits++
@@ -80,12 +88,9 @@ func (n *FakeNFTNetns) DeleteTable(fam nftables.TableFamily, port uint32) error 
 func (n *FakeNFTNetns) EditRule(fam nftables.TableFamily, chain string, i int, port uint32) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	t := n.tables[fam]
-	if t == nil {
-		return unix.ENOENT
-	}
-	if !n.writable(t, port) {
-		return unix.EPERM
+	t, err := n.mine(fam, port)
+	if err != nil {
+		return err
 	}
 	t.chains[chain].rules[i].key = "edited"
 	n.Commits++
