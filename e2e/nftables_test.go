@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"syscall"
 	"testing"
@@ -106,5 +108,51 @@ func testNFTablesLayer(t *testing.T, backend sandbox.Backend) {
 	}
 	if body, err := s.ReadIMDS("onbridge"); err != nil || body != sandbox.InstanceID {
 		t.Fatalf("after remove a container reads IMDS again: %q %v", body, err)
+	}
+}
+
+// TestNFTablesLayerInTask: in --awsvpc-mode enforce each task namespace
+// gets the owned table too. With the agent stopped, a process in the task
+// with NET_ADMIN flushes the ruleset, deletes the blackhole and routes
+// around it with a policy rule of its own: IMDS stays unreachable. Only
+// deleting the (now orphaned) table, the control, lets it through.
+func TestNFTablesLayerInTask(t *testing.T) {
+	e := newEnv(t, sandbox.Options{})
+	s := e.s
+	task := newSimTask(t, s, "nfttask", 3, false)
+	app := "nfttask-app"
+	args := append([]string{"--network", "container:" + task.pause, "--cap-add", "NET_ADMIN"}, ecsLabels("arn:aws:ecs:us-east-1:123456789012:task/e2e/nfttask", "nfttask", "app")...)
+	if _, err := s.RunContainer(app, args...); err != nil {
+		t.Fatal(err)
+	}
+	e.startAgent(t, "--awsvpc-mode", "enforce")
+	waitFor(t, "the task's table", 30*time.Second, func() bool {
+		st, err := agent.QueryStatus(context.Background(), e.socket)
+		if err != nil || st.AWSVPC == nil || len(st.AWSVPC.Tasks) != 1 {
+			return false
+		}
+		n := st.AWSVPC.Tasks[0].NFTables
+		return n != nil && n.Present && n.Owned
+	})
+	if err := e.agent.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-e.agent.Done()
+	imdsSide := "192.0.2.13" // newSimTask's address for n = 3
+	nsRun(t, task.netnsPath, "nft", "flush", "ruleset")
+	// Every rule and route to IMDS goes (imdsguard's guard rule and the
+	// blackhole), then a way of its own.
+	nsRun(t, task.netnsPath, "sh", "-c", "while ip rule del to 169.254.169.254 2>/dev/null; do :; done; "+
+		"ip route del blackhole 169.254.169.254/32 2>/dev/null; "+
+		"ip route add 169.254.169.254/32 via "+imdsSide+" dev eth1 table 100 && ip rule add to 169.254.169.254 lookup 100 priority 1")
+	t.Logf("task routes and rules:\n%s%s", nsRun(t, task.netnsPath, "ip", "rule"), nsRun(t, task.netnsPath, "ip", "route", "get", "169.254.169.254"))
+	if err := s.Probe(app, sandbox.IMDSv4, 80, 2*time.Second); !errors.Is(err, sandbox.ErrTimeout) {
+		t.Fatalf("agent stopped, ruleset flushed and routed around inside the task: want no answer, got %v", err)
+	}
+	e.assertNeighbours(t, app, false)
+	// The control: without the table the bypass works.
+	nsRun(t, task.netnsPath, "nft", "delete", "table", "inet", "imdsguard")
+	if body, err := s.ReadIMDS(app); err != nil || body != sandbox.InstanceID {
+		t.Fatalf("control: without the table the bypass must reach IMDS: %q %v", body, err)
 	}
 }
