@@ -5,7 +5,9 @@ package firewall
 import (
 	"context"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -526,4 +528,64 @@ func TestNFTKernelTask(t *testing.T) {
 			t.Fatalf("task table: %+v", st)
 		}
 	})
+}
+
+// TestNFTKernelCgroup: a `socket cgroupv2` rule reads back equal (no
+// rebuild in the steady state, which would otherwise commit, wake the
+// nf_tables monitor and rebuild again), and drops IMDS traffic from a
+// process in the cgroup only.
+func TestNFTKernelCgroup(t *testing.T) {
+	root := cgroup2Mount(t)
+	cg := "/imdsguard-nft-test-" + strconv.Itoa(os.Getpid())
+	dir := filepath.Join(root, cg)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Skipf("cannot create a cgroup v2 group under %s: %v", root, err)
+	}
+	t.Cleanup(func() { _ = os.Remove(dir) })
+	inNewNetns(t, func() {
+		for _, action := range []Action{ActionDrop, ActionReject} {
+			l := openLayer(t, NFTSpec{Scope: ScopeHost, Action: action, IPv6: true, HostCgroups: []string{cg}})
+			st := mustEnsure(t, l, "first")
+			if len(st.Skipped) != 0 {
+				t.Fatalf("skipped: %q", st.Skipped)
+			}
+			if st = mustEnsure(t, l, "steady"); st.Rebuilt || len(st.Problems) != 0 {
+				t.Fatalf("%s: steady state rebuilt: %+v", action, st)
+			}
+			if action == ActionDrop {
+				kernelCgroupTraffic(t, dir)
+			}
+			mustDo(t, l.Remove(context.Background()), "remove")
+			l.Close()
+		}
+	})
+}
+
+func kernelCgroupTraffic(t *testing.T, dir string) {
+	up(t, "lo")
+	lo, _ := netlink.LinkByName("lo")
+	addr(t, lo, "169.254.169.254/32")
+	l, err := net.Listen("tcp", "169.254.169.254:80")
+	mustDo(t, err, "listen")
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	dial := func(inCgroup bool) error {
+		script := "exec busybox nc -w 1 169.254.169.254 80 </dev/null"
+		if inCgroup {
+			script = "echo $$ > " + filepath.Join(dir, "cgroup.procs") + " && " + script
+		}
+		return exec.Command("sh", "-c", script).Run()
+	}
+	mustDo(t, dial(false), "outside the cgroup")
+	if err := dial(true); err == nil {
+		t.Fatal("inside the cgroup: IMDS answered")
+	}
 }
