@@ -206,8 +206,12 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	for _, f := range a.cfg.Families() {
 		enforced[string(f)] = false
 	}
+	rules := map[string]*firewall.Ruleset{}
 	for _, fs := range fwStates {
 		enforced[string(fs.Family)] = fs.Enforced
+		if fs.Enforced {
+			rules[string(fs.Family)] = fs.Rules
+		}
 		s := familyStatus(fs)
 		a.mu.Lock()
 		total := a.accumulate(fs)
@@ -268,7 +272,7 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	}
 
 	st.Containers = classify(picture{enforced: enforced, containers: containers, awsvpcBlock: awsvpcBlock,
-		awsvpc: tasks, hostBlocked: hostBlocked, exempt: exempt})
+		awsvpc: tasks, hostBlocked: hostBlocked, exempt: exempt, rules: rules})
 	st.Verdict, st.Reasons = verdict(enforced, st.Containers, issues)
 
 	a.mu.Lock()

@@ -22,6 +22,19 @@ type Container struct {
 	NetworkMode string
 	IPv4, IPv6  []netip.Addr
 	Labels      map[string]string
+	// ImageLabels are the labels of the container's image: a label the
+	// container only inherited from its image cannot exempt it.
+	ImageLabels map[string]string
+	// Ports are the bridge ports (host-side veths) the container's
+	// addresses live behind, found through its network namespace; only
+	// for exemption candidates, and only what could be proven.
+	Ports map[netip.Addr]BridgePort
+}
+
+// BridgePort is a container interface's host side.
+type BridgePort struct {
+	Name   string `json:"name"`   // host-side veth, the bridge port
+	Bridge string `json:"bridge"` // the bridge it is enslaved to
 }
 
 // Docker is what the loop needs of the Docker daemon.

@@ -62,7 +62,10 @@ type FamilyStatus struct {
 	// Blocked counts since the daemon started (check: since the chain was built).
 	BlockedPackets uint64 `json:"blocked_packets"`
 	BlockedBytes   uint64 `json:"blocked_bytes"`
-	Error          string `json:"error,omitempty"`
+	// Probe says what the kernel does with a new container's first packet
+	// to IMDS, and by which rule.
+	Probe string `json:"probe,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // ECSStatus is what the ECS agent does, and will do, for awsvpc tasks.
@@ -106,6 +109,9 @@ type SyncSummary struct {
 // familyStatus converts a firewall state.
 func familyStatus(st firewall.FamilyState) FamilyStatus {
 	fs := FamilyStatus{Enabled: true, Enforced: st.Enforced, BlockedPackets: st.Packets, BlockedBytes: st.Bytes}
+	if st.Rules != nil {
+		fs.Probe = st.Probe.String()
+	}
 	for _, p := range st.Problems {
 		fs.Problems = append(fs.Problems, p.Detail)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/firewall"
 )
 
 // Contender kinds.
@@ -23,7 +24,7 @@ const (
 )
 
 // The seed recipe's rule, in DOCKER-USER.
-var seedRule = []string{"-d", imdsRuleDst, "-j", "DROP"}
+var seedRule = []string{"-d", firewall.IMDSv4, "-j", "DROP"}
 
 // pollInterval is the hand-written loop's period.
 const pollInterval = 60 * time.Second
@@ -149,13 +150,13 @@ func (c *contender) waitProtected(ctx context.Context, limit time.Duration) erro
 	return fmt.Errorf("%s: agent not enforcing after %v (%s)\n%s", c.label(), limit, last, tailLines(c.agent.Log(), 30))
 }
 
-// save reads the filter table from stdout alone: a warning iptables-save
+// save reads every table (raw and mangle see the packet first) from stdout alone: a warning iptables-save
 // writes to stderr would otherwise land in the middle of a rule line.
 func (c *contender) save() (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var stderr strings.Builder
-	cmd := c.sb.HostCommand(ctx, "iptables-save", "-t", "filter")
+	cmd := c.sb.HostCommand(ctx, "iptables-save")
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {

@@ -1,8 +1,11 @@
 package firewall
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,6 +43,7 @@ type Packet struct {
 	// BridgeNF says whether bridge netfilter hands the bridge port to
 	// iptables (net.bridge.bridge-nf-call-iptables=1 for IPv4,
 	// -ip6tables for IPv6). Without it no --physdev-in rule matches.
+	// Maybe: take the Ruleset's.
 	BridgeNF Tri
 	// Cgroup is the sending socket's cgroup v2 path (host network only).
 	// Empty: unknown.
@@ -144,7 +148,10 @@ func (v Verdict) Why() string {
 // tables).
 type Ruleset struct {
 	Family Family
-	tables map[string]*ruleTable
+	// BridgeNF is what the host's bridge netfilter sysctl said when the
+	// ruleset was read; a packet's own BridgeNF, when known, wins.
+	BridgeNF Tri
+	tables   map[string]*ruleTable
 }
 
 type ruleTable struct {
@@ -313,7 +320,10 @@ func (rs *Ruleset) Evaluate(p Packet) LayerResult {
 		if t == nil || t.chains[step.chain] == nil {
 			continue
 		}
-		e := evaluation{p: p, t: t, table: step.table, memo: map[string]outcome{}}
+		e := evaluation{p: p, bridgeNF: p.BridgeNF, t: t, table: step.table, memo: map[string]outcome{}}
+		if e.bridgeNF == Maybe {
+			e.bridgeNF = rs.BridgeNF
+		}
 		o := e.chain(step.chain, 0)
 		c := t.chains[step.chain]
 		if o.set&pReturn != 0 {
@@ -373,10 +383,11 @@ func (o outcome) union(u outcome) outcome {
 }
 
 type evaluation struct {
-	p     Packet
-	t     *ruleTable
-	table string
-	memo  map[string]outcome
+	p        Packet
+	bridgeNF Tri
+	t        *ruleTable
+	table    string
+	memo     map[string]outcome
 }
 
 // nonTerminal targets do something to the packet (or log it) and let it
@@ -532,19 +543,24 @@ func (e *evaluation) cond(c cond) Tri {
 // physdev follows xt_physdev: without bridge netfilter information a
 // non-inverted option never matches and an inverted one always does.
 func (e *evaluation) physdev(c cond, v Tri) Tri {
+	off := triOf(c.neg)
 	if e.p.Host {
-		return triOf(c.neg)
+		return off
 	}
-	switch e.p.BridgeNF {
-	case No:
-		return triOf(c.neg)
-	case Maybe:
-		return Maybe
-	}
+	on := v
 	if c.neg {
-		return v.not()
+		on = v.not()
 	}
-	return v
+	switch e.bridgeNF {
+	case No:
+		return off
+	case Yes:
+		return on
+	}
+	if on == off {
+		return on // a port name that does not match, either way
+	}
+	return Maybe
 }
 
 func imdsIP(f Family) netip.Addr {
@@ -695,4 +711,23 @@ func matchAddrType(arg string, local bool) Tri {
 		}
 	}
 	return v
+}
+
+// ReadBridgeNF reads whether bridge netfilter passes bridged packets of
+// family f through iptables in this network namespace (per namespace since
+// Linux 5.3). No file: br_netfilter is not loaded, so no packet carries a
+// bridge port. A read error is unknown.
+func ReadBridgeNF(f Family) Tri {
+	name := "/proc/sys/net/bridge/bridge-nf-call-iptables"
+	if f == IPv6 {
+		name = "/proc/sys/net/bridge/bridge-nf-call-ip6tables"
+	}
+	b, err := os.ReadFile(name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return No
+	case err != nil:
+		return Maybe
+	}
+	return triOf(strings.TrimSpace(string(b)) == "1")
 }

@@ -157,7 +157,7 @@ func TestEvaluate(t *testing.T) {
 		}), Packet{Family: IPv4, Src: netip.MustParseAddr("172.17.0.5"), InIface: "docker0", BridgePort: "vethaaa", BridgeNF: No}, true, dropV4},
 		{"exemption, bridge netfilter unknown", with(func(s *saveParts) {
 			s.guard = []string{exemptA, dropV4}
-		}), Packet{Family: IPv4, Src: netip.MustParseAddr("172.17.0.5"), InIface: "docker0", BridgePort: "vethbbb"}, false, exemptA},
+		}), Packet{Family: IPv4, Src: netip.MustParseAddr("172.17.0.5"), InIface: "docker0", BridgePort: "vethaaa"}, false, exemptA},
 		{"exemption, port unknown", with(func(s *saveParts) {
 			s.guard = []string{exemptA, dropV4}
 		}), Packet{Family: IPv4, Src: netip.MustParseAddr("172.17.0.5"), InIface: "docker0", BridgeNF: Yes}, false, exemptA},

@@ -56,7 +56,11 @@ func restoreName(bin string) string { return bin + "-restore" }
 // runTimeout bounds a save or restore call (they take the lock like iptables).
 const runTimeout = 15 * time.Second
 
+// Save dumps one table, or with "" every table in one process.
 func (t *execTables) Save(table string) ([]byte, error) {
+	if table == "" {
+		return run(t.save, nil, "-c")
+	}
 	return run(t.save, nil, "-c", "-t", table)
 }
 

@@ -198,13 +198,22 @@ func restorePayload(chain string, rules []string) []byte {
 // jumpRule is the normalized -S form of "-A <from> -j <to>".
 func jumpRule(from, to string) string { return "-A " + from + " -j " + to }
 
-// parseSave reads `iptables-save -c -t filter` output (one table). Rules
-// come as "[pkts:bytes] -A CHAIN ...", which after the counters is the same
+// parseSave reads `iptables-save -c` output. Only the filter table's rules
+// are compared with the spec; the evaluator reads every table. Rules come as
+// "[pkts:bytes] -A CHAIN ...", which after the counters is the same
 // normalized text that Spec.Rules renders.
 func parseSave(out []byte) observed {
 	var o observed
+	table := Table // a dump of one table without its header is the filter table
 	for _, line := range strings.Split(string(out), "\n") {
 		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "*") {
+			table = line[1:]
+			continue
+		}
+		if table != Table {
+			continue
+		}
 		if strings.HasPrefix(line, ":") {
 			name, _, _ := strings.Cut(line[1:], " ")
 			o.chains = append(o.chains, name)

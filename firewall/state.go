@@ -24,6 +24,9 @@ const (
 	ReasonOutputJumpMissing   Reason = "output_jump_missing"
 	ReasonOutputJumpNotFirst  Reason = "output_jump_not_first"
 	ReasonOutputJumpDuplicate Reason = "output_jump_duplicate"
+	// ReasonNotDropped: the evaluator found a path by which a container's
+	// packet reaches IMDS (Check only; Ensure's problems say what to fix).
+	ReasonNotDropped Reason = "not_dropped"
 )
 
 // Reasons lists every Reason, so metrics can start each series at zero.
@@ -55,6 +58,7 @@ type observed struct {
 	hostExists       bool
 	host             []string // IMDS-GUARD-HOST rules
 	packets, bytes   uint64   // summed over the blocking rules of both chains
+	rules            *Ruleset // every table, for the evaluator
 }
 
 // indices returns the positions (0-based) of rule in rules.
