@@ -264,7 +264,7 @@ func TestBlackholedAndHasIPv6(t *testing.T) {
 
 func TestExemptions(t *testing.T) {
 	a4, b4, a6 := netip.MustParseAddr("172.17.0.2"), netip.MustParseAddr("172.17.0.3"), netip.MustParseAddr("fd00:ec2:d0c::2")
-	cfg := Config{ExemptLabel: DefaultExemptLabel, ExemptTaskFamilies: []string{"xray"}}
+	cfg := Config{ExemptLabel: ExampleExemptLabel, ExemptTaskFamilies: []string{"xray"}}
 	label := map[string]string{"imdsguard.allow-imds": "true"}
 	cs := []Container{
 		{ID: "1", Name: "cwagent", NetworkMode: "bridge", IPv4: []netip.Addr{a4}, IPv6: []netip.Addr{a6}, Labels: label},
@@ -313,7 +313,7 @@ func TestExemptions(t *testing.T) {
 // that gets its address is blocked.
 func TestExemptionFollowsTheContainer(t *testing.T) {
 	fx := newFixture(t)
-	fx.cfg.ExemptLabel = DefaultExemptLabel
+	fx.cfg.ExemptLabel = ExampleExemptLabel
 	ip := netip.MustParseAddr("172.30.0.10")
 	fx.docker.containers = []Container{{ID: "aaaaaaaaaaaaaaaa", Name: "cw", NetworkMode: "appnet", IPv4: []netip.Addr{ip},
 		Labels: map[string]string{"imdsguard.allow-imds": "true"}}}
@@ -508,7 +508,7 @@ func TestNewFlags(t *testing.T) {
 func BenchmarkPass500(b *testing.B) {
 	fx := newFixture(&testing.T{})
 	fx.cfg.HostRoot = b.TempDir()
-	fx.cfg.AWSVPCMode, fx.cfg.BlockHostNetwork, fx.cfg.ExemptLabel = ECSModeEnforce, true, DefaultExemptLabel
+	fx.cfg.AWSVPCMode, fx.cfg.BlockHostNetwork, fx.cfg.ExemptLabel = ECSModeEnforce, true, ExampleExemptLabel
 	ns := newFakeNS()
 	sys := fakeSys{files: map[string]string{"/proc/self/cgroup": "0::/system.slice/imdsguard.service\n", "/proc/1/cgroup": "0::/init.scope\n"}}
 	fx.insp = map[string]Details{}

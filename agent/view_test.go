@@ -63,7 +63,7 @@ func TestViewRefusesAStaleListing(t *testing.T) {
 // away withdraws it at once.
 func TestDaemonListsOnDockerEventsOnly(t *testing.T) {
 	fx := newFixture(t)
-	fx.cfg.ExemptLabel = DefaultExemptLabel
+	fx.cfg.ExemptLabel = ExampleExemptLabel
 	ip := netip.MustParseAddr("172.30.0.10")
 	exempt := Container{ID: "aaaaaaaaaaaaaaaa", Name: "cw", NetworkMode: "appnet", IPv4: []netip.Addr{ip},
 		Labels: map[string]string{"imdsguard.allow-imds": "true"}}

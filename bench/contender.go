@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
 	"github.com/imdsguard/imdsguard/firewall"
 )
@@ -100,7 +101,8 @@ func newContender(ctx context.Context, kind string, backend sandbox.Backend, bin
 		sock := filepath.Join(sb.Dir, "s.sock")
 		c.agent, err = sb.StartProcess("imdsguard", bin, "run",
 			"--docker-host", sb.DockerHost, "--status-socket", sock, "--metrics-addr", "",
-			"--host-root", hostRoot, "--resync-interval", resync.String(), "--log-format", "json")
+			"--host-root", hostRoot, "--resync-interval", resync.String(), "--log-format", "json",
+			"--exempt-label", agent.ExampleExemptLabel)
 		if err != nil {
 			return nil, err
 		}

@@ -20,7 +20,7 @@ func TestExemptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	ip4, ip6 := "172.31.5.10", "fd00:ec2:d5::10"
-	if _, err := s.RunContainer("cwagent", "--network", "exnet", "--ip", ip4, "--ip6", ip6, "--label", agent.DefaultExemptLabel); err != nil {
+	if _, err := s.RunContainer("cwagent", "--network", "exnet", "--ip", ip4, "--ip6", ip6, "--label", agent.ExampleExemptLabel); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.RunContainer("plain", "--network", "exnet"); err != nil {
@@ -46,7 +46,7 @@ func TestExemptions(t *testing.T) {
 	e.assertBlocked(t, "plain")
 	out, _ := e.cli(t, "status")
 	t.Logf("imdsguard status:\n%s", out)
-	if !strings.Contains(out, "exemption: cwagent exempt (label "+agent.DefaultExemptLabel+") for "+ip4+", "+ip6) {
+	if !strings.Contains(out, "exemption: cwagent exempt (label "+agent.ExampleExemptLabel+") for "+ip4+", "+ip6) {
 		t.Fatalf("status does not list the exemption:\n%s", out)
 	}
 
