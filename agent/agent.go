@@ -85,6 +85,13 @@ type Agent struct {
 
 	namespaces Namespaces
 	sys        System
+	// ports finds exempt containers' bridge ports (in the lister).
+	ports PortFinder
+	// granted are the exemptions in force after the last enforcing pass,
+	// by short ID, so granting and withdrawing is logged once.
+	granted map[string]Exemption
+	// verdictSeen is the verdict last published, for transition logs.
+	verdictSeen string
 	// routesSeen marks awsvpc tasks (by pause ID) verified protected, so a
 	// route that goes missing later is counted as drift.
 	routesSeen map[string]bool
@@ -109,6 +116,8 @@ type Options struct {
 	Namespaces Namespaces
 	// System reads cgroups for host-network blocking; nil is the machine.
 	System System
+	// Ports finds exempt containers' bridge ports; nil is rtnetlink.
+	Ports PortFinder
 }
 
 // New builds an agent. Nothing touches the system until Once or Run.
@@ -118,6 +127,10 @@ func New(o Options) *Agent {
 		version: o.Version, watchNFT: o.WatchNFTables,
 		blocked: map[firewall.Family][2]uint64{}, lastCounts: map[firewall.Family][2]uint64{},
 		namespaces: o.Namespaces, sys: o.System, routesSeen: map[string]bool{}, watches: map[string]nsWatch{},
+		ports: o.Ports,
+	}
+	if a.ports == nil {
+		a.ports = netlinkPorts{}
 	}
 	if a.sys == nil {
 		a.sys = realSystem{}
@@ -187,7 +200,10 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	// exemptions and host-network cgroups. Without a container list every
 	// exemption goes (fail closed) and the host chain is left as it is
 	// (dropping its rules would unblock containers that may still run).
-	exempt, exemptList, exemptAddrs := exemptions(a.cfg, containers)
+	exempt, exemptList, exemptSpec := exemptions(a.cfg, containers)
+	if enforce {
+		a.logExemptions(exemptList, containers, dockerErr)
+	}
 	host, hostSpec, hostBlocked := a.hostNetwork(ctx, containers, exempt)
 	if dockerErr != nil {
 		hostSpec = nil
@@ -196,7 +212,7 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	lap("containers")
 
 	// Firewall.
-	spec := firewall.Spec{Action: a.cfg.Action, Exempt: exemptAddrs, Host: hostSpec}
+	spec := firewall.Spec{Action: a.cfg.Action, Exempt: exemptSpec, Host: hostSpec}
 	fwStates, fwErr := a.firewall(ctx, enforce, spec)
 	lap("firewall")
 	a.mu.Lock()
@@ -327,6 +343,8 @@ func (a *Agent) list(ctx context.Context) listing {
 	}
 	if err != nil {
 		list = nil
+	} else {
+		a.enrich(ctx, list)
 	}
 	return listing{containers: list, err: err, at: start, took: time.Since(start)}
 }

@@ -72,6 +72,14 @@ func NewManager(spec Spec, tables map[Family]Tables, families ...Family) *Manage
 	return &Manager{spec: spec, families: families, tables: tables, verified: map[Family]bodies{}, bridgeNF: ReadBridgeNF}
 }
 
+// SetBridgeNF replaces the reader of the bridge netfilter sysctl (tests, or
+// a host whose setting is known otherwise).
+func (m *Manager) SetBridgeNF(read func(Family) Tri) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.bridgeNF = read
+}
+
 // Families returns the families the manager enforces.
 func (m *Manager) Families() []Family { return slices.Clone(m.families) }
 
