@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -79,7 +80,7 @@ type Agent struct {
 	statusGen   uint64 // counts published statuses
 	repairs     uint64
 	blocked     map[firewall.Family][2]uint64 // accumulated since start
-	lastCounts  map[firewall.Family][2]uint64 // last chain counters seen
+	lastCounts  map[string][2]uint64          // last counters seen, by "family/chain"
 	ready       bool
 	lastSuccess time.Time
 
@@ -125,7 +126,7 @@ func New(o Options) *Agent {
 	a := &Agent{
 		cfg: o.Config, log: o.Log, newFW: o.Firewall, docker: o.Docker, hooks: o.Hooks,
 		version: o.Version, watchNFT: o.WatchNFTables,
-		blocked: map[firewall.Family][2]uint64{}, lastCounts: map[firewall.Family][2]uint64{},
+		blocked: map[firewall.Family][2]uint64{}, lastCounts: map[string][2]uint64{},
 		namespaces: o.Namespaces, sys: o.System, routesSeen: map[string]bool{}, watches: map[string]nsWatch{},
 		ports: o.Ports,
 	}
@@ -454,19 +455,48 @@ func (a *Agent) recordRepairs(states []firewall.FamilyState) {
 	}
 }
 
-// accumulate turns the chain's counters, which restart from zero whenever
-// the chain is rebuilt, into totals since the agent started. Caller holds mu.
+// accumulate turns the chains' counters, which restart from zero whenever a
+// chain is rebuilt, into totals since the agent started, so they only grow:
+//   - a failed read counts nothing and forgets nothing (the next good read
+//     continues from the last one, instead of counting everything again);
+//   - a chain rebuilt in this pass counts from zero;
+//   - the first sight of a chain is the baseline: what an earlier run
+//     blocked is not counted again after a restart;
+//   - counters that went down without our rebuild were zeroed by someone:
+//     they count from zero.
+//
+// Packets blocked between the last read and a rebuild are lost: the totals
+// may undercount, never double-count. Caller holds mu.
 func (a *Agent) accumulate(fs firewall.FamilyState) [2]uint64 {
-	last := a.lastCounts[fs.Family]
-	cur := [2]uint64{fs.Packets, fs.Bytes}
-	delta := [2]uint64{cur[0] - last[0], cur[1] - last[1]}
-	if fs.Rebuilt || cur[0] < last[0] || cur[1] < last[1] {
-		delta = cur
-	}
-	a.lastCounts[fs.Family] = cur
 	tot := a.blocked[fs.Family]
-	tot[0] += delta[0]
-	tot[1] += delta[1]
+	if fs.Rules == nil {
+		return tot
+	}
+	for chain, cur := range fs.Counts {
+		key := string(fs.Family) + "/" + chain
+		last, seen := a.lastCounts[key]
+		var delta [2]uint64
+		switch {
+		case slices.Contains(fs.RebuiltChains, chain):
+			delta = cur
+		case !seen:
+		case cur[0] < last[0] || cur[1] < last[1]:
+			delta = cur
+		default:
+			delta = [2]uint64{cur[0] - last[0], cur[1] - last[1]}
+		}
+		a.lastCounts[key] = cur
+		tot[0] += delta[0]
+		tot[1] += delta[1]
+	}
+	// A chain that is gone (deleted, or not read) starts from zero when it
+	// is back; its rebuild says so.
+	for key := range a.lastCounts {
+		fam, chain, _ := strings.Cut(key, "/")
+		if _, ok := fs.Counts[chain]; fam == string(fs.Family) && !ok {
+			delete(a.lastCounts, key)
+		}
+	}
 	a.blocked[fs.Family] = tot
 	return tot
 }
@@ -548,12 +578,15 @@ func (a *Agent) sync(ctx context.Context) error {
 		st.Verdict = VerdictExposed
 		st.Reasons = append([]string{"the block has not been verified in place yet"}, st.Reasons...)
 	}
+	from := a.verdictSeen
+	a.verdictSeen = st.Verdict
 	a.status, a.statusJSON = st, nil
 	a.statusGen++
 	a.mu.Unlock()
 	if a.metrics != nil {
 		a.metrics.observe(&st, err)
 	}
+	a.logVerdict(from, st)
 	if firstReady {
 		a.log.WithField("verdict", st.Verdict).Info("IMDS block verified in place")
 		if a.hooks.Ready != nil {
@@ -567,6 +600,27 @@ func (a *Agent) sync(ctx context.Context) error {
 		a.log.WithError(err).Warn("sync incomplete; retrying")
 	}
 	return err
+}
+
+// logVerdict writes one line when the verdict changes, so a log shipped off
+// the host shows when it became degraded or exposed, and why.
+func (a *Agent) logVerdict(from string, st Status) {
+	if from == st.Verdict {
+		return
+	}
+	if from == "" {
+		from = "starting"
+	}
+	why := "all checks pass"
+	if len(st.Reasons) > 0 {
+		why = strings.Join(st.Reasons, "; ")
+	}
+	l := a.log.WithFields(logrus.Fields{"from": from, "to": st.Verdict, "why": why})
+	if st.Verdict == VerdictProtected {
+		l.Info("verdict changed")
+		return
+	}
+	l.Warn("verdict changed")
 }
 
 // Status returns the last published status.

@@ -44,8 +44,13 @@ type FamilyState struct {
 	Probe LayerResult `json:"probe"`
 	// Rules is the ruleset that was read, to judge each container's packet.
 	Rules *Ruleset `json:"-"`
-	// Rebuilt is set when Ensure replaced the chain, which zeroes its counters.
-	Rebuilt bool  `json:"-"`
+	// Counts are Packets and Bytes per owned chain: each chain's counters
+	// restart on its own rebuild.
+	Counts map[string][2]uint64 `json:"-"`
+	// Rebuilt is set when Ensure replaced a chain, which zeroes its
+	// counters; RebuiltChains says which.
+	Rebuilt       bool     `json:"-"`
+	RebuiltChains []string `json:"-"`
 	Err     error `json:"-"`
 }
 
@@ -160,6 +165,7 @@ func (st *FamilyState) judge(o observed) {
 	st.Rules = o.rules
 	st.Probe = o.rules.Evaluate(Probe(st.Family))
 	st.Packets, st.Bytes = o.packets, o.bytes
+	st.Counts = o.counts
 }
 
 // Check reads every family and reports what is wrong, changing nothing.
@@ -257,6 +263,7 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 			errs = append(errs, fmt.Errorf("rebuilding %s: %w", Chain, err))
 		} else {
 			st.Rebuilt = true
+			st.RebuiltChains = append(st.RebuiltChains, Chain)
 		}
 	}
 	if reasons[ReasonHostChainMissing] || reasons[ReasonHostChainModified] {
@@ -264,6 +271,7 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 			errs = append(errs, fmt.Errorf("rebuilding %s: %w", HostChain, err))
 		} else {
 			st.Rebuilt = true
+			st.RebuiltChains = append(st.RebuiltChains, HostChain)
 		}
 	}
 	if reasons[ReasonDockerUserMissing] {

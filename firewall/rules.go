@@ -294,6 +294,11 @@ func parseSave(out []byte) observed {
 		if (chain == Chain || chain == HostChain) && target(line) != "ACCEPT" {
 			o.packets += pkts
 			o.bytes += bytes
+			if o.counts == nil {
+				o.counts = map[string][2]uint64{}
+			}
+			c := o.counts[chain]
+			o.counts[chain] = [2]uint64{c[0] + pkts, c[1] + bytes}
 		}
 	}
 	o.dockerUserExists = slices.Contains(o.chains, DockerUser)

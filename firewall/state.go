@@ -59,6 +59,7 @@ type observed struct {
 	host             []string // IMDS-GUARD-HOST rules
 	packets, bytes   uint64   // summed over the blocking rules of both chains
 	rules            *Ruleset // every table, for the evaluator
+	counts           map[string][2]uint64 // packets, bytes blocked, per owned chain
 }
 
 // indices returns the positions (0-based) of rule in rules.
