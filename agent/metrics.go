@@ -24,7 +24,7 @@ type metrics struct {
 	blockedPkts  *prometheus.CounterVec
 	blockedBytes *prometheus.CounterVec
 	// published are the blocked totals already added to the counters.
-	published map[string][2]uint64
+	published    map[string][2]uint64
 	containers   *prometheus.GaugeVec
 	awsvpcTasks  *prometheus.GaugeVec
 	hostNet      *prometheus.GaugeVec

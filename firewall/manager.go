@@ -51,7 +51,7 @@ type FamilyState struct {
 	// counters; RebuiltChains says which.
 	Rebuilt       bool     `json:"-"`
 	RebuiltChains []string `json:"-"`
-	Err     error `json:"-"`
+	Err           error    `json:"-"`
 }
 
 // Manager checks and enforces the IMDS block in every configured family.

@@ -56,9 +56,9 @@ type observed struct {
 	guard            []string // IMDS-GUARD rules, without counters
 	output           []string // OUTPUT rules, in order
 	hostExists       bool
-	host             []string // IMDS-GUARD-HOST rules
-	packets, bytes   uint64   // summed over the blocking rules of both chains
-	rules            *Ruleset // every table, for the evaluator
+	host             []string             // IMDS-GUARD-HOST rules
+	packets, bytes   uint64               // summed over the blocking rules of both chains
+	rules            *Ruleset             // every table, for the evaluator
 	counts           map[string][2]uint64 // packets, bytes blocked, per owned chain
 }
 
