@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -254,8 +255,16 @@ func TestCheckAgreesWithDaemon(t *testing.T) {
 			if got.Verdict != want.Verdict || code != want.ExitCode() {
 				t.Fatalf("check says %s (exit %d), the daemon %s (exit %d): %v", got.Verdict, code, want.Verdict, want.ExitCode(), got.Reasons)
 			}
-			// And both are right: app is blocked.
-			e.assertBlocked(t, "app")
+			// And both are right: app is blocked (reset, with reject).
+			if daemon[0] != "--action" {
+				e.assertBlocked(t, "app")
+				return
+			}
+			for _, addr := range []string{sandbox.IMDSv4, sandbox.IMDSv6} {
+				if err := s.Probe("app", addr, 80, 3*time.Second); !errors.Is(err, sandbox.ErrRefused) {
+					t.Errorf("app -> %s: want a reset, got %v", addr, err)
+				}
+			}
 		})
 	}
 }
