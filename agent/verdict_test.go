@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -57,5 +58,51 @@ func TestVerdictTransitionsLogged(t *testing.T) {
 	if len(lines) != 2 || !strings.Contains(lines[0], "from=starting") || !strings.Contains(lines[1], "from=protected") ||
 		!strings.Contains(lines[1], "to=degraded") || !strings.Contains(lines[1], "container x can reach IMDS") {
 		t.Fatalf("log:\n%s", buf.String())
+	}
+}
+
+// TestClassifyJudgesEachContainer: the family's probe is dropped, but a rule
+// naming one container's address lets that container through; a daemon's
+// exemption ACCEPT in IMDS-GUARD is an exemption even to a command that was
+// not told about it.
+func TestClassifyJudgesEachContainer(t *testing.T) {
+	save := "*filter\n:FORWARD ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n:IMDS-GUARD - [0:0]\n" +
+		"-A FORWARD -s 172.17.0.7/32 -j ACCEPT\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j IMDS-GUARD\n" +
+		"-A IMDS-GUARD -s 172.17.0.5/32 -d 169.254.169.254/32 -m physdev --physdev-in veth5 -j ACCEPT\n" +
+		"-A IMDS-GUARD -d 169.254.169.254/32 -j DROP\nCOMMIT\n"
+	rs, err := firewall.ParseRuleset(firewall.IPv4, []byte(save))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs.BridgeNF = firewall.Yes
+	if !rs.Evaluate(firewall.Probe(firewall.IPv4)).Dropped {
+		t.Fatal("the probe must be dropped")
+	}
+	addr := func(s string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(s)} }
+	p := picture{enforced: map[string]bool{"ipv4": true}, rules: map[string]*firewall.Ruleset{"ipv4": rs}, containers: []Container{
+		{ID: "1111111111111111", Name: "plain", NetworkMode: "bridge", IPv4: addr("172.17.0.2")},
+		{ID: "5555555555555555", Name: "exempt", NetworkMode: "bridge", IPv4: addr("172.17.0.5")},
+		{ID: "6666666666666666", Name: "thief", NetworkMode: "bridge", IPv4: addr("172.17.0.5"),
+			Ports: map[netip.Addr]BridgePort{netip.MustParseAddr("172.17.0.5"): {Name: "veth6", Bridge: "docker0"}}},
+		{ID: "7777777777777777", Name: "operator-allowed", NetworkMode: "bridge", IPv4: addr("172.17.0.7")},
+	}}
+	got := map[string]ContainerStatus{}
+	for _, c := range classify(p) {
+		got[c.Name] = c
+	}
+	if c := got["plain"]; !c.Protected {
+		t.Errorf("plain: %+v", c)
+	}
+	if c := got["exempt"]; c.Protected || !c.Expected || !strings.Contains(c.Reason, "written by the daemon") {
+		t.Errorf("exempt: %+v", c)
+	}
+	if c := got["thief"]; !c.Protected {
+		t.Errorf("a container on another port with the exempt address: %+v", c)
+	}
+	if c := got["operator-allowed"]; c.Protected || c.Expected || !strings.Contains(c.Reason, "-A FORWARD -s 172.17.0.7/32 -j ACCEPT") {
+		t.Errorf("operator-allowed: %+v", c)
+	}
+	if v, _ := verdict(p.enforced, classify(p), nil); v != VerdictDegraded {
+		t.Errorf("verdict %s, want degraded", v)
 	}
 }
