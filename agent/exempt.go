@@ -108,6 +108,11 @@ func exemptWhy(cfg Config, c Container) (why, refused string) {
 	return "", refused
 }
 
+func isExempt(cfg Config, c Container) bool {
+	w, _ := exemptWhy(cfg, c)
+	return w != ""
+}
+
 // exemptions decides which running containers may reach IMDS. It returns
 // the reasons by container ID (only for exemptions in force), the list for
 // status, and what the firewall must let through.
@@ -144,7 +149,7 @@ func exemptions(cfg Config, containers []Container) (map[string]string, []Exempt
 			switch {
 			case !ok:
 				e.Note = "ignored: the container whose network it shares is not running"
-			case why[o.ID] == "" && func() bool { w, _ := exemptWhy(cfg, o); return w == "" }():
+			case !isExempt(cfg, o):
 				e.Note = "ignored: it shares the network of " + o.Name + ", which is not exempt; exempt that container instead"
 			default:
 				e.Note = "shares the network of " + o.Name + ", which is exempt"
