@@ -182,6 +182,9 @@ func (s *Status) WriteText(w io.Writer) {
 		if len(e.Addresses) > 0 {
 			line += " for " + strings.Join(e.Addresses, ", ")
 		}
+		if len(e.Ports) > 0 {
+			line += " by bridge port " + strings.Join(e.Ports, ", ")
+		}
 		if e.Note != "" {
 			line += "; " + e.Note
 		}
