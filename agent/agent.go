@@ -99,6 +99,13 @@ type Agent struct {
 	watches    map[string]nsWatch
 	runCtx     context.Context
 	wg         sync.WaitGroup
+
+	// hostCgroups are the host-network containers' cgroups the last sync
+	// blocked, by container ID: kept while a read fails (fail closed).
+	hostCgroups map[string]hostCgroup
+	// hostChainGone is the firewall with which, blocking off, the host
+	// chain was seen gone (after Redetect a new one looks again).
+	hostChainGone Firewall
 }
 
 // Options are the agent's collaborators.
@@ -205,16 +212,25 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	if enforce {
 		a.logExemptions(exemptList, containers, dockerErr)
 	}
-	host, hostSpec, hostBlocked := a.hostNetwork(ctx, containers, exempt)
+	host, hostSpec, hostBlocked, hostStale, hostErr := a.hostNetwork(ctx, containers, exempt, dockerErr == nil)
 	if dockerErr != nil {
 		hostSpec = nil
+	}
+	if hostErr != nil {
+		errs = append(errs, hostErr.Error())
 	}
 	st.Exemptions, st.HostNetwork = exemptList, &host
 	lap("containers")
 
 	// Firewall.
 	spec := firewall.Spec{Action: a.cfg.Action, Exempt: exemptSpec, Host: hostSpec}
+	if enforce && hostSpec != nil && len(hostStale) > 0 {
+		a.reinsertHost(ctx, spec, hostStale)
+	}
 	fwStates, fwErr := a.firewall(ctx, enforce, spec)
+	if err := a.hostChainOff(ctx, enforce, &host); err != nil {
+		errs = append(errs, err.Error())
+	}
 	lap("firewall")
 	a.mu.Lock()
 	st.Firewall = FirewallStatus{Backend: a.backend.Mode, Why: a.backend.Why, Action: string(a.cfg.Action)}
@@ -509,7 +525,7 @@ func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (
 	if enforce && a.cfg.ECSConfigMode == ECSModeEnforce {
 		changed, err := ecsconfig.Enforce(a.cfg.HostRoot)
 		if err != nil {
-			st.Error = err.Error()
+			st.Error, st.WriteFailed = err.Error(), true
 			return st, []string{"cannot write ECS_AWSVPC_BLOCK_IMDS=true: " + err.Error()}, err
 		}
 		if changed {
@@ -517,7 +533,7 @@ func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (
 			a.log.Warn("wrote ECS_AWSVPC_BLOCK_IMDS=true to /etc/ecs/ecs.config; the ECS agent applies it after a restart")
 		}
 	}
-	in, err := ecsconfig.Load(a.cfg.HostRoot)
+	in, err := ecsconfig.LoadContext(ctx, a.cfg.HostRoot)
 	if err != nil {
 		st.Error = err.Error()
 		return st, []string{"cannot read the ECS configuration: " + err.Error()}, err

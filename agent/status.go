@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/ecsconfig"
 	"github.com/imdsguard/imdsguard/firewall"
@@ -80,7 +81,9 @@ type ECSStatus struct {
 	RunningAgent  *ecsconfig.Result `json:"running_agent,omitempty"`
 	RestartNeeded bool              `json:"restart_needed"`
 	Wrote         bool              `json:"wrote_ecs_config,omitempty"`
-	Error         string            `json:"error,omitempty"`
+	// WriteFailed: enforce mode could not write ECS_AWSVPC_BLOCK_IMDS=true.
+	WriteFailed bool   `json:"write_failed,omitempty"`
+	Error       string `json:"error,omitempty"`
 }
 
 // DockerStatus says whether the container picture is known.
@@ -233,7 +236,12 @@ func serveStatus(ctx context.Context, path string, h http.Handler, log *logrus.E
 		return nil, fmt.Errorf("another imdsguard daemon answers on %s", path)
 	}
 	_ = os.Remove(path)
+	// Created with its final mode: between a listen and a chmod anyone
+	// could connect. The umask is the process's, and nothing else creates
+	// files while the daemon starts.
+	old := unix.Umask(0o177)
 	l, err := net.Listen("unix", path)
+	unix.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
