@@ -68,11 +68,11 @@ type layer1 struct {
 	blocked     prometheus.Gauge
 }
 
-// nftIntent is the host's intent for layer 1. Exempt bridge ports come
-// from the exemption records (issue 9a gives them ports); a record without
-// one stays blocked in layer 1.
-func nftIntent(cfg Config, spec firewall.Spec, exempt []firewall.NFTExemption) firewall.Intent {
-	in := firewall.Intent{Action: spec.Action, IPv6: cfg.IPv6, Exempt: exempt}
+// nftIntent is the host's intent for layer 1: layer 2's spec, whose
+// exemptions carry the bridge ports the lister found (a record without one
+// stays blocked in both layers).
+func nftIntent(cfg Config, spec firewall.Spec) firewall.Intent {
+	in := firewall.Intent{Action: spec.Action, IPv6: cfg.IPv6, Exempt: spec.Exempt}
 	if spec.Host != nil {
 		in.HostCgroups = spec.Host.Cgroups
 	}

@@ -61,7 +61,13 @@ func restoreName(bin string) string { return bin + "-restore" }
 // runTimeout bounds a save or restore call (they take the lock like iptables).
 const runTimeout = 15 * time.Second
 
+// Save dumps one table, or with "" every table in one process.
 func (t *execTables) Save(table string) ([]byte, error) {
+	if table == "" {
+		// Every table that exists, in one process. Neither flavour creates
+		// a table to dump all of them (legacy reads ip_tables_names).
+		return run(t.save, nil, "-c")
+	}
 	if t.legacy {
 		exists, err := legacyTableExists(t.family, table)
 		if err != nil {

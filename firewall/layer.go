@@ -1,9 +1,6 @@
 package firewall
 
-import (
-	"context"
-	"net/netip"
-)
+import "context"
 
 // Intent is what every layer enforces, said once: the action, and who is
 // let through. Each layer renders it its own way (layer 2 matches exempt
@@ -12,7 +9,7 @@ import (
 type Intent struct {
 	Action Action
 	IPv6   bool
-	Exempt []NFTExemption
+	Exempt []Exemption
 	// HostCgroups, when non-nil, are the cgroup v2 paths of host-network
 	// containers to block. Nil leaves layer 2's host chain alone (no
 	// container list to decide from).
@@ -52,18 +49,9 @@ type IPTablesLayer struct{ M *Manager }
 
 func (IPTablesLayer) Name() string { return "iptables" }
 
-// SpecFromIntent is layer 2's rendering of an intent: exemptions by address.
+// SpecFromIntent is layer 2's rendering of an intent.
 func SpecFromIntent(in Intent) Spec {
-	s := Spec{Action: in.Action, Exempt: map[Family][]netip.Addr{}}
-	for _, e := range in.Exempt {
-		for _, a := range e.Addrs {
-			f := IPv4
-			if a.Unmap().Is6() {
-				f = IPv6
-			}
-			s.Exempt[f] = append(s.Exempt[f], a)
-		}
-	}
+	s := Spec{Action: in.Action, Exempt: in.Exempt}
 	if in.HostCgroups != nil {
 		s.Host = &HostSpec{Cgroups: in.HostCgroups}
 	}

@@ -59,7 +59,7 @@ func mustCheck(t *testing.T, l *NFTLayer) NFTState {
 }
 
 var kernelSpecNFT = NFTSpec{Scope: ScopeHost, Action: ActionDrop, IPv6: true,
-	Exempt: []NFTExemption{{Container: "exempt", Port: "vethexempt"}}}
+	Exempt: []Exemption{{Container: "exempt", Port: "vethexempt"}}}
 
 // TestNFTKernelOwnership checks, on this kernel, what other processes and
 // the owner's exit do to the owned tables: the facts the README's table
@@ -197,7 +197,7 @@ func TestNFTKernelSpecChange(t *testing.T) {
 		mustEnsure(t, l, "first")
 		s := kernelSpecNFT
 		s.Action = ActionReject
-		s.Exempt = append(s.Exempt, NFTExemption{Container: "b", Port: "vethb"}, NFTExemption{Container: "noport"})
+		s.Exempt = append(s.Exempt, Exemption{Container: "b", Port: "vethb"}, Exemption{Container: "noport"})
 		s.HostCgroups = []string{"/does/not/exist"}
 		l.SetSpec(s)
 		st := mustEnsure(t, l, "changed")
@@ -467,7 +467,7 @@ func TestNFTKernelDocker29(t *testing.T) {
 			err = tp.dial(t, "vethblocked", "169.254.169.254:80")
 		}
 		mustDo(t, err, "Docker's rules alone accept the container's IMDS traffic")
-		l := openLayer(t, NFTSpec{Scope: ScopeHost, Action: ActionDrop, Exempt: []NFTExemption{{Container: "x", Port: "vethexempt"}}})
+		l := openLayer(t, NFTSpec{Scope: ScopeHost, Action: ActionDrop, Exempt: []Exemption{{Container: "x", Port: "vethexempt"}}})
 		defer l.Close()
 		mustEnsure(t, l, "first")
 		if err := tp.dial(t, "vethblocked", "169.254.169.254:80"); err == nil {

@@ -226,8 +226,8 @@ func (s NFTSpec) render(resolve cgroupID) (tables []nftTableSpec, skipped []stri
 	// Bridge: exempt ports are marked and pass, every other port is blocked.
 	var ports []string
 	for _, e := range s.Exempt {
-		if !ValidPortName(e.Port) {
-			skipped = append(skipped, fmt.Sprintf("exemption %s: no valid bridge port (%q), it stays blocked in layer 1", e.Container, e.Port))
+		if !ValidPort(e.Port) {
+			skipped = append(skipped, fmt.Sprintf("exemption %s: no valid bridge port (%q), it stays blocked in layer 1", e.Name, e.Port))
 			continue
 		}
 		ports = append(ports, e.Port)

@@ -1,9 +1,6 @@
 package firewall
 
-import (
-	"fmt"
-	"net/netip"
-)
+import "fmt"
 
 // Layer 1: imdsguard's own nftables tables.
 //
@@ -25,19 +22,6 @@ const NFTTable = "imdsguard"
 // packet crosses a veth into another namespace, and frames from any other
 // port to IMDS are dropped in the bridge chain before the bit could matter.
 const ExemptMark uint32 = 0x00100000
-
-// NFTExemption is one container allowed to reach IMDS, named by what a
-// neighbour cannot forge: the host side of its bridge port. Addrs are kept
-// for status and for layer 2, which only sees addresses.
-//
-// It has the shape of the per-exemption record issue 9a gives Spec.Exempt
-// ({container, bridge port ifname, addresses}); NFTSpecFrom maps one onto
-// the other.
-type NFTExemption struct {
-	Container string
-	Port      string // host-side veth, e.g. "veth1a2b3c4"
-	Addrs     []netip.Addr
-}
 
 // NFTScope says which base chains the tables hold.
 type NFTScope int
@@ -65,37 +49,25 @@ type NFTSpec struct {
 	Scope  NFTScope
 	Action Action
 	IPv6   bool
-	// Exempt are the exempt bridge ports (host scope only). An exemption
-	// without a valid port name is not applied: its container stays blocked.
-	Exempt []NFTExemption
+	// Exempt are the exempt containers (host scope only), matched by their
+	// bridge ports. An exemption without a valid port is not applied: its
+	// container stays blocked.
+	Exempt []Exemption
 	// HostCgroups are cgroup v2 paths of host-network containers to block
 	// in output (host scope only). Paths that do not exist when the rules
 	// are built are skipped and reported.
 	HostCgroups []string
 }
 
-// NFTSpecFrom maps layer 2's spec onto layer 1's: same action and cgroups;
-// exemptions come from ports, which Spec (addresses only) does not carry.
-func NFTSpecFrom(s Spec, ipv6 bool, exempt []NFTExemption) NFTSpec {
-	ns := NFTSpec{Scope: ScopeHost, Action: s.Action, IPv6: ipv6, Exempt: exempt}
+// NFTSpecFrom maps layer 2's spec onto layer 1's: the same action,
+// exemptions (layer 1 uses their ports, layer 2 ports and addresses) and
+// cgroups.
+func NFTSpecFrom(s Spec, ipv6 bool) NFTSpec {
+	ns := NFTSpec{Scope: ScopeHost, Action: s.Action, IPv6: ipv6, Exempt: s.Exempt}
 	if s.Host != nil {
 		ns.HostCgroups = s.Host.Cgroups
 	}
 	return ns
-}
-
-// ValidPortName accepts a Linux interface name (1..15 bytes, no '/', no
-// whitespace), so an exemption can never match by prefix or by nothing.
-func ValidPortName(n string) bool {
-	if len(n) == 0 || len(n) > 15 || n == "." || n == ".." {
-		return false
-	}
-	for _, r := range n {
-		if r <= ' ' || r == '/' || r == ':' || r > '~' {
-			return false
-		}
-	}
-	return true
 }
 
 // NFTFlags are the table flags the kernel offers, detected at start.
