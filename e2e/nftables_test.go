@@ -33,10 +33,10 @@ func testNFTablesLayer(t *testing.T, backend sandbox.Backend) {
 	if _, err := s.RunContainer("onnftnet", "--network", "nftnet"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.RunContainer("exempt", "--network", "nftnet", "--label", agent.DefaultExemptLabel); err != nil {
+	if _, err := s.RunContainer("exempt", "--network", "nftnet", "--label", agent.ExampleExemptLabel); err != nil {
 		t.Fatal(err)
 	}
-	e.startAgent(t)
+	e.startAgent(t, "--exempt-label", agent.ExampleExemptLabel)
 	st := e.waitProtected(t)
 	n := st.Firewall.NFTables
 	if n == nil || !n.Present || !n.Owned || n.SurvivesFlush != "yes" || n.SurvivesStop != "yes" {
