@@ -327,15 +327,7 @@ func newTopology(t *testing.T, ports ...string) *topology {
 		l, err := net.Listen("tcp", a)
 		mustDo(t, err, "listen "+a)
 		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		go acceptAndClose(l)
 	}
 	mustDo(t, netns.Set(tp.host), "back to host")
 	mustDo(t, netlink.NeighAdd(&netlink.Neigh{LinkIndex: upLink.Attrs().Index, State: netlink.NUD_PERMANENT,
@@ -568,15 +560,7 @@ func kernelCgroupTraffic(t *testing.T, dir string) {
 	l, err := net.Listen("tcp", "169.254.169.254:80")
 	mustDo(t, err, "listen")
 	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go acceptAndClose(l)
 	dial := func(inCgroup bool) error {
 		script := "exec busybox nc -w 1 169.254.169.254 80 </dev/null"
 		if inCgroup {
@@ -587,5 +571,17 @@ func kernelCgroupTraffic(t *testing.T, dir string) {
 	mustDo(t, dial(false), "outside the cgroup")
 	if err := dial(true); err == nil {
 		t.Fatal("inside the cgroup: IMDS answered")
+	}
+}
+
+// acceptAndClose answers every connection by closing it: enough for a dial
+// to succeed.
+func acceptAndClose(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
 	}
 }
