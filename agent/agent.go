@@ -65,6 +65,13 @@ type Agent struct {
 	view     *containerView
 	lister   *runner
 	watchNFT func(ctx context.Context, changed func()) error
+	// The ECS configuration's own loop (ecsloop.go), daemon only:
+	// one-shot commands read the files themselves, with the same deadline.
+	ecsView   *ecsView
+	ecsReader *boundedReader
+	ecsRunner *runner
+	ecsWatch  *ecsWatch
+	ecsErrMsg string // the last read's error, to log each change once
 
 	mu         sync.Mutex
 	fw         Firewall
@@ -72,11 +79,10 @@ type Agent struct {
 	dockerErr  error
 	dockerSeen bool
 	status     Status
-	// statusJSON is status encoded, made by the first request after a
-	// sync: on a host with hundreds of containers, encoding on every
-	// request cost more CPU than the syncs themselves.
+	// statusJSON is status encoded once per sync: on a host with hundreds
+	// of containers, encoding on every request cost more CPU than the
+	// syncs themselves, and a flood of requests must cost only the copy.
 	statusJSON  []byte
-	statusGen   uint64 // counts published statuses
 	repairs     uint64
 	blocked     map[firewall.Family][2]uint64 // accumulated since start
 	lastCounts  map[firewall.Family][2]uint64 // last chain counters seen
@@ -343,6 +349,8 @@ func (a *Agent) relist(ctx context.Context) error {
 	}
 	if a.view.set(l.containers, l.err, l.at, l.took, event) {
 		a.runner.Trigger()
+		// The ECS agent's container may have changed.
+		a.ecsRunner.Trigger()
 	}
 	return l.err
 }
@@ -450,46 +458,63 @@ func (a *Agent) accumulate(fs firewall.FamilyState) [2]uint64 {
 }
 
 // ecs evaluates ECS_AWSVPC_BLOCK_IMDS as the ECS agent will see it, and as
-// the running agent sees it now.
+// the running agent sees it now. The daemon takes the ECS loop's last read
+// and reports a failed read as an issue (retrying the sync cannot fix a
+// file); a one-shot command reads now, bounded the same way, and returns
+// the error.
 func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (ECSStatus, []string, error) {
 	st := ECSStatus{Mode: a.cfg.ECSConfigMode}
-	var issues []string
-	if enforce && a.cfg.ECSConfigMode == ECSModeEnforce {
-		changed, err := ecsconfig.Enforce(a.cfg.HostRoot)
-		if err != nil {
-			st.Error = err.Error()
-			return st, []string{"cannot write ECS_AWSVPC_BLOCK_IMDS=true: " + err.Error()}, err
+	agentID := ecsAgentID(containers)
+	var last, good ecsFiles
+	var env envRead
+	envOK := false
+	if a.ecsView != nil {
+		last, good = a.ecsView.get(ctx, a.maxECSAge())
+		env, envOK = a.ecsView.agentEnv(agentID)
+	} else {
+		last = a.newECSReader(enforce && a.cfg.ECSConfigMode == ECSModeEnforce).get(ctx)
+		good = last
+		if agentID != "" && last.err == nil {
+			env.env, env.err = a.docker.Env(ctx, agentID)
+			envOK = true
 		}
-		if changed {
-			st.Wrote = true
-			a.log.Warn("wrote ECS_AWSVPC_BLOCK_IMDS=true to /etc/ecs/ecs.config; the ECS agent applies it after a restart")
+	}
+	st.Wrote = last.wrote
+	if !last.at.IsZero() {
+		st.ReadAt = last.at
+	}
+	st.Present = agentID != ""
+	if last.err != nil {
+		// Claim nothing the failed read did not see; show what the last
+		// good read saw, marked stale.
+		st.Error = last.err.Error()
+		if !good.at.IsZero() {
+			res := good.res
+			st.Config, st.Stale, st.ReadAt = &res, true, good.at
+			st.Present = st.Present || good.in.InstanceConfig.Present || good.in.UserConfig.Present || good.in.JSONConfig.Present
 		}
+		issue := last.err.Error()
+		if st.Stale {
+			issue += fmt.Sprintf(" (last good read %s; ECS_AWSVPC_BLOCK_IMDS is not claimed)", good.at.Format(time.RFC3339))
+		}
+		if a.ecsView != nil {
+			return st, []string{issue}, nil
+		}
+		return st, []string{issue}, last.err
 	}
-	in, err := ecsconfig.Load(a.cfg.HostRoot)
-	if err != nil {
-		st.Error = err.Error()
-		return st, []string{"cannot read the ECS configuration: " + err.Error()}, err
-	}
-	res, err := ecsconfig.Evaluate(in)
-	if err != nil {
-		st.Error = err.Error()
-		return st, []string{"cannot evaluate the ECS configuration: " + err.Error()}, err
-	}
+	in, res := last.in, last.res
 	st.Config = &res
 	st.AWSVPCBlockIMDS = res.AWSVPCBlockIMDS
-	st.Present = in.InstanceConfig.Present || in.UserConfig.Present || in.JSONConfig.Present
+	st.Present = st.Present || in.InstanceConfig.Present || in.UserConfig.Present || in.JSONConfig.Present
 
-	for _, c := range containers {
-		if c.Name != ECSAgentName {
-			continue
-		}
-		st.Present = true
-		env, err := a.docker.Env(ctx, c.ID)
-		if err != nil {
-			issues = append(issues, "cannot read the running ECS agent's environment: "+err.Error())
-			break
-		}
-		run, err := ecsconfig.EvaluateContainerEnv(env, in.JSONConfig)
+	var issues []string
+	switch {
+	case agentID == "" || !envOK:
+		// No ECS agent, or its environment is still being read.
+	case env.err != nil:
+		issues = append(issues, "cannot read the running ECS agent's environment: "+env.err.Error())
+	default:
+		run, err := ecsconfig.EvaluateContainerEnv(env.env, in.JSONConfig)
 		if err != nil {
 			issues = append(issues, "cannot evaluate the running ECS agent's setting: "+err.Error())
 			break
@@ -526,8 +551,12 @@ func (a *Agent) sync(ctx context.Context) error {
 		st.Verdict = VerdictExposed
 		st.Reasons = append([]string{"the block has not been verified in place yet"}, st.Reasons...)
 	}
-	a.status, a.statusJSON = st, nil
-	a.statusGen++
+	a.mu.Unlock()
+	// Encoded outside the lock that status requests take; syncs never
+	// overlap, so nothing publishes in between.
+	body := encodeStatus(&st)
+	a.mu.Lock()
+	a.status, a.statusJSON = st, body
 	a.mu.Unlock()
 	if a.metrics != nil {
 		a.metrics.observe(&st, err)
@@ -577,13 +606,27 @@ const minSyncInterval = 10 * time.Millisecond
 // dockerSyncInterval bounds the syncs Docker events cause to ten a second.
 const dockerSyncInterval = 100 * time.Millisecond
 
+// stopGrace bounds how long Run waits, once ctx ends, for its loops to
+// return: a sync stuck in an exec or a Docker call must not keep a stopping
+// daemon alive (their contexts end with ctx; this is the backstop).
+const stopGrace = 2500 * time.Millisecond
+
 // Run is the daemon: it serves status and metrics and keeps the block in
 // place until ctx ends. Stopping leaves every rule where it is: fail closed.
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	statusEP, metricsEP := statusEndpoint, metricsEndpoint
+	if a.cfg.MetricsAddr == "" {
+		checkFDLimit(a.log, &statusEP)
+	} else {
+		checkFDLimit(a.log, &statusEP, &metricsEP)
+	}
 	a.metrics = newMetrics(a.version, a.cfg.Families())
 	a.runner = newRunner(a.sync, minSyncInterval, a.cfg.ResyncInterval)
+	a.ecsView = newECSView()
+	a.ecsReader = a.newECSReader(a.cfg.ECSConfigMode == ECSModeEnforce)
+	a.ecsRunner = newRunner(a.rereadECS, ecsMinInterval, a.cfg.ResyncInterval)
 	if a.docker != nil {
 		a.view = newContainerView()
 		a.lister = newRunner(a.relist, minSyncInterval, a.cfg.ResyncInterval)
@@ -597,13 +640,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	stopStatus, err := serveStatus(ctx, a.cfg.StatusSocket, mux, a.log)
+	stopStatus, err := serveStatus(a.cfg.StatusSocket, statusEP, mux, a.log)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = stopStatus() }()
 	if a.cfg.MetricsAddr != "" {
-		stopMetrics, err := a.metrics.serve(a.cfg.MetricsAddr, a.serveHealthz, a.log)
+		stopMetrics, err := a.metrics.serve(a.cfg.MetricsAddr, metricsEP, a.serveHealthz, a.log)
 		if err != nil {
 			return err
 		}
@@ -611,6 +654,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	var wg sync.WaitGroup
+	a.startECSWatch(ctx, &wg)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.ecsRunner.Loop(ctx)
+	}()
 	if a.docker != nil {
 		wg.Add(2)
 		go func() {
@@ -636,10 +685,25 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.runCtx = ctx
 	a.mu.Unlock()
-	a.runner.Loop(ctx)
+	syncDone := make(chan struct{})
+	go func() {
+		defer close(syncDone)
+		a.runner.Loop(ctx)
+	}()
+	<-ctx.Done()
 	cancel()
-	wg.Wait()
-	a.wg.Wait() // route watchers
+	stopped := make(chan struct{})
+	go func() {
+		<-syncDone
+		wg.Wait()
+		a.wg.Wait() // route watchers
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(stopGrace):
+		a.log.Warnf("a loop did not return within %v of the stop (a hung exec or read); exiting anyway", stopGrace)
+	}
 	if a.hooks.Stopping != nil {
 		a.hooks.Stopping()
 	}
@@ -694,23 +758,23 @@ func (a *Agent) setDockerErr(err error) {
 
 func (a *Agent) serveStatusJSON(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
-	b, st, gen := a.statusJSON, a.status, a.statusGen
-	a.mu.Unlock()
-	if b == nil {
-		var err error
-		if b, err = json.MarshalIndent(&st, "", "  "); err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		b = append(b, '\n')
-		a.mu.Lock()
-		if a.statusGen == gen {
-			a.statusJSON = b
-		}
-		a.mu.Unlock()
+	b := a.statusJSON
+	if b == nil { // before the first sync
+		b = encodeStatus(&a.status)
 	}
+	a.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(b)
+}
+
+// encodeStatus is the body of GET /status. Status holds only strings,
+// numbers and times, so encoding cannot fail.
+func encodeStatus(st *Status) []byte {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		b, _ = json.Marshal(map[string]string{"verdict": VerdictDegraded, "error": err.Error()})
+	}
+	return append(b, '\n')
 }
 
 // healthy is true only while the last sync succeeded recently: health means

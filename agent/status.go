@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -77,7 +78,14 @@ type ECSStatus struct {
 	RunningAgent  *ecsconfig.Result `json:"running_agent,omitempty"`
 	RestartNeeded bool              `json:"restart_needed"`
 	Wrote         bool              `json:"wrote_ecs_config,omitempty"`
-	Error         string            `json:"error,omitempty"`
+	// Error says why the newest read of the files failed; nothing is then
+	// claimed (awsvpc_block_imds false, no restart_needed).
+	Error string `json:"error,omitempty"`
+	// ReadAt is when the files shown were read: the daemon reads them in
+	// a loop of its own, on change and every resync interval.
+	ReadAt time.Time `json:"read_at,omitzero"`
+	// Stale: the newest read failed and config is the last good read's.
+	Stale bool `json:"stale,omitempty"`
 }
 
 // DockerStatus says whether the container picture is known.
@@ -145,7 +153,12 @@ func (s *Status) WriteText(w io.Writer) {
 	if s.ECSConfig.Config != nil {
 		ecs += " (" + s.ECSConfig.Config.Reason + ")"
 	}
-	if !s.ECSConfig.Present {
+	switch e := s.ECSConfig; {
+	case e.Error != "" && e.Stale:
+		ecs = fmt.Sprintf("UNREADABLE: %s; last good read %s", e.Error, e.ReadAt.Format(time.RFC3339))
+	case e.Error != "":
+		ecs = "UNREADABLE: " + e.Error
+	case !e.Present:
 		ecs = "no ECS configuration found"
 	}
 	if s.ECSConfig.RestartNeeded {
@@ -213,7 +226,7 @@ func trunc(s string, n int) string {
 
 // serveStatus serves /status and /healthz on a unix socket only root can
 // open: the status names every container and task on the host.
-func serveStatus(ctx context.Context, path string, h http.Handler, log *logrus.Entry) (func() error, error) {
+func serveStatus(path string, ep endpoint, h http.Handler, log *logrus.Entry) (func() error, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("status socket directory: %w", err)
 	}
@@ -224,20 +237,19 @@ func serveStatus(ctx context.Context, path string, h http.Handler, log *logrus.E
 		return nil, fmt.Errorf("another imdsguard daemon answers on %s", path)
 	}
 	_ = os.Remove(path)
+	// Created with its final mode: a chmod after Listen would leave a
+	// window in which anyone could connect. Run calls this before it
+	// starts any other goroutine that creates files, so the process-wide
+	// umask cannot affect them.
+	old := syscall.Umask(0o177)
 	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("status socket: %w", err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go serveHTTP(srv, l, "status", log)
+	stop := ep.serve(l, h, log)
 	return func() error {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		err := srv.Shutdown(sctx)
+		err := stop()
 		_ = os.Remove(path)
 		return err
 	}, nil

@@ -56,19 +56,28 @@ func restoreName(bin string) string { return bin + "-restore" }
 // runTimeout bounds a save or restore call (they take the lock like iptables).
 const runTimeout = 15 * time.Second
 
+// runWaitDelay bounds the wait for output after the process is killed: a
+// child that inherited the pipes must not hold Wait forever.
+const runWaitDelay = time.Second
+
+// Save and Restore are called through Tables, which carries no context;
+// runTimeout bounds them, and a stopping process exits regardless (cmd/).
 func (t *execTables) Save(table string) ([]byte, error) {
-	return run(t.save, nil, "-c", "-t", table)
+	return run(context.Background(), t.save, nil, "-c", "-t", table)
 }
 
 func (t *execTables) Restore(payload []byte) error {
-	_, err := run(t.restore, payload, "--noflush", "-w", fmt.Sprint(lockWait))
+	_, err := run(context.Background(), t.restore, payload, "--noflush", "-w", fmt.Sprint(lockWait))
 	return err
 }
 
-func run(bin string, stdin []byte, args ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+// run execs bin until it exits, ctx ends or runTimeout passes; a killed
+// iptables-restore commits nothing, so the rules in force stay.
+func run(ctx context.Context, bin string, stdin []byte, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, runTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.WaitDelay = runWaitDelay
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if stdin != nil {
@@ -153,7 +162,7 @@ func binaryMode(bin string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	out, err := run(path, nil, "--version")
+	out, err := run(context.Background(), path, nil, "--version")
 	if err != nil {
 		return "", err
 	}
@@ -173,7 +182,7 @@ func hasDockerChains(bin string) bool {
 	if err != nil {
 		return false
 	}
-	out, err := run(path, nil, "-t", Table)
+	out, err := run(context.Background(), path, nil, "-t", Table)
 	if err != nil {
 		return false
 	}
