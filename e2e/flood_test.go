@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,13 +100,14 @@ func buildFloodClient(t *testing.T) string {
 	return bin
 }
 
-// flood runs the client as nobody in the host namespace and returns a
-// function reporting its last line.
+// flood runs one client as nobody in the host namespace and returns a
+// function reporting its last line. The machine's hard RLIMIT_NOFILE
+// (20,000 here, and the test cannot raise it) bounds one client, so big
+// floods take several.
 func flood(t *testing.T, s *sandbox.Sandbox, bin string, conns int) func() string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := s.HostCommand(ctx, "prlimit", fmt.Sprintf("--nofile=%d:%d", conns+1024, conns+1024), "--",
-		"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+	cmd := s.HostCommand(ctx, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
 		bin, "-addr", "127.0.0.1:9721", "-conns", strconv.Itoa(conns))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -204,7 +206,7 @@ const (
 // TestFlood is issue 10's attack: user nobody holds idle connections to the
 // metrics port. The repair, status and the block must not notice.
 func TestFlood(t *testing.T) {
-	const conns = 30000
+	const conns, floodClients = 30000, 2
 	e := newEnv(t, sandbox.Options{Backend: sandbox.BackendNFT})
 	bin := buildFloodClient(t)
 	if _, err := e.s.RunContainer("onbridge"); err != nil {
@@ -218,15 +220,34 @@ func TestFlood(t *testing.T) {
 	}
 	t.Logf("agent idle: %d fds, %d KiB RSS", idle.fds, idle.rssKB)
 
-	last := flood(t, e.s, bin, conns)
+	var clients []func() string
+	for range floodClients {
+		clients = append(clients, flood(t, e.s, bin, conns/floodClients))
+	}
+	last := func() string {
+		var all []string
+		for _, c := range clients {
+			all = append(all, c())
+		}
+		return strings.Join(all, "; ")
+	}
+	held := func() int {
+		n := 0
+		for _, c := range clients {
+			n += max(heldBy(c()), 0)
+		}
+		return n
+	}
 	peak := sample(e.agent.Pid())
-	// The client's connections fill the endpoint's cap and the kernel's
-	// backlog; beyond those its SYNs are dropped and it keeps retrying.
-	waitFor(t, "the flood holding connections", 60*time.Second, func() bool { return heldBy(last()) > 64 })
+	// The clients' connections fill the endpoint's cap and the kernel's
+	// backlog; beyond those their SYNs are dropped and they keep retrying.
+	waitFor(t, "the flood holding connections", 60*time.Second, func() bool { return held() > 64 })
 	time.Sleep(3 * time.Second) // let the backlog fill: the attack at full strength
-	t.Logf("flood client: %s", last())
-	if !strings.HasPrefix(last(), "uid 65534 ") {
-		t.Fatalf("the client does not run as nobody: %s", last())
+	t.Logf("flood clients: %s", last())
+	for _, c := range clients {
+		if !strings.HasPrefix(c(), "uid 65534 ") {
+			t.Fatalf("a client does not run as nobody: %s", c())
+		}
 	}
 
 	worst := e.repairAll(t, 5, 5*time.Second)
@@ -323,4 +344,68 @@ func TestBrokenECSConfig(t *testing.T) {
 	}
 	took := e.stopWithin(t, 5*time.Second)
 	t.Logf("SIGTERM with ecs.config a link to /dev/zero: exited in %v", took.Round(time.Millisecond))
+}
+
+// TestOneShotStopsOnSIGTERM: a one-shot command stuck on a dockerd that
+// accepts and never answers ends within moments of SIGTERM, leaving the
+// rules it had verified.
+func TestOneShotStopsOnSIGTERM(t *testing.T) {
+	e := newEnv(t, sandbox.Options{Backend: sandbox.BackendNFT, NoDockerd: true})
+	if out, code := e.cli(t, "apply"); code != 0 {
+		t.Fatalf("apply: exit %d\n%s", code, out)
+	}
+	hung := filepath.Join(e.s.Dir, "hung.sock")
+	l, err := net.Listen("unix", hung)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	for _, cmd := range []string{"apply", "check"} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		args := append([]string{cmd}, e.flags()...)
+		args = append(args, "--docker-host", "unix://"+hung)
+		c := e.s.HostCommand(ctx, agentBin, args...)
+		var out strings.Builder
+		c.Stdout, c.Stderr = &out, &out
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- c.Wait() }()
+		select {
+		case err := <-done:
+			t.Fatalf("%s did not wait for the hung dockerd: %v\n%s", cmd, err, out.String())
+		case <-time.After(time.Second): // in the Docker call
+		}
+		start := time.Now()
+		// nsenter execs the command, so the pid is imdsguard's.
+		if err := c.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s ignored SIGTERM for 5s\n%s", cmd, out.String())
+		}
+		cancel()
+		t.Logf("%s: exited %v after SIGTERM", cmd, time.Since(start).Round(time.Millisecond))
+	}
+	if !e.protectedOutside("ipv4") || !e.protectedOutside("ipv6") {
+		t.Fatal("rules gone after a stopped one-shot command")
+	}
 }
