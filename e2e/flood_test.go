@@ -194,6 +194,25 @@ func (e *env) stopWithin(t *testing.T, limit time.Duration) time.Duration {
 	return took
 }
 
+// protectedBridgeHost is a sandbox on iptables-nft with container
+// "onbridge" and the daemon protecting it; it returns the daemon's idle
+// usage.
+func protectedBridgeHost(t *testing.T) (*env, agentUsage) {
+	t.Helper()
+	e := newEnv(t, sandbox.Options{Backend: sandbox.BackendNFT})
+	if _, err := e.s.RunContainer("onbridge"); err != nil {
+		t.Fatal(err)
+	}
+	e.startAgent(t)
+	e.waitProtected(t)
+	idle, err := usageOf(e.agent.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("agent idle: %d fds, %d KiB RSS", idle.fds, idle.rssKB)
+	return e, idle
+}
+
 // Bounds the daemon must keep under a flood, over its idle figures: the
 // metrics cap (64 connections) plus the descriptors of a sync in flight
 // (iptables pipes, Docker connections), and the memory of 64 capped
@@ -207,18 +226,8 @@ const (
 // metrics port. The repair, status and the block must not notice.
 func TestFlood(t *testing.T) {
 	const conns, floodClients = 30000, 2
-	e := newEnv(t, sandbox.Options{Backend: sandbox.BackendNFT})
 	bin := buildFloodClient(t)
-	if _, err := e.s.RunContainer("onbridge"); err != nil {
-		t.Fatal(err)
-	}
-	e.startAgent(t)
-	e.waitProtected(t)
-	idle, err := usageOf(e.agent.Pid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("agent idle: %d fds, %d KiB RSS", idle.fds, idle.rssKB)
+	e, idle := protectedBridgeHost(t)
 
 	var clients []func() string
 	for range floodClients {
@@ -279,16 +288,7 @@ func TestFlood(t *testing.T) {
 // ends). Repairs go on, the file is named once in the log and in status, and
 // memory stays bounded.
 func TestBrokenECSConfig(t *testing.T) {
-	e := newEnv(t, sandbox.Options{Backend: sandbox.BackendNFT})
-	if _, err := e.s.RunContainer("onbridge"); err != nil {
-		t.Fatal(err)
-	}
-	e.startAgent(t)
-	e.waitProtected(t)
-	idle, err := usageOf(e.agent.Pid())
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, idle := protectedBridgeHost(t)
 	cfg := filepath.Join(e.hostRoot, "etc/ecs/ecs.config")
 	for _, tc := range []struct {
 		name string
