@@ -480,9 +480,6 @@ func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (
 		}
 	}
 	st.Wrote = last.wrote
-	if !last.at.IsZero() {
-		st.ReadAt = last.at
-	}
 	st.Present = agentID != ""
 	if last.err != nil {
 		// Claim nothing the failed read did not see; show what the last
@@ -503,7 +500,7 @@ func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (
 		return st, []string{issue}, last.err
 	}
 	in, res := last.in, last.res
-	st.Config = &res
+	st.Config, st.ReadAt = &res, last.at
 	st.AWSVPCBlockIMDS = res.AWSVPCBlockIMDS
 	st.Present = st.Present || in.InstanceConfig.Present || in.UserConfig.Present || in.JSONConfig.Present
 

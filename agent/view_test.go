@@ -74,12 +74,17 @@ func TestDaemonListsOnDockerEventsOnly(t *testing.T) {
 	eventually(t, "the exemption", func() bool { return strings.Contains(v4.Dump(), accept) })
 	changed := fx.watcher(t)
 
+	// The watch's first event may still have a listing in flight or
+	// pending when the exemption appears: at most one. Three repairs that
+	// listed would list three times.
 	lists := fx.docker.listCalls()
-	v4.Flush(firewall.DockerUser)
-	changed()
-	eventually(t, "repair", func() bool { return fx.agent.Status().Repairs == 1 })
-	if got := fx.docker.listCalls(); got != lists {
-		t.Fatalf("a repair listed the containers %d times", got-lists)
+	for i := range 3 {
+		v4.Flush(firewall.DockerUser)
+		changed()
+		eventually(t, "repair", func() bool { return fx.agent.Status().Repairs == uint64(i+1) })
+	}
+	if got := fx.docker.listCalls(); got > lists+1 {
+		t.Fatalf("three repairs listed the containers %d times", got-lists)
 	}
 	if st := fx.agent.Status(); st.Docker.ListedAt.IsZero() || !st.Docker.Reachable {
 		t.Fatalf("docker status %+v", st.Docker)
