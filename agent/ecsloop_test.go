@@ -266,3 +266,34 @@ func TestFIFOConfigDoesNotStallRepair(t *testing.T) {
 		t.Fatalf("verdict %s with an unreadable ecs.config", st.Verdict)
 	}
 }
+
+// TestDaemonReadsAgentEnvOncePerContainer: the daemon reads the running ECS
+// agent's environment in the ECS loop, once per agent container, and a new
+// agent container is read afresh.
+func TestDaemonReadsAgentEnvOncePerContainer(t *testing.T) {
+	fx := newFixture(t)
+	cfgPath := filepath.Join(fx.cfg.HostRoot, ecsconfig.UserConfigPath)
+	if err := os.MkdirAll(filepath.Dir(cfgPath), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfgPath, []byte("ECS_AWSVPC_BLOCK_IMDS=true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fx.docker.containers = []Container{{ID: "agent1", Name: ECSAgentName, NetworkMode: "host"}}
+	fx.docker.env["agent1"] = []string{"ECS_CLUSTER=demo"}
+	fx.start(t)
+	eventually(t, "the restart asked for", func() bool { return fx.agent.Status().ECSConfig.RestartNeeded })
+	// ecs-init restarts the agent: a new container with the setting.
+	fx.docker.mu.Lock()
+	fx.docker.containers = []Container{{ID: "agent2", Name: ECSAgentName, NetworkMode: "host"}}
+	fx.docker.env["agent2"] = []string{"ECS_CLUSTER=demo", "ECS_AWSVPC_BLOCK_IMDS=true"}
+	fx.docker.mu.Unlock()
+	fx.docker.event(t)
+	eventually(t, "the new agent read", func() bool {
+		st := fx.agent.Status()
+		return st.ECSConfig.RunningAgent != nil && st.ECSConfig.RunningAgent.AWSVPCBlockIMDS && !st.ECSConfig.RestartNeeded
+	})
+	if e, ok := fx.agent.ecsView.agentEnv("agent1"); ok {
+		t.Fatalf("the old agent's environment is still kept: %v", e)
+	}
+}
