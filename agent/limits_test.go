@@ -5,7 +5,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -70,5 +73,28 @@ func TestFitCaps(t *testing.T) {
 		if got := fitCaps(tc.limit, []*endpoint{&s, &m}); got != tc.want {
 			t.Errorf("limit %d: %s, want %s", tc.limit, got, tc.want)
 		}
+	}
+}
+
+// TestStatusSocketBornPrivate: the socket has mode 0600 from its creation,
+// whatever the process umask, and never a wider one.
+func TestStatusSocketBornPrivate(t *testing.T) {
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	path := filepath.Join(t.TempDir(), "status.sock")
+	stop, err := serveStatus(path, statusEndpoint, http.NotFoundHandler(), testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fi.Mode().Perm(); got != 0o600 {
+		t.Fatalf("status socket mode %o, want 600", got)
+	}
+	if now := syscall.Umask(0); now != 0 {
+		t.Fatalf("umask left at %o", now)
 	}
 }
