@@ -133,7 +133,8 @@ type boundedReader struct {
 }
 
 // get returns the read's result, or an error result once the timeout or
-// ctx ends it.
+// ctx ends it. The error for a read that does not return reads the same on
+// every attempt until it does, so it is logged once.
 func (r *boundedReader) get(ctx context.Context) ecsFiles {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -144,8 +145,7 @@ func (r *boundedReader) get(ctx context.Context) ecsFiles {
 			// It finished at last; what it read may be old, so read again.
 			r.pending = nil
 		default:
-			return ecsFiles{at: now, err: fmt.Errorf("cannot read the ECS configuration: a read started %s ago is still blocked (a FIFO or a hung filesystem?); no new read until it returns",
-				now.Sub(r.since).Round(time.Second))}
+			return ecsFiles{at: now, err: r.blocked()}
 		}
 	}
 	done := make(chan ecsFiles, 1)
@@ -156,14 +156,18 @@ func (r *boundedReader) get(ctx context.Context) ecsFiles {
 	case f := <-done:
 		return f
 	case <-t.C:
+		r.pending, r.since = done, now
+		return ecsFiles{at: now, err: r.blocked()}
 	case <-ctx.Done():
+		r.pending, r.since = done, now
+		return ecsFiles{at: now, err: fmt.Errorf("cannot read the ECS configuration: %w", ctx.Err())}
 	}
-	r.pending, r.since = done, now
-	err := ctx.Err()
-	if err == nil {
-		err = fmt.Errorf("no answer within %v (a FIFO or a hung filesystem?); abandoned", r.timeout)
-	}
-	return ecsFiles{at: now, err: fmt.Errorf("cannot read the ECS configuration: %w", err)}
+}
+
+// blocked describes the pending read. Caller holds mu.
+func (r *boundedReader) blocked() error {
+	return fmt.Errorf("cannot read the ECS configuration: the read started at %s has not returned within %v (a FIFO or a hung filesystem?); no new read until it does",
+		r.since.Format(time.RFC3339), r.timeout)
 }
 
 // envRead is the running ECS agent container's environment.

@@ -52,20 +52,21 @@ func TestBoundedReaderDeadline(t *testing.T) {
 			{what: "read again", wantCalls: 2},
 		}},
 		{"blocked read is abandoned, then waited for", []step{
-			{what: "blocks", block: true, wantErr: "no answer within", wantCalls: 1},
-			{what: "still blocked", block: true, wantErr: "is still blocked", wantCalls: 1},
-			{what: "and again", block: true, wantErr: "is still blocked", wantCalls: 1},
+			{what: "blocks", block: true, wantErr: "has not returned within", wantCalls: 1},
+			{what: "still blocked", block: true, wantErr: "has not returned within", wantCalls: 1},
+			{what: "and again", block: true, wantErr: "has not returned within", wantCalls: 1},
 			{what: "released: a fresh read", release: true, wantCalls: 2},
 		}},
 		{"a stop ends the wait", []step{
 			{what: "cancelled", block: true, cancel: true, wantErr: "context canceled", wantCalls: 1},
-			{what: "still blocked after the stop", block: true, wantErr: "is still blocked", wantCalls: 1},
+			{what: "still blocked after the stop", block: true, wantErr: "has not returned within", wantCalls: 1},
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := &blockingRead{release: make(chan struct{})}
 			r := &boundedReader{read: b.read, timeout: 50 * time.Millisecond}
 			released := false
+			blockedMsg := "" // one read blocked: the same words every time, logged once
 			t.Cleanup(func() {
 				if !released {
 					close(b.release)
@@ -99,6 +100,12 @@ func TestBoundedReaderDeadline(t *testing.T) {
 					t.Fatalf("%s: result lost: %+v", s.what, f)
 				case f.at.IsZero():
 					t.Fatalf("%s: no read time", s.what)
+				}
+				if f.err != nil && strings.Contains(f.err.Error(), "has not returned") {
+					if blockedMsg != "" && f.err.Error() != blockedMsg {
+						t.Errorf("%s: the same blocked read reads %q, then %q", s.what, blockedMsg, f.err)
+					}
+					blockedMsg = f.err.Error()
 				}
 				if f.err != nil && !strings.HasPrefix(f.err.Error(), "cannot read the ECS configuration") {
 					t.Errorf("%s: error does not say what failed: %v", s.what, f.err)

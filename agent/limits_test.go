@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -96,5 +97,23 @@ func TestStatusSocketBornPrivate(t *testing.T) {
 	}
 	if now := syscall.Umask(0); now != 0 {
 		t.Fatalf("umask left at %o", now)
+	}
+}
+
+// TestQueryStatusHoldsNoSlot: a program polling the daemon (the tests, a
+// monitoring script) must not fill the socket's cap with kept-alive
+// connections.
+func TestQueryStatusHoldsNoSlot(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "status.sock")
+	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, `{"verdict":"protected"}`) })
+	stop, err := serveStatus(path, statusEndpoint, h, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	for i := range 3 * statusEndpoint.maxConns {
+		if _, err := QueryStatus(context.Background(), path); err != nil {
+			t.Fatalf("query %d: %v", i, err)
+		}
 	}
 }

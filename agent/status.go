@@ -270,7 +270,9 @@ var ErrNoDaemon = errors.New("no imdsguard daemon is running")
 func QueryStatus(ctx context.Context, socket string) (*Status, error) {
 	hc := &http.Client{
 		Timeout: 5 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		// One request per client: a kept-alive connection would hold one
+		// of the socket's capped slots until the server's idle timeout.
+		Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
 		}},
