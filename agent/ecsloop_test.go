@@ -237,18 +237,26 @@ func TestRefuseSpecialFiles(t *testing.T) {
 	}
 }
 
+// blockingECSConfig writes an ecs.config asking for the awsvpc block and
+// returns its path.
+func blockingECSConfig(t *testing.T, hostRoot string) string {
+	t.Helper()
+	p := filepath.Join(hostRoot, ecsconfig.UserConfigPath)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte("ECS_AWSVPC_BLOCK_IMDS=true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // TestFIFOConfigDoesNotStallRepair: the daemon with ecs.config replaced by
 // a FIFO still repairs drift at once, logs and reports the file, and claims
 // no ECS setting.
 func TestFIFOConfigDoesNotStallRepair(t *testing.T) {
 	fx := newFixture(t)
-	cfgPath := filepath.Join(fx.cfg.HostRoot, ecsconfig.UserConfigPath)
-	if err := os.MkdirAll(filepath.Dir(cfgPath), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(cfgPath, []byte("ECS_AWSVPC_BLOCK_IMDS=true\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath := blockingECSConfig(t, fx.cfg.HostRoot)
 	fx.start(t)
 	changed := fx.watcher(t)
 	eventually(t, "the setting seen", func() bool { return fx.agent.Status().ECSConfig.AWSVPCBlockIMDS })
@@ -279,13 +287,7 @@ func TestFIFOConfigDoesNotStallRepair(t *testing.T) {
 // agent container is read afresh.
 func TestDaemonReadsAgentEnvOncePerContainer(t *testing.T) {
 	fx := newFixture(t)
-	cfgPath := filepath.Join(fx.cfg.HostRoot, ecsconfig.UserConfigPath)
-	if err := os.MkdirAll(filepath.Dir(cfgPath), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(cfgPath, []byte("ECS_AWSVPC_BLOCK_IMDS=true\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	blockingECSConfig(t, fx.cfg.HostRoot)
 	fx.docker.containers = []Container{{ID: "agent1", Name: ECSAgentName, NetworkMode: "host"}}
 	fx.docker.env["agent1"] = []string{"ECS_CLUSTER=demo"}
 	fx.start(t)
