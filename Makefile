@@ -28,8 +28,9 @@ demo: tools build
 vet:
 	$(GO) vet ./...
 
+# -v: a root-only test that skips says why in CI's output.
 test-unit:
-	$(GO) test -count=1 ./agent/... ./firewall/... ./ecsconfig/... ./cmd/... ./packaging/...
+	$(GO) test -count=1 -v ./agent/... ./firewall/... ./ecsconfig/... ./hostlock/... ./cmd/... ./packaging/...
 
 # tools: what the e2e sandbox (e2e/sandbox) needs. Apt packages are
 # installed only when missing; the metadata mock is pinned.

@@ -97,6 +97,13 @@ type Agent struct {
 	watches    map[string]nsWatch
 	runCtx     context.Context
 	wg         sync.WaitGroup
+
+	// hostCgroups are the host-network containers' cgroups the last sync
+	// blocked, by container ID: kept while a read fails (fail closed).
+	hostCgroups map[string]hostCgroup
+	// hostChainGone is the firewall with which, blocking off, the host
+	// chain was seen gone (after Redetect a new one looks again).
+	hostChainGone Firewall
 }
 
 // Options are the agent's collaborators.
@@ -194,16 +201,25 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	// exemption goes (fail closed) and the host chain is left as it is
 	// (dropping its rules would unblock containers that may still run).
 	exempt, exemptList, exemptAddrs := exemptions(a.cfg, containers)
-	host, hostSpec, hostBlocked := a.hostNetwork(ctx, containers, exempt)
+	host, hostSpec, hostBlocked, hostStale, hostErr := a.hostNetwork(ctx, containers, exempt, dockerErr == nil)
 	if dockerErr != nil {
 		hostSpec = nil
+	}
+	if hostErr != nil {
+		errs = append(errs, hostErr.Error())
 	}
 	st.Exemptions, st.HostNetwork = exemptList, &host
 	lap("containers")
 
 	// Firewall.
 	spec := firewall.Spec{Action: a.cfg.Action, Exempt: exemptAddrs, Host: hostSpec}
+	if enforce && hostSpec != nil && len(hostStale) > 0 {
+		a.reinsertHost(ctx, spec, hostStale)
+	}
 	fwStates, fwErr := a.firewall(ctx, enforce, spec)
+	if err := a.hostChainOff(ctx, enforce, &host); err != nil {
+		errs = append(errs, err.Error())
+	}
 	lap("firewall")
 	a.mu.Lock()
 	st.Firewall = FirewallStatus{Backend: a.backend.Mode, Why: a.backend.Why, Action: string(a.cfg.Action)}
@@ -241,6 +257,12 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	lap("ecs")
 	st.ECSConfig = ecs
 	issues = append(issues, ecsIssues...)
+	// The daemon's ECS read failed in its own loop: the sync is not fully
+	// verified (health says so), but retrying it cannot fix a file.
+	var unverified []string
+	if ecsErr == nil && ecs.Error != "" {
+		unverified = append(unverified, ecs.Error)
+	}
 	if ecsErr != nil {
 		errs = append(errs, ecsErr.Error())
 	}
@@ -282,9 +304,9 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	a.mu.Unlock()
 	dur := time.Since(start)
 	lap("report")
-	sum := &SyncSummary{At: start, DurationMS: float64(dur.Microseconds()) / 1000, StagesMS: stages, OK: len(errs) == 0}
-	if len(errs) > 0 {
-		sum.Error = fmt.Sprint(errs)
+	sum := &SyncSummary{At: start, DurationMS: float64(dur.Microseconds()) / 1000, StagesMS: stages, OK: len(errs)+len(unverified) == 0}
+	if !sum.OK {
+		sum.Error = fmt.Sprint(append(errs, unverified...))
 	}
 	st.LastSync = sum
 	if len(hard) > 0 {
@@ -479,7 +501,7 @@ func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (
 			envOK = true
 		}
 	}
-	st.Wrote = last.wrote
+	st.Wrote, st.WriteFailed = last.wrote, last.writeFailed
 	st.Present = agentID != ""
 	if last.err != nil {
 		// Claim nothing the failed read did not see; show what the last
@@ -539,7 +561,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	if ok {
 		a.ready = true
 	}
-	if err == nil {
+	if err == nil && st.LastSync.OK {
 		a.lastSuccess = st.CheckedAt
 	}
 	st.LastSync.LastSuccess = a.lastSuccess
@@ -556,7 +578,11 @@ func (a *Agent) sync(ctx context.Context) error {
 	a.status, a.statusJSON = st, body
 	a.mu.Unlock()
 	if a.metrics != nil {
-		a.metrics.observe(&st, err)
+		obsErr := err
+		if obsErr == nil && !st.LastSync.OK {
+			obsErr = errors.New(st.LastSync.Error)
+		}
+		a.metrics.observe(&st, obsErr)
 	}
 	if firstReady {
 		a.log.WithField("verdict", st.Verdict).Info("IMDS block verified in place")
@@ -580,8 +606,12 @@ func (a *Agent) Status() Status {
 	return a.status
 }
 
-// Trigger asks the loop for a sync soon.
+// Trigger asks the loop for a sync soon, and the ECS loop for a read: a
+// resync asked for from outside covers the configuration too.
 func (a *Agent) Trigger() {
+	if a.ecsRunner != nil {
+		a.ecsRunner.Trigger()
+	}
 	if a.runner != nil {
 		a.runner.Trigger()
 	}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -97,7 +98,7 @@ func (d *fakeDocker) listCalls() int {
 	return d.lists
 }
 
-func testLog(t *testing.T) *logrus.Entry {
+func testLog(t testing.TB) *logrus.Entry {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
 	if testing.Verbose() {
@@ -120,7 +121,7 @@ type fixture struct {
 	insp map[string]Details // makes the Docker an Inspector when set
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	fx := &fixture{
@@ -135,7 +136,7 @@ func newFixture(t *testing.T) *fixture {
 	return fx
 }
 
-func (fx *fixture) build(t *testing.T) *Agent {
+func (fx *fixture) build(t testing.TB) *Agent {
 	tables := map[firewall.Family]firewall.Tables{firewall.IPv4: fx.fakes[firewall.IPv4], firewall.IPv6: fx.fakes[firewall.IPv6]}
 	mgr := firewall.NewManager(firewall.Spec{Action: fx.cfg.Action}, tables, fx.cfg.Families()...)
 	var docker Docker = fx.docker
@@ -493,49 +494,66 @@ func TestVerdict(t *testing.T) {
 	}
 }
 
+// TestRunnerCoalescesAndRetries: a failed run is retried without a
+// trigger, and any number of triggers during a run leave exactly one run
+// pending, which the next run consumes.
 func TestRunnerCoalescesAndRetries(t *testing.T) {
 	var runs atomic.Int32
-	release := make(chan struct{})
-	fail := atomic.Bool{}
-	fail.Store(true)
-	r := newRunner(func(ctx context.Context) error {
-		n := runs.Add(1)
-		if n == 2 {
-			<-release // hold the second run while triggers pile up
-		}
-		if n == 1 && fail.Load() {
+	release2, in3, hold3 := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var r *runner
+	r = newRunner(func(ctx context.Context) error {
+		switch runs.Add(1) {
+		case 1:
 			return errors.New("transient")
+		case 2:
+			<-release2 // hold the second run while triggers pile up
+		case 3:
+			close(in3)
+			<-hold3
 		}
 		return nil
 	}, time.Millisecond, time.Hour)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	defer close(hold3)
 	go r.Loop(ctx)
 	// Run 1 fails; the retry is run 2, with no trigger needed.
 	eventually(t, "retry after failure", func() bool { return runs.Load() == 2 })
 	for range 100 {
 		r.Trigger()
 	}
-	close(release)
-	eventually(t, "coalesced run", func() bool { return runs.Load() == 3 })
-	time.Sleep(50 * time.Millisecond)
-	if n := runs.Load(); n != 3 {
-		t.Fatalf("100 triggers during one run gave %d more runs, want 1", n-2)
+	if n := len(r.kick); n != 1 {
+		t.Fatalf("100 triggers during one run left %d runs pending, want 1", n)
+	}
+	close(release2)
+	select {
+	case <-in3:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pending run never started")
+	}
+	// The period is an hour and nothing is pending: run 3 covers all 100.
+	if n := len(r.kick); n != 0 || runs.Load() != 3 {
+		t.Fatalf("during the coalesced run: %d pending, %d runs", n, runs.Load())
 	}
 }
 
-// TestRunnerPeriodIsStartToStart: a run that takes most of the period does
-// not push the next one a whole period further.
+// TestRunnerPeriodIsStartToStart: the period counts from the start of a
+// run, so a run longer than the period is followed by the next one at
+// once, not a whole period after it ends.
 func TestRunnerPeriodIsStartToStart(t *testing.T) {
+	const period, work = 400 * time.Millisecond, 500 * time.Millisecond
 	var mu sync.Mutex
-	var starts []time.Time
+	var starts, ends []time.Time
 	r := newRunner(func(ctx context.Context) error {
 		mu.Lock()
 		starts = append(starts, time.Now())
 		mu.Unlock()
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(work) // a run that takes longer than the period
+		mu.Lock()
+		ends = append(ends, time.Now())
+		mu.Unlock()
 		return nil
-	}, time.Millisecond, 400*time.Millisecond)
+	}, time.Millisecond, period)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go r.Loop(ctx)
@@ -546,11 +564,13 @@ func TestRunnerPeriodIsStartToStart(t *testing.T) {
 	})
 	mu.Lock()
 	defer mu.Unlock()
-	// End to end would be 700 ms apart. The bound is loose on purpose: it
-	// only has to tell the two schedules apart on a busy machine.
+	// Start to start, the next run is due before the last one ends: it
+	// starts a minimum interval after. End to end it would wait the whole
+	// period. Measured from the run's own end, so a slow run on a busy
+	// machine does not blur the two.
 	for i := 1; i < 3; i++ {
-		if gap := starts[i].Sub(starts[i-1]); gap >= 600*time.Millisecond {
-			t.Fatalf("run %d started %v after the one before, want the 400 ms period", i+1, gap)
+		if idle := starts[i].Sub(ends[i-1]); idle >= period/2 {
+			t.Fatalf("run %d started %v after the one before ended, want at once (the %v period had passed)", i+1, idle, period)
 		}
 	}
 }
@@ -583,26 +603,39 @@ func TestConfigEnvAndFlags(t *testing.T) {
 	}
 }
 
+// TestHealthzFollowsSyncs: 200 "ok" after a good sync, 503 with the
+// reason once a sync fails, 200 again after the next good one.
 func TestHealthzFollowsSyncs(t *testing.T) {
 	fx := newFixture(t)
 	fx.start(t)
-	eventually(t, "first sync", func() bool { ok, _ := fx.agent.healthy(); return ok })
-	rec := &recorder{header: http.Header{}}
-	fx.agent.serveHealthz(rec, nil)
-	if rec.code != 0 && rec.code != http.StatusOK {
-		t.Fatalf("healthz %d", rec.code)
+	get := func() (int, string) {
+		rec := httptest.NewRecorder()
+		fx.agent.serveHealthz(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+		return rec.Code, strings.TrimSpace(rec.Body.String())
 	}
+	eventually(t, "first sync", func() bool { ok, _ := fx.agent.healthy(); return ok })
+	if code, body := get(); code != http.StatusOK || body != "ok" {
+		t.Fatalf("healthy: %d %q", code, body)
+	}
+	// An ECS configuration that cannot be read fails the sync (partly).
+	dir := filepath.Join(fx.cfg.HostRoot, "etc/ecs")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ecs.config.json"), []byte("{not json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fx.agent.Trigger()
+	eventually(t, "a failed sync", func() bool { code, _ := get(); return code == http.StatusServiceUnavailable })
+	if _, body := get(); !strings.Contains(body, "last sync failed") || !strings.Contains(body, "ecs.config.json") {
+		t.Fatalf("unhealthy body %q", body)
+	}
+	if err := os.Remove(filepath.Join(dir, "ecs.config.json")); err != nil {
+		t.Fatal(err)
+	}
+	fx.agent.Trigger()
+	eventually(t, "healthy again", func() bool { code, _ := get(); return code == http.StatusOK })
 }
-
-type recorder struct {
-	header http.Header
-	code   int
-	body   strings.Builder
-}
-
-func (r *recorder) Header() http.Header         { return r.header }
-func (r *recorder) Write(b []byte) (int, error) { return r.body.Write(b) }
-func (r *recorder) WriteHeader(c int)           { r.code = c }
 
 func TestThrottleFiresFirstAndLast(t *testing.T) {
 	var n atomic.Int32

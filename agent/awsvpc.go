@@ -23,10 +23,12 @@ import (
 // ErrHostNamespace.
 type Namespaces interface {
 	Routes(path string) (NSRoutes, error)
-	// Blackhole adds (or replaces with) blackhole routes to IMDS for fams.
+	// Blackhole adds (or replaces with) blackhole routes to IMDS for fams,
+	// and the guard rule that puts a blackhole ahead of every policy rule.
 	Blackhole(path string, fams []firewall.Family) error
-	// Watch calls changed whenever an IMDS route in the namespace is
-	// deleted or replaced, until ctx ends or the namespace goes away.
+	// Watch calls changed once subscribed and whenever a route or policy
+	// rule in the namespace changes, until ctx ends or the namespace goes
+	// away.
 	Watch(ctx context.Context, path string, changed func()) error
 }
 
@@ -43,12 +45,149 @@ type NSRoutes struct {
 	// IPv6 blackhole added: on a v4-only namespace it broke ECS task
 	// networking (aws/amazon-vpc-cni-plugins#106).
 	HasIPv6 bool
+	// V4Guard, V6Guard: imdsguard's guard rule is the first policy rule.
+	V4Guard, V6Guard bool
+	// V4Escape, V6Escape say how a packet to IMDS would still leave (a
+	// route lookup that honours the policy rules found a way, or a rule
+	// matches on something a lookup cannot test); "" when the kernel
+	// refuses every lookup.
+	V4Escape, V6Escape string
+}
+
+// blocked: the blackhole route and the guard rule are in place and no
+// lookup escapes; enforce mode repairs anything less.
+func (r NSRoutes) blocked(f firewall.Family) bool {
+	if f == firewall.IPv6 {
+		return r.V6Blackhole && r.V6Guard && r.V6Escape == ""
+	}
+	return r.V4Blackhole && r.V4Guard && r.V4Escape == ""
+}
+
+// Escape is how a packet of family f to IMDS would leave ("" for none).
+func (r NSRoutes) Escape(f firewall.Family) string {
+	if f == firewall.IPv6 {
+		return r.V6Escape
+	}
+	return r.V4Escape
+}
+
+// guardProtocol marks imdsguard's guard rule (FRA_PROTOCOL), as routing
+// daemons mark theirs. A copy with another action is not the guard.
+const guardProtocol = 73
+
+// policyRule is one `ip rule` as the judgement needs it.
+type policyRule struct {
+	Pref     int
+	Family   int
+	Action   uint8 // FR_ACT_*
+	Table    int
+	Protocol uint8
+	Src, Dst *net.IPNet
+	// Selectors are the keys it matches on besides source and
+	// destination (fwmark, tos, iif, ...), which a route lookup by
+	// source and destination does not test.
+	Selectors string
+}
+
+const (
+	frActToTbl     = 1
+	frActBlackhole = 6
+)
+
+func (r policyRule) isGuard() bool {
+	return r.Protocol == guardProtocol && r.Action == frActBlackhole && r.Src == nil && r.Selectors == "" &&
+		r.Dst != nil && (ipNetEqual(r.Dst, imdsNet4) || ipNetEqual(r.Dst, imdsNet6))
+}
+
+// isLocal: the kernel's "from all lookup local".
+func (r policyRule) isLocal() bool {
+	return r.Action == frActToTbl && r.Table == 255 && r.Src == nil && r.Dst == nil && r.Selectors == ""
+}
+
+func (r policyRule) isMain() bool {
+	return r.Action == frActToTbl && r.Table == 254 && r.Src == nil && r.Dst == nil && r.Selectors == ""
+}
+
+func (r policyRule) String() string {
+	s := fmt.Sprintf("%d: from %v to %v", r.Pref, nilAll(r.Src), nilAll(r.Dst))
+	if r.Selectors != "" {
+		s += " matching " + r.Selectors
+	}
+	switch r.Action {
+	case frActToTbl:
+		s += fmt.Sprintf(" lookup %d", r.Table)
+	case frActBlackhole:
+		s += " blackhole"
+	default:
+		s += fmt.Sprintf(" action %d", r.Action)
+	}
+	return s
+}
+
+func nilAll(n *net.IPNet) string {
+	if n == nil {
+		return "all"
+	}
+	return n.String()
+}
+
+func guardFirst(rules []policyRule) bool { return len(rules) > 0 && rules[0].isGuard() }
+
+// familyPath is the kernel's answer for one family in one namespace.
+type familyPath struct {
+	Guard  bool
+	Escape string
+}
+
+// judgePath decides whether a packet to IMDS is refused, from the route
+// lookups' escapes (one per source tried), the policy rules in order, and
+// the tos-specific routes that cover IMDS. With the guard first nothing
+// else can matter. Without it, the lookups speak for every packet only if
+// no rule the packet meets before its final lookup matches on a key the
+// lookups did not vary (fwmark, uid, ports...) and no route is chosen by
+// tos: those are reported as escapes, since unknown is not blocked. A
+// lookup that leaves is an escape even with the guard first.
+func judgePath(rules []policyRule, escapes []string, mainBlackhole bool, tos string) familyPath {
+	p := familyPath{Guard: guardFirst(rules)}
+	if len(escapes) > 0 {
+		// Whatever the rules say: a lookup that leaves is never blocked.
+		p.Escape = "a route lookup reaches IMDS: " + strings.Join(escapes, "; ")
+		return p
+	}
+	if p.Guard {
+		return p
+	}
+	for _, r := range rules {
+		if r.isGuard() || (mainBlackhole && r.isMain()) {
+			break
+		}
+		if r.Selectors != "" && r.Action != frActBlackhole {
+			return familyPath{Escape: fmt.Sprintf("policy rule %q matches on %s, which no route lookup can rule out", r.String(), r.Selectors)}
+		}
+	}
+	if tos != "" {
+		return familyPath{Escape: tos}
+	}
+	return familyPath{}
+}
+
+// tosRoutes names a route chosen by tos that covers dst and sends: a
+// lookup without tos never meets it.
+func tosRoutes(routes []routeInfo, dst *net.IPNet) string {
+	for _, r := range routes {
+		if r.tos != 0 && !r.blackhole && (r.dst == nil || r.dst.Contains(dst.IP)) {
+			return fmt.Sprintf("route to %v tos %#x in table %d reaches IMDS for packets with that tos, which no route lookup here tests", nilAll(r.dst), r.tos, r.table)
+		}
+	}
+	return ""
 }
 
 type routeInfo struct {
 	dst       *net.IPNet
 	blackhole bool
 	priority  int
+	table     int
+	tos       int
 }
 
 type addrInfo struct {
@@ -108,7 +247,10 @@ func hasIPv6(routes []routeInfo, addrs []addrInfo) bool {
 	return false
 }
 
-var imdsNet6 = &net.IPNet{IP: net.ParseIP("fd00:ec2::254"), Mask: net.CIDRMask(128, 128)}
+var (
+	imdsNet4 = &net.IPNet{IP: net.ParseIP("169.254.169.254").To4(), Mask: net.CIDRMask(32, 32)}
+	imdsNet6 = &net.IPNet{IP: net.ParseIP("fd00:ec2::254"), Mask: net.CIDRMask(128, 128)}
+)
 
 // AWSVPCStatus is every awsvpc task on the host and its IMDS routes.
 type AWSVPCStatus struct {
@@ -131,6 +273,12 @@ type AWSVPCTask struct {
 	IPv4Route  bool     `json:"ipv4_blackhole"`
 	IPv6       bool     `json:"ipv6"`
 	IPv6Route  bool     `json:"ipv6_blackhole"`
+	// IPv4Guard, IPv6Guard: imdsguard's guard rule is the first policy
+	// rule (enforce mode puts it there).
+	IPv4Guard bool `json:"ipv4_guard_rule"`
+	IPv6Guard bool `json:"ipv6_guard_rule"`
+	// Escape says how a packet to IMDS would leave the namespace.
+	Escape string `json:"escape,omitempty"`
 	// NetAdmin names the task's containers that can delete the routes.
 	NetAdmin []string `json:"net_admin,omitempty"`
 	Exempt   string   `json:"exempt,omitempty"`
@@ -256,13 +404,16 @@ func (a *Agent) checkTask(ctx context.Context, t *awsvpcTask, task *AWSVPCTask, 
 	}
 	watch[t.pause.ID] = path
 	task.IPv6 = r.HasIPv6 && a.cfg.IPv6
+	fams := []firewall.Family{firewall.IPv4}
+	if task.IPv6 {
+		fams = append(fams, firewall.IPv6)
+	}
 	if enforce && task.Exempt == "" {
 		var missing []firewall.Family
-		if !r.V4Blackhole {
-			missing = append(missing, firewall.IPv4)
-		}
-		if task.IPv6 && !r.V6Blackhole {
-			missing = append(missing, firewall.IPv6)
+		for _, f := range fams {
+			if !r.blocked(f) {
+				missing = append(missing, f)
+			}
 		}
 		if len(missing) > 0 {
 			err := a.namespaces.Blackhole(path, missing)
@@ -280,9 +431,19 @@ func (a *Agent) checkTask(ctx context.Context, t *awsvpcTask, task *AWSVPCTask, 
 		}
 	}
 	task.IPv4Route, task.IPv6Route = r.V4Blackhole, r.V6Blackhole
-	task.Protected = r.V4Blackhole && (!task.IPv6 || r.V6Blackhole)
+	task.IPv4Guard, task.IPv6Guard = r.V4Guard, r.V6Guard
+	// Protected is what the kernel does: every lookup refused, whatever
+	// routes say. A lookup that escapes is never called protected.
+	var escapes []string
+	for _, f := range fams {
+		if e := r.Escape(f); e != "" {
+			escapes = append(escapes, string(f)+": "+e)
+		}
+	}
+	task.Escape = strings.Join(escapes, "; ")
+	task.Protected = len(escapes) == 0
 	a.mu.Lock()
-	if task.Protected {
+	if task.Protected && r.blocked(firewall.IPv4) && (!task.IPv6 || r.blocked(firewall.IPv6)) {
 		a.routesSeen[t.pause.ID] = true
 	}
 	a.mu.Unlock()
@@ -291,13 +452,14 @@ func (a *Agent) checkTask(ctx context.Context, t *awsvpcTask, task *AWSVPCTask, 
 		task.Reason = "awsvpc task, exempt (" + task.Exempt + "), but blackholed all the same: imdsguard never removes a route"
 	case task.Exempt != "":
 		task.Reason = "awsvpc task, exempt (" + task.Exempt + ")"
+	case !task.Protected && !task.IPv4Route && !task.IPv4Guard:
+		task.Reason = "awsvpc task: no blackhole route to IMDS in its network namespace; " + task.Escape
 	case !task.Protected:
-		task.Reason = "awsvpc task: no blackhole route to IMDS in its network namespace"
-		if task.IPv4Route {
-			task.Reason = "awsvpc task: its namespace has IPv6 but no IPv6 blackhole route to IMDS"
-		}
+		task.Reason = "awsvpc task: IMDS is reachable from its network namespace despite the blackhole; " + task.Escape
+	case task.IPv4Guard:
+		task.Reason = "awsvpc task: every route lookup to IMDS in its network namespace is refused (imdsguard's guard rule comes first)"
 	default:
-		task.Reason = "awsvpc task: blackhole routes to IMDS in its network namespace"
+		task.Reason = "awsvpc task: every route lookup to IMDS in its network namespace is refused"
 	}
 	if len(task.NetAdmin) > 0 && task.Exempt == "" {
 		fix := "nothing puts them back (--awsvpc-mode check)"

@@ -4,7 +4,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	iofs "io/fs"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,6 +25,9 @@ const DefaultExemptLabel = "imdsguard.allow-imds=true"
 
 // Config is everything the agent is told by flags or IMDSGUARD_* variables.
 type Config struct {
+	// ConfigFile is the settings file read under the flags and environment
+	// (DefaultConfigFile unless --config or IMDSGUARD_CONFIG says otherwise).
+	ConfigFile      string
 	HostRoot        string
 	DockerHost      string
 	StatusSocket    string
@@ -55,6 +61,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	if dockerHost == "" {
 		dockerHost = "unix:///var/run/docker.sock"
 	}
+	fs.StringVar(&c.ConfigFile, "config", DefaultConfigFile, "settings file of IMDSGUARD_* lines (the unit's EnvironmentFile); flags, then the environment, then this file")
 	fs.StringVar(&c.HostRoot, "host-root", "/", "directory holding the host's /etc/ecs and /var/lib/ecs (the host's / when run in a container)")
 	fs.StringVar(&c.DockerHost, "docker-host", dockerHost, "Docker daemon address")
 	fs.StringVar(&c.StatusSocket, "status-socket", DefaultStatusSocket, "unix socket serving /status and /healthz (root only)")
@@ -89,27 +96,80 @@ func EnvName(flagName string) string {
 	return "IMDSGUARD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// Finish applies IMDSGUARD_* variables to flags not given on the command line
-// (the command line wins, as systemd's $OPTIONS pattern expects), then checks
-// the result.
+// Finish fills in what the command line did not set, then checks the
+// result. Precedence: flags, then IMDSGUARD_* environment variables, then the
+// settings file (--config, else IMDSGUARD_CONFIG, else DefaultConfigFile),
+// then defaults. The environment is over the file because under systemd it
+// is the file plus the unit's own Environment= lines, which systemd lets win;
+// so the daemon reads exactly what systemd gave it, and a shell with no
+// IMDSGUARD_* variables reads the daemon's file. A missing default file is
+// fine; a named one that is missing, and any unreadable or malformed file, is
+// an error.
 func (c *Config) Finish(fs *flag.FlagSet, getenv func(string) string) error {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	file, err := c.settingsFile(set["config"], getenv)
+	if err != nil {
+		return err
+	}
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] {
+		if set[f.Name] || f.Name == "config" {
 			return
 		}
-		if v := getenv(EnvName(f.Name)); v != "" {
+		name := EnvName(f.Name)
+		if v := getenv(name); v != "" {
 			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", EnvName(f.Name), v, err))
+				errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+			}
+			return
+		}
+		if s, ok := file[name]; ok {
+			if err := fs.Set(f.Name, s.value); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q at %s:%d: %w", name, s.value, c.ConfigFile, s.line, err))
 			}
 		}
 	})
+	// dockerd's own variable, as the unit's environment would carry it.
+	if s, ok := file["DOCKER_HOST"]; ok && !set["docker-host"] && getenv(EnvName("docker-host")) == "" &&
+		file[EnvName("docker-host")].line == 0 && getenv("DOCKER_HOST") == "" {
+		c.DockerHost = s.value
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	return c.Validate()
+}
+
+// settingsFile reads the settings file and rejects IMDSGUARD_* names no flag
+// has: a misspelt setting would otherwise be ignored by every command.
+func (c *Config) settingsFile(flagged bool, getenv func(string) string) (map[string]envSetting, error) {
+	named := flagged
+	if !flagged {
+		c.ConfigFile = DefaultConfigFile
+		if v := getenv(EnvName("config")); v != "" {
+			c.ConfigFile, named = v, true
+		}
+	}
+	file, err := readEnvFile(c.ConfigFile)
+	switch {
+	case errors.Is(err, iofs.ErrNotExist) && !named:
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("settings file: %w", err)
+	}
+	known := map[string]bool{}
+	var all Config
+	scratch := flag.NewFlagSet("", flag.ContinueOnError)
+	all.Bind(scratch)
+	scratch.VisitAll(func(f *flag.Flag) { known[EnvName(f.Name)] = f.Name != "config" })
+	var errs []error
+	for _, k := range slices.Sorted(maps.Keys(file)) {
+		if strings.HasPrefix(k, "IMDSGUARD_") && !known[k] {
+			errs = append(errs, fmt.Errorf("%s:%d: unknown setting %s", c.ConfigFile, file[k].line, k))
+		}
+	}
+	return file, errors.Join(errs...)
 }
 
 // Validate checks values that flag parsing alone cannot.

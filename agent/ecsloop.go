@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -24,9 +23,10 @@ import (
 // bounded by ecsReadTimeout; a sync uses the last read, and when that read
 // failed says so and claims nothing it did not see.
 
-// ecsReadTimeout bounds one read of the three files (and, in enforce mode,
-// the rewrite of ecs.config); they are a few hundred bytes.
-const ecsReadTimeout = 2 * time.Second
+// ecsReadTimeout bounds one read of the three files and, in enforce mode,
+// the rewrite of ecs.config. ecsconfig's reads give up at ReadTimeout with
+// an error naming each file; this backstop covers the rest (the write).
+const ecsReadTimeout = ecsconfig.ReadTimeout + time.Second
 
 // ecsMinInterval spaces reads when a writer sends a burst of events.
 const ecsMinInterval = 100 * time.Millisecond
@@ -38,6 +38,8 @@ type ecsFiles struct {
 	err   error     // when set, in and res are empty
 	at    time.Time // when the read began
 	wrote bool      // enforce mode wrote ECS_AWSVPC_BLOCK_IMDS=true
+	// writeFailed: enforce mode could not write it (apply exits non-zero).
+	writeFailed bool
 }
 
 // same reports whether a sync would see f and g alike.
@@ -45,32 +47,24 @@ func (f ecsFiles) same(g ecsFiles) bool {
 	if (f.err == nil) != (g.err == nil) || f.err != nil && f.err.Error() != g.err.Error() {
 		return false
 	}
-	return f.wrote == g.wrote && f.in == g.in && reflect.DeepEqual(f.res, g.res)
+	return f.wrote == g.wrote && f.writeFailed == g.writeFailed && f.in == g.in && reflect.DeepEqual(f.res, g.res)
 }
 
-// loadECS is ecsconfig's loader; it has no context, so boundedReader is
-// what keeps a blocked read off the loop.
-func loadECS(_ context.Context, hostRoot string) (ecsconfig.Inputs, error) {
-	return ecsconfig.Load(hostRoot)
-}
-
-// readECSFiles reads (and in enforce mode first fixes) the files. It blocks
-// for as long as the filesystem does: call it through a boundedReader.
+// readECSFiles reads (and in enforce mode first fixes) the files.
+// ecsconfig refuses what is not a regular file and what is over its size
+// cap, and has a deadline of its own; boundedReader adds that at most one
+// read (or write) that the kernel does not return from is ever pending.
 func readECSFiles(ctx context.Context, hostRoot string, enforce bool) ecsFiles {
 	f := ecsFiles{at: time.Now()}
-	if err := refuseSpecialFiles(hostRoot); err != nil {
-		f.err = err
-		return f
-	}
 	if enforce {
 		changed, err := ecsconfig.Enforce(hostRoot)
 		if err != nil {
-			f.err = fmt.Errorf("cannot write ECS_AWSVPC_BLOCK_IMDS=true: %w", err)
+			f.err, f.writeFailed = fmt.Errorf("cannot write ECS_AWSVPC_BLOCK_IMDS=true: %w", err), true
 			return f
 		}
 		f.wrote = changed
 	}
-	in, err := loadECS(ctx, hostRoot)
+	in, err := ecsconfig.LoadContext(ctx, hostRoot)
 	if err != nil {
 		f.err = fmt.Errorf("cannot read the ECS configuration: %w", err)
 		return f
@@ -82,41 +76,6 @@ func readECSFiles(ctx context.Context, hostRoot string, enforce bool) ecsFiles {
 	}
 	f.in, f.res = in, res
 	return f
-}
-
-// refuseSpecialFiles refuses, before anything opens them, configuration
-// paths that are not regular files: opening a FIFO blocks, and a device
-// such as /dev/zero never ends. stat does neither. (The loader's own checks
-// on the opened file are what close the race with a swap after this.)
-func refuseSpecialFiles(hostRoot string) error {
-	var errs []error
-	for _, p := range []string{ecsconfig.InstanceConfigPath, ecsconfig.UserConfigPath, ecsconfig.JSONConfigPath} {
-		fi, err := os.Stat(filepath.Join(hostRoot, p))
-		if err != nil || fi.Mode().IsRegular() {
-			continue // missing is normal; other errors are the loader's to report
-		}
-		errs = append(errs, fmt.Errorf("%s is %s, not a regular file: not read", p, fileKind(fi.Mode())))
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("cannot read the ECS configuration: %w", errors.Join(errs...))
-	}
-	return nil
-}
-
-func fileKind(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&fs.ModeNamedPipe != 0:
-		return "a named pipe (FIFO)"
-	case m&fs.ModeCharDevice != 0:
-		return "a character device"
-	case m&fs.ModeDevice != 0:
-		return "a block device"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	}
-	return "a " + m.Type().String() + " file"
 }
 
 // boundedReader runs a read that may block forever (a FIFO's open cannot

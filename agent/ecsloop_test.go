@@ -195,48 +195,6 @@ func TestECSStatusFromFailedRead(t *testing.T) {
 	}
 }
 
-// TestRefuseSpecialFiles: only regular files (or links to them) are read.
-func TestRefuseSpecialFiles(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		make func(path string) error
-		want string
-	}{
-		{"missing", func(string) error { return nil }, ""},
-		{"regular", func(p string) error { return os.WriteFile(p, []byte("ECS_CLUSTER=x\n"), 0o644) }, ""},
-		{"link to a regular file", func(p string) error {
-			if err := os.WriteFile(p+".real", nil, 0o644); err != nil {
-				return err
-			}
-			return os.Symlink(p+".real", p)
-		}, ""},
-		{"fifo", func(p string) error { return unix.Mkfifo(p, 0o644) }, "named pipe (FIFO)"},
-		{"link to /dev/zero", func(p string) error { return os.Symlink("/dev/zero", p) }, "character device"},
-		{"directory", func(p string) error { return os.Mkdir(p, 0o755) }, "a directory"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			root := t.TempDir()
-			if err := os.MkdirAll(filepath.Join(root, "etc/ecs"), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := tc.make(filepath.Join(root, ecsconfig.UserConfigPath)); err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() { done <- refuseSpecialFiles(root) }()
-			var err error
-			select {
-			case err = <-done:
-			case <-time.After(5 * time.Second):
-				t.Fatal("the check blocked")
-			}
-			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), ecsconfig.UserConfigPath)) {
-				t.Fatalf("error %v, want %q", err, tc.want)
-			}
-		})
-	}
-}
-
 // blockingECSConfig writes an ecs.config asking for the awsvpc block and
 // returns its path.
 func blockingECSConfig(t *testing.T, hostRoot string) string {

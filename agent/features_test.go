@@ -32,17 +32,21 @@ func (d *inspectingDocker) Inspect(_ context.Context, id string) (Details, error
 	return det, nil
 }
 
-// fakeNS is an in-memory set of namespaces by path.
+// fakeNS is an in-memory set of namespaces by path. Each has a default
+// route through its ENI, so without a blackhole (or the guard rule) a
+// lookup to IMDS leaves; bypassed namespaces hold a policy rule and a
+// route in another table that go around the main table's blackhole.
 type fakeNS struct {
-	mu      sync.Mutex
-	routes  map[string]*NSRoutes
-	host    map[string]bool
-	added   []string // "path family", in order
-	watches map[string]func()
+	mu       sync.Mutex
+	routes   map[string]*NSRoutes
+	host     map[string]bool
+	bypassed map[string]bool
+	added    []string // "path family", in order
+	watches  map[string]func()
 }
 
 func newFakeNS() *fakeNS {
-	return &fakeNS{routes: map[string]*NSRoutes{}, host: map[string]bool{}, watches: map[string]func(){}}
+	return &fakeNS{routes: map[string]*NSRoutes{}, host: map[string]bool{}, bypassed: map[string]bool{}, watches: map[string]func(){}}
 }
 
 func (n *fakeNS) Routes(path string) (NSRoutes, error) {
@@ -55,7 +59,39 @@ func (n *fakeNS) Routes(path string) (NSRoutes, error) {
 	if !ok {
 		return NSRoutes{}, fmt.Errorf("opening network namespace %s: %w", path, fs.ErrNotExist)
 	}
-	return *r, nil
+	out := *r
+	// What a lookup honouring the policy rules finds.
+	escape := func(blackhole, guard bool) string {
+		switch {
+		case guard:
+			return ""
+		case n.bypassed[path]:
+			return "a route lookup reaches IMDS: routed via 192.0.2.1 (table 100)"
+		case !blackhole:
+			return "a route lookup reaches IMDS: routed via 192.0.2.1 (table 254)"
+		}
+		return ""
+	}
+	out.V4Escape = escape(out.V4Blackhole, out.V4Guard)
+	if out.HasIPv6 {
+		out.V6Escape = escape(out.V6Blackhole, out.V6Guard)
+	}
+	return out, nil
+}
+
+// bypass is `ip rule add to 169.254.169.254 lookup 100` plus a route in
+// table 100, with or without the guard rule deleted first.
+func (n *fakeNS) bypass(path string, deleteGuard bool) {
+	n.mu.Lock()
+	n.bypassed[path] = true
+	if deleteGuard {
+		n.routes[path].V4Guard = false
+	}
+	cb := n.watches[path]
+	n.mu.Unlock()
+	if cb != nil {
+		cb()
+	}
 }
 
 func (n *fakeNS) Blackhole(path string, fams []firewall.Family) error {
@@ -67,9 +103,9 @@ func (n *fakeNS) Blackhole(path string, fams []firewall.Family) error {
 	for _, f := range fams {
 		n.added = append(n.added, path+" "+string(f))
 		if f == firewall.IPv6 {
-			n.routes[path].V6Blackhole = true
+			n.routes[path].V6Blackhole, n.routes[path].V6Guard = true, true
 		} else {
-			n.routes[path].V4Blackhole = true
+			n.routes[path].V4Blackhole, n.routes[path].V4Guard = true, true
 		}
 	}
 	return nil
@@ -208,6 +244,45 @@ func TestAWSVPCEnforceRetrofitsAndRepairs(t *testing.T) {
 	fx.docker.mu.Unlock()
 	fx.docker.event(t)
 	eventually(t, "watch stopped", func() bool { return !ns.watching(path) })
+}
+
+// TestAWSVPCPolicyRuleBypass: a task that routes IMDS around the main
+// table's blackhole through a rule of its own is exposed in check mode
+// and, in enforce mode, gets the guard rule and is blocked; deleting the
+// guard to bypass again is repaired.
+func TestAWSVPCPolicyRuleBypass(t *testing.T) {
+	path := "/var/run/docker/netns/pause"
+	fx := awsvpcFixture(t, ECSModeCheck, true)
+	ns := fx.ns.(*fakeNS)
+	ns.routes[path].V4Blackhole = true
+	ns.bypass(path, false)
+	st, _ := fx.build(t).Once(context.Background(), true)
+	task := st.AWSVPC.Tasks[0]
+	if task.Protected || !task.IPv4Route || !strings.Contains(task.Reason, "despite the blackhole") || !strings.Contains(task.Escape, "table 100") {
+		t.Fatalf("check mode, bypassed task: %+v", task)
+	}
+	if st.Verdict != VerdictDegraded || !strings.Contains(strings.Join(st.Reasons, "\n"), "table 100") {
+		t.Fatalf("verdict %s %v", st.Verdict, st.Reasons)
+	}
+	if len(ns.addedRoutes()) != 0 {
+		t.Fatal("check mode changed the namespace")
+	}
+
+	fx = awsvpcFixture(t, ECSModeEnforce, true)
+	ns = fx.ns.(*fakeNS)
+	ns.routes[path].V4Blackhole = true
+	ns.bypass(path, false)
+	fx.start(t)
+	eventually(t, "protected", func() bool { return fx.agent.Status().Verdict == VerdictProtected })
+	if task := fx.agent.Status().AWSVPC.Tasks[0]; !task.IPv4Guard || task.Escape != "" {
+		t.Fatalf("enforce mode: %+v", task)
+	}
+	eventually(t, "watching the namespace", func() bool { return ns.watching(path) })
+	ns.bypass(path, true)
+	eventually(t, "guard repaired", func() bool { return fx.agent.Status().Repairs == 1 })
+	if st := fx.agent.Status(); st.Verdict != VerdictProtected || !st.AWSVPC.Tasks[0].IPv4Guard {
+		t.Fatalf("after the repair: %s %+v", st.Verdict, st.AWSVPC.Tasks[0])
+	}
 }
 
 func TestAWSVPCNeverTouchesTheHost(t *testing.T) {
@@ -360,13 +435,21 @@ func TestExemptionFollowsTheContainer(t *testing.T) {
 	}
 }
 
-// fakeSys is a System with a fixed cgroup layout.
+// fakeSys is a System with a cgroup layout tests change: files are
+// /proc/PID/cgroup contents, ids the cgroups' identities (1 if unset).
 type fakeSys struct {
 	unified error
 	files   map[string]string
+	ids     map[string]uint64
 }
 
 func (s fakeSys) CgroupV2Unified() error { return s.unified }
+func (s fakeSys) CgroupID(path string) (uint64, error) {
+	if id, ok := s.ids[path]; ok {
+		return id, nil
+	}
+	return 1, nil
+}
 func (s fakeSys) ReadFile(p string) ([]byte, error) {
 	if b, ok := s.files[p]; ok {
 		return []byte(b), nil
@@ -386,7 +469,7 @@ func hostFixture(t *testing.T, unified error) *fixture {
 	fx.insp = map[string]Details{
 		"agentagentagent0": {Pid: 10}, "daemondaemondae0": {Pid: 20}, "rootrootrootroo0": {Pid: 30}, "parentparentpar0": {Pid: 40},
 	}
-	fx.sys = fakeSys{unified: unified, files: map[string]string{
+	fx.sys = fakeSys{unified: unified, ids: map[string]uint64{}, files: map[string]string{
 		"/proc/self/cgroup": "0::/system.slice/imdsguard.service\n",
 		"/proc/1/cgroup":    "0::/init.scope\n",
 		"/proc/10/cgroup":   "0::/system.slice/docker-agent.scope\n",
@@ -427,6 +510,136 @@ func TestHostNetworkBlockedByCgroup(t *testing.T) {
 	st, _ = fx.agent.Once(context.Background(), true)
 	if strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-m cgroup") || strings.Contains(strings.Join(st.Reasons, "\n"), "container") {
 		t.Fatalf("verdict %s %v:\n%s", st.Verdict, st.Reasons, fx.fakes[firewall.IPv4].Dump())
+	}
+}
+
+// TestHostNetworkFailsClosed: a container whose inspect or cgroup read
+// fails keeps its rule (and says so), and only a listing without it lifts
+// the rule; a container restarted in the same cgroup path gets its rule
+// put in again (the kernel resolved the old cgroup).
+func TestHostNetworkFailsClosed(t *testing.T) {
+	fx := hostFixture(t, nil)
+	rule := `-A IMDS-GUARD-HOST -d 169.254.169.254/32 -m cgroup --path "/ecstasks-0123.slice/docker-collector.scope" -j DROP`
+	a := fx.build(t)
+	ctx := context.Background()
+	if _, err := a.Once(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	collector := func(st *Status) HostContainer {
+		for _, c := range st.HostNetwork.Containers {
+			if c.Name == "ecs-mon-1-collector" {
+				return c
+			}
+		}
+		t.Fatal("collector not in the status")
+		return HostContainer{}
+	}
+	docker := a.docker.(*inspectingDocker)
+	for _, fail := range []struct {
+		name         string
+		break_, heal func()
+	}{
+		{"inspect fails", func() { delete(docker.det, "daemondaemondae0") }, func() { docker.det["daemondaemondae0"] = Details{Pid: 20} }},
+		{"cgroup read fails", func() { delete(fx.sys.(fakeSys).files, "/proc/20/cgroup") }, func() {
+			fx.sys.(fakeSys).files["/proc/20/cgroup"] = "0::/ecstasks-0123.slice/docker-collector.scope\n"
+		}},
+	} {
+		fail.break_()
+		st, err := a.Once(ctx, true)
+		if err == nil || !IsPartial(err) {
+			t.Fatalf("%s: want a partial error (retried), got %v", fail.name, err)
+		}
+		if c := collector(st); !c.Blocked || !strings.Contains(c.Reason, "kept from the last sync") || !strings.Contains(fx.fakes[firewall.IPv4].Dump(), rule) {
+			t.Fatalf("%s: %+v\n%s", fail.name, c, fx.fakes[firewall.IPv4].Dump())
+		}
+		fail.heal()
+	}
+
+	// Restarted: same path, new cgroup. The chain is rebuilt without the
+	// rule and with it again.
+	calls := fx.fakes[firewall.IPv4].Calls
+	if _, err := a.Once(ctx, true); err != nil || fx.fakes[firewall.IPv4].Calls != calls {
+		t.Fatalf("a steady pass changed the firewall (%d calls) or failed: %v", fx.fakes[firewall.IPv4].Calls-calls, err)
+	}
+	fx.sys.(fakeSys).ids["/ecstasks-0123.slice/docker-collector.scope"] = 2
+	if _, err := a.Once(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := fx.fakes[firewall.IPv4].Calls - calls; got != 2 || !strings.Contains(fx.fakes[firewall.IPv4].Dump(), rule) {
+		t.Fatalf("after a restart in the same cgroup path: %d restores, want 2 (without, then with the rule):\n%s", got, fx.fakes[firewall.IPv4].Dump())
+	}
+
+	// Gone from the listing, while its inspect fails: the rule goes.
+	delete(docker.det, "daemondaemondae0")
+	fx.docker.containers = slices.DeleteFunc(fx.docker.containers, func(c Container) bool { return c.ID == "daemondaemondae0" })
+	if _, err := a.Once(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-m cgroup") {
+		t.Fatalf("rule outlived its container:\n%s", fx.fakes[firewall.IPv4].Dump())
+	}
+}
+
+// TestHostNetworkJoinerHasItsOwnRule: a container in a host-network
+// container's namespace (--network container:<id>) is blocked by its own
+// cgroup, not reported blocked on its owner's.
+func TestHostNetworkJoinerHasItsOwnRule(t *testing.T) {
+	fx := hostFixture(t, nil)
+	fx.docker.containers = append(fx.docker.containers, Container{ID: "sidecarsidecar00", Name: "sidecar", NetworkMode: "container:daemondaemondae0"})
+	fx.insp["sidecarsidecar00"] = Details{Pid: 50}
+	fx.sys.(fakeSys).files["/proc/50/cgroup"] = "0::/ecstasks-0123.slice/docker-sidecar.scope\n"
+	st, _ := fx.build(t).Once(context.Background(), true)
+	if !strings.Contains(fx.fakes[firewall.IPv4].Dump(), `--path "/ecstasks-0123.slice/docker-sidecar.scope"`) {
+		t.Fatalf("no rule of its own:\n%s", fx.fakes[firewall.IPv4].Dump())
+	}
+	for _, c := range st.Containers {
+		if c.Name == "sidecar" && (!c.Protected || !strings.Contains(c.Reason, "(host network): host network: blocked")) {
+			t.Fatalf("sidecar %+v", c)
+		}
+	}
+	// Without its own rule (its cgroup unreadable from the start) it is
+	// not blocked, whatever its owner is.
+	fx = hostFixture(t, nil)
+	fx.docker.containers = append(fx.docker.containers, Container{ID: "sidecarsidecar00", Name: "sidecar", NetworkMode: "container:daemondaemondae0"})
+	st, _ = fx.build(t).Once(context.Background(), true)
+	for _, c := range st.Containers {
+		if c.Name == "sidecar" && (c.Protected || !strings.Contains(c.Reason, "no rule of its own")) {
+			t.Fatalf("sidecar without a rule: %+v", c)
+		}
+	}
+}
+
+// TestHostNetworkOffRemovesTheChain: --block-host-network turned off
+// deletes IMDS-GUARD-HOST and its jump; check (which changes nothing)
+// says the chain is still there.
+func TestHostNetworkOffRemovesTheChain(t *testing.T) {
+	fx := hostFixture(t, nil)
+	ctx := context.Background()
+	if _, err := fx.build(t).Once(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-A OUTPUT -j IMDS-GUARD-HOST") {
+		t.Fatal("no host chain to start with")
+	}
+	fx.cfg.BlockHostNetwork = false
+	st, err := fx.build(t).Once(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(st.HostNetwork.Enforcement, "still in place") || !strings.Contains(fx.fakes[firewall.IPv4].Dump(), firewall.HostChain) {
+		t.Fatalf("check with the chain left: %q", st.HostNetwork.Enforcement)
+	}
+	st, err = fx.agent.Once(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []firewall.Family{firewall.IPv4, firewall.IPv6} {
+		if d := fx.fakes[f].Dump(); strings.Contains(d, firewall.HostChain) {
+			t.Fatalf("%s: host chain left after apply with blocking off:\n%s", f, d)
+		}
+	}
+	if strings.Contains(st.HostNetwork.Enforcement, "still in place") || st.Verdict == VerdictExposed {
+		t.Fatalf("after removal: %q %s", st.HostNetwork.Enforcement, st.Verdict)
 	}
 }
 
@@ -506,8 +719,7 @@ func TestNewFlags(t *testing.T) {
 // — with the fake firewall, namespaces and cgroups: the agent's own cost of
 // the new features at scale, without iptables or netlink.
 func BenchmarkPass500(b *testing.B) {
-	fx := newFixture(&testing.T{})
-	fx.cfg.HostRoot = b.TempDir()
+	fx := newFixture(b)
 	fx.cfg.AWSVPCMode, fx.cfg.BlockHostNetwork, fx.cfg.ExemptLabel = ECSModeEnforce, true, DefaultExemptLabel
 	ns := newFakeNS()
 	sys := fakeSys{files: map[string]string{"/proc/self/cgroup": "0::/system.slice/imdsguard.service\n", "/proc/1/cgroup": "0::/init.scope\n"}}
@@ -537,7 +749,7 @@ func BenchmarkPass500(b *testing.B) {
 		fx.docker.containers = append(fx.docker.containers, c)
 	}
 	fx.ns, fx.sys = ns, sys
-	a := fx.build(&testing.T{})
+	a := fx.build(b)
 	ctx := context.Background()
 	if _, err := a.Once(ctx, true); err != nil {
 		b.Fatal(err)
@@ -546,5 +758,38 @@ func BenchmarkPass500(b *testing.B) {
 		if _, err := a.Once(ctx, true); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestJudgePath(t *testing.T) {
+	guard := policyRule{Pref: 0, Action: frActBlackhole, Protocol: guardProtocol, Dst: imdsNet4}
+	local := policyRule{Pref: 0, Action: frActToTbl, Table: 255}
+	main := policyRule{Pref: 32766, Action: frActToTbl, Table: 254}
+	mark := policyRule{Pref: 100, Action: frActToTbl, Table: 100, Selectors: "fwmark"}
+	forged := guard
+	forged.Action = 3 // nop: passes everything on
+	for _, tc := range []struct {
+		name    string
+		rules   []policyRule
+		escapes []string
+		tos     string
+		guard   bool
+		escape  string
+	}{
+		{"defaults, lookups refused", []policyRule{local, main}, nil, "", false, ""},
+		{"a lookup leaves", []policyRule{local, main}, []string{"routed via 192.0.2.1 (table 100) from any source"}, "", false, "table 100"},
+		{"a lookup leaves despite the guard", []policyRule{guard, local, main}, []string{"routed"}, "", true, "routed"},
+		{"guard first", []policyRule{guard, local, mark, main}, nil, "tos route", true, ""},
+		{"fwmark rule ahead of main", []policyRule{local, mark, main}, nil, "", false, "fwmark"},
+		{"fwmark rule behind the main blackhole", []policyRule{local, main, mark}, nil, "", false, ""},
+		{"a nop copy of the guard is no guard", []policyRule{forged, local, mark, main}, nil, "", false, "fwmark"},
+		{"tos route", []policyRule{local, main}, nil, "route to 169.254.0.0/16 tos 0x10", false, "tos"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := judgePath(tc.rules, tc.escapes, true, tc.tos)
+			if p.Guard != tc.guard || (tc.escape == "") != (p.Escape == "") || !strings.Contains(p.Escape, tc.escape) {
+				t.Errorf("got %+v, want guard %v and an escape with %q", p, tc.guard, tc.escape)
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/imdsguard/imdsguard/firewall"
@@ -21,6 +22,15 @@ type System interface {
 	// (mounted at /sys/fs/cgroup), else why not.
 	CgroupV2Unified() error
 	ReadFile(path string) ([]byte, error)
+	// CgroupID identifies the cgroup at a v2 path (its inode): a container
+	// restarted in the same path has a new one.
+	CgroupID(path string) (uint64, error)
+}
+
+// hostCgroup is what the last sync knew of one host-network container.
+type hostCgroup struct {
+	path string
+	id   uint64
 }
 
 // HostNetworkStatus is every host-network container and whether it is blocked.
@@ -58,21 +68,29 @@ func within(p, q string) bool {
 	return p == q || p == "/" || strings.HasPrefix(q, p+"/")
 }
 
-// hostNetwork reports every host-network container and, with
+// hostNetwork reports every host-network container — and every container
+// that joins one's namespace, which has a cgroup of its own — and, with
 // --block-host-network on a cgroup v2 host, returns the HostSpec that
 // blocks them. A nil spec leaves the host chain as it is. It never returns
 // a path that is, or contains, the cgroup of the agent, of PID 1 or of the
-// ECS agent container.
-func (a *Agent) hostNetwork(ctx context.Context, containers []Container, exempt map[string]string) (HostNetworkStatus, *firewall.HostSpec, map[string]string) {
-	st := HostNetworkStatus{Block: a.cfg.BlockHostNetwork, Containers: []HostContainer{}}
+// ECS agent container. A container that cannot be inspected or whose
+// cgroup cannot be read keeps the path the last sync found (fail closed;
+// only a listing without the container, with listed set, forgets it);
+// the error is returned so the sync is retried. stale lists the paths
+// whose cgroup was recreated (docker restart) since the rule went in: the
+// kernel resolved the old one, so the rule must be put in again.
+func (a *Agent) hostNetwork(ctx context.Context, containers []Container, exempt map[string]string, listed bool) (st HostNetworkStatus, spec *firewall.HostSpec, blocked map[string]string, stale []string, err error) {
+	st = HostNetworkStatus{Block: a.cfg.BlockHostNetwork, Containers: []HostContainer{}}
 	var hosts []Container
+	ix := newIndex(containers)
 	for _, c := range containers {
-		if class, _ := modeClass(c); class == ModeHost {
-			hosts = append(hosts, c)
+		if o, ok := ix.owner(c); ok {
+			if class, _ := modeClass(o); class == ModeHost {
+				hosts = append(hosts, c)
+			}
 		}
 	}
-	var spec *firewall.HostSpec
-	blocked := map[string]string{}
+	blocked = map[string]string{}
 	var forbidden []string
 	insp, _ := a.docker.(Inspector)
 	var cgErr error
@@ -96,6 +114,11 @@ func (a *Agent) hostNetwork(ctx context.Context, containers []Container, exempt 
 		st.Enforcement = "active"
 		spec = &firewall.HostSpec{}
 	}
+	a.mu.Lock()
+	last := a.hostCgroups
+	a.mu.Unlock()
+	known := map[string]hostCgroup{}
+	var errs []error
 	for _, c := range hosts {
 		hc := HostContainer{ID: short(c.ID), Name: c.Name, TaskARN: c.Labels[LabelTaskARN], ECSContainer: c.Labels[LabelContainerName]}
 		switch {
@@ -107,22 +130,63 @@ func (a *Agent) hostNetwork(ctx context.Context, containers []Container, exempt 
 			hc.Reason = "can reach IMDS: host network blocking is " + st.Enforcement
 		default:
 			path, err := a.containerCgroup(ctx, insp, c.ID)
+			var id uint64
 			if err == nil {
-				err = checkCgroup(path, forbidden)
+				if cerr := checkCgroup(path, forbidden); cerr != nil {
+					// Where it runs, not a failed read: no rule can name it.
+					hc.Cgroup, hc.Reason = path, "can reach IMDS: "+cerr.Error()
+					break
+				}
+				id, err = a.sys.CgroupID(path)
 			}
-			hc.Cgroup = path
+			prev, had := last[c.ID]
+			kept := ""
 			if err != nil {
-				hc.Reason = "can reach IMDS: " + err.Error()
-				break
+				if !had {
+					hc.Cgroup = path
+					hc.Reason = "can reach IMDS: " + err.Error()
+					errs = append(errs, fmt.Errorf("host-network container %s: %w", c.Name, err))
+					break
+				}
+				// Fail closed: what could not be read now is no reason to
+				// lift the rule the container had.
+				errs = append(errs, fmt.Errorf("host-network container %s: keeping its rule: %w", c.Name, err))
+				kept = " (kept from the last sync: " + err.Error() + ")"
+				path, id = prev.path, prev.id
+				// A restart need not be seen through Docker: a new cgroup
+				// in the same path still needs its rule put in again.
+				if now, ierr := a.sys.CgroupID(path); ierr == nil && now != id {
+					stale, id = append(stale, path), now
+				}
+			} else if had && prev.path == path && prev.id != id {
+				stale = append(stale, path)
 			}
+			known[c.ID] = hostCgroup{path: path, id: id}
+			hc.Cgroup = path
 			spec.Cgroups = append(spec.Cgroups, path)
 			hc.Blocked = true
-			hc.Reason = "host network: blocked in " + firewall.HostChain + " by its cgroup"
+			hc.Reason = "host network: blocked in " + firewall.HostChain + " by its cgroup" + kept
 			blocked[c.ID] = hc.Reason
 		}
 		st.Containers = append(st.Containers, hc)
 	}
-	return st, spec, blocked
+	if spec != nil && listed {
+		a.mu.Lock()
+		a.hostCgroups = known
+		a.mu.Unlock()
+	}
+	return st, spec, blocked, stale, errors.Join(errs...)
+}
+
+// withoutPaths is spec less the given cgroup paths.
+func withoutPaths(spec *firewall.HostSpec, paths []string) *firewall.HostSpec {
+	out := &firewall.HostSpec{}
+	for _, p := range spec.Cgroups {
+		if !slices.Contains(paths, p) {
+			out.Cgroups = append(out.Cgroups, p)
+		}
+	}
+	return out
 }
 
 // checkCgroup refuses a path a rule must not match.
@@ -186,4 +250,59 @@ func (a *Agent) pidCgroup(pid string) (string, error) {
 		return "", fmt.Errorf("/proc/%s/cgroup has no cgroup v2 line", pid)
 	}
 	return p, nil
+}
+
+// reinsertHost puts back the rules of host-network containers whose cgroup
+// was recreated under the same path: the match resolved the old cgroup
+// when the rule went in, and an unchanged rule text would never be
+// rebuilt. The chain is rebuilt once without them, then (by the caller's
+// own pass) with them; the old rules matched nothing any more.
+func (a *Agent) reinsertHost(ctx context.Context, spec firewall.Spec, stale []string) {
+	spec.Host = withoutPaths(spec.Host, stale)
+	_, err := a.firewall(ctx, true, spec)
+	log := a.log.WithField("cgroups", stale)
+	if err != nil {
+		log.WithError(err).Error("could not rebuild the host-network rules of recreated cgroups")
+		return
+	}
+	log.Info("host-network containers were restarted in the same cgroup path; putting their rules in again")
+}
+
+// hostChainRemover is implemented by firewalls that can delete the host
+// chain on its own (firewall.Manager).
+type hostChainRemover interface {
+	HostChainLeft(ctx context.Context, remove bool) ([]firewall.Family, error)
+}
+
+// hostChainOff: with --block-host-network off, the daemon and `apply`
+// delete IMDS-GUARD-HOST and its OUTPUT jump; when that fails, or `check`
+// only looks, the status says the chain is still there.
+func (a *Agent) hostChainOff(ctx context.Context, enforce bool, st *HostNetworkStatus) error {
+	if a.cfg.BlockHostNetwork {
+		return nil
+	}
+	a.mu.Lock()
+	fw := a.fw
+	clean := fw != nil && a.hostChainGone == fw
+	a.mu.Unlock()
+	r, ok := fw.(hostChainRemover)
+	if !ok || clean {
+		// No firewall yet (the next pass looks again), or the chain is
+		// known gone: nothing creates it while blocking is off, so one
+		// iptables-save per family per sync is not spent on it.
+		return nil
+	}
+	left, err := r.HostChainLeft(ctx, enforce)
+	if len(left) == 0 && err == nil {
+		a.mu.Lock()
+		a.hostChainGone = fw
+		a.mu.Unlock()
+	}
+	if len(left) > 0 {
+		st.Enforcement += fmt.Sprintf("; %s from an earlier run is still in place (%v): it blocks the containers it names, and `imdsguard remove` or the daemon deletes it", firewall.HostChain, left)
+	}
+	if err != nil {
+		return fmt.Errorf("removing %s: %w", firewall.HostChain, err)
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ package agent
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,3 +31,11 @@ func (realSystem) CgroupV2Unified() error {
 }
 
 func (realSystem) ReadFile(path string) ([]byte, error) { return os.ReadFile(path) }
+
+func (realSystem) CgroupID(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(cgroupRoot, path), &st); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	return st.Ino, nil
+}

@@ -187,6 +187,16 @@ func protection(p picture, c Container, ix index, depth int) (bool, string) {
 		if !ok || depth > 8 {
 			return false, fmt.Sprintf("shares the network of %s, which is not running", short(target))
 		}
+		if o, ok := ix.owner(owner); ok {
+			if oc, _ := modeClass(o); oc == ModeHost {
+				// The host's namespace: only this container's own cgroup
+				// rule blocks it, not its owner's.
+				if why, ok := p.hostBlocked[c.ID]; ok {
+					return true, fmt.Sprintf("shares the network of %s (host network): %s", owner.Name, why)
+				}
+				return false, fmt.Sprintf("shares the network of %s (host network) and has no rule of its own", owner.Name)
+			}
+		}
 		prot, why := protection(p, owner, ix, depth+1)
 		return prot, fmt.Sprintf("shares the network of %s: %s", owner.Name, why)
 	}

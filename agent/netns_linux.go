@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -66,6 +69,8 @@ func (n *netlinkNamespaces) open(path string) (netns.NsHandle, error) {
 	return h, nil
 }
 
+var native = nl.NativeEndian()
+
 func imdsNet(f firewall.Family) *net.IPNet {
 	if f == firewall.IPv6 {
 		return &net.IPNet{IP: net.ParseIP("fd00:ec2::254"), Mask: net.CIDRMask(128, 128)}
@@ -106,20 +111,224 @@ func (n *netlinkNamespaces) Routes(path string) (NSRoutes, error) {
 	if err != nil {
 		return r, fmt.Errorf("listing IPv6 routes in %s: %w", path, err)
 	}
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_V6) })
+	addrs6, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_V6) })
 	if err != nil {
 		return r, fmt.Errorf("listing IPv6 addresses in %s: %w", path, err)
 	}
 	r.V4Blackhole = blackholed(toRouteInfo(v4), imdsNet(firewall.IPv4))
 	r.V6Blackhole = blackholed(toRouteInfo(v6), imdsNet(firewall.IPv6))
-	r.HasIPv6 = hasIPv6(toRouteInfo(v6), addrScopes(addrs))
+	r.HasIPv6 = hasIPv6(toRouteInfo(v6), addrScopes(addrs6))
+	// What the kernel would do with a packet to IMDS: the policy rules,
+	// then a route lookup from every source the task could use.
+	fams := []firewall.Family{firewall.IPv4}
+	if r.HasIPv6 {
+		fams = append(fams, firewall.IPv6)
+	}
+	for _, f := range fams {
+		p, err := n.judge(ns, h, f, map[firewall.Family]bool{firewall.IPv4: r.V4Blackhole, firewall.IPv6: r.V6Blackhole}[f])
+		if err != nil {
+			return r, fmt.Errorf("%s in %s: %w", f, path, err)
+		}
+		if f == firewall.IPv6 {
+			r.V6Guard, r.V6Escape = p.Guard, p.Escape
+		} else {
+			r.V4Guard, r.V4Escape = p.Guard, p.Escape
+		}
+	}
+	return r, nil
+}
+
+func nlFamily(f firewall.Family) int {
+	if f == firewall.IPv6 {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// judge reads one family's policy rules and asks the kernel for the route
+// to IMDS from each of the namespace's addresses and from none.
+func (n *netlinkNamespaces) judge(ns netns.NsHandle, h *netlink.Handle, f firewall.Family, mainBlackhole bool) (familyPath, error) {
+	rules, err := listRules(ns, nlFamily(f))
+	if err != nil {
+		return familyPath{}, err
+	}
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, nlFamily(f)) })
+	if err != nil {
+		return familyPath{}, fmt.Errorf("listing addresses: %w", err)
+	}
+	var tos []routeInfo
+	if f == firewall.IPv4 {
+		all, err := retryDump(func() ([]netlink.Route, error) {
+			return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		})
+		if err != nil {
+			return familyPath{}, fmt.Errorf("listing routes of every table: %w", err)
+		}
+		for _, rt := range all {
+			if rt.Tos != 0 {
+				tos = append(tos, routeInfo{dst: rt.Dst, blackhole: refusing(rt.Type), priority: rt.Priority, table: rt.Table, tos: rt.Tos})
+			}
+		}
+	}
+	srcs := []net.IP{nil}
+	for _, a := range addrs {
+		srcs = append(srcs, a.IP)
+	}
+	// One line per way out, with the sources that take it.
+	var escapes []string
+	from := map[string][]string{}
+	for _, src := range srcs {
+		rs, err := h.RouteGetWithOptions(imdsNet(f).IP, &netlink.RouteGetOptions{SrcAddr: src})
+		esc, err := lookupEscape(rs, err)
+		if err != nil {
+			return familyPath{}, fmt.Errorf("route lookup to %s from %v: %w", imdsNet(f).IP, src, err)
+		}
+		if esc == "" {
+			continue
+		}
+		if _, ok := from[esc]; !ok {
+			escapes = append(escapes, esc)
+		}
+		name := "any source"
+		if src != nil {
+			name = src.String()
+		}
+		from[esc] = append(from[esc], name)
+	}
+	for i, esc := range escapes {
+		escapes[i] = esc + " from " + strings.Join(from[esc], ", ")
+	}
+	return judgePath(rules, escapes, mainBlackhole, tosRoutes(tos, imdsNet(f))), nil
+}
+
+// refusing: route types that send nothing.
+func refusing(t int) bool {
+	return t == unix.RTN_BLACKHOLE || t == unix.RTN_UNREACHABLE || t == unix.RTN_PROHIBIT
+}
+
+// lookupEscape turns a route lookup's answer into how a packet would leave
+// ("" when the kernel refuses it). A blackhole, unreachable or prohibit
+// route or rule makes the lookup fail with EINVAL, EHOSTUNREACH, EACCES,
+// and no route at all with ENETUNREACH; any other error is no answer.
+func lookupEscape(rs []netlink.Route, err error) (string, error) {
+	for _, e := range []error{unix.EINVAL, unix.ENETUNREACH, unix.EHOSTUNREACH, unix.EACCES, unix.EPERM} {
+		if errors.Is(err, e) {
+			return "", nil
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	if len(rs) == 0 {
+		return "", errors.New("the kernel returned no route")
+	}
+	rt := rs[0]
+	if refusing(rt.Type) {
+		return "", nil
+	}
+	esc := "routed"
+	if rt.Gw != nil {
+		esc += " via " + rt.Gw.String()
+	}
+	if rt.LinkIndex > 0 {
+		esc += fmt.Sprintf(" out of interface %d", rt.LinkIndex)
+	}
+	return esc + fmt.Sprintf(" (table %d)", rt.Table), nil
+}
+
+// listRules dumps a family's policy rules in the kernel's order. It reads
+// the messages itself: the netlink library's RuleList drops the action
+// (blackhole, lookup, nop), which tells imdsguard's rule from a copy.
+func listRules(ns netns.NsHandle, family int) ([]policyRule, error) {
+	sock, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink socket: %w", err)
+	}
+	defer sock.Close()
+	var out []policyRule
+	_, err = retryDump(func() (struct{}, error) {
+		out = out[:0]
+		req := &nl.NetlinkRequest{
+			NlMsghdr: unix.NlMsghdr{Len: unix.SizeofNlMsghdr, Type: unix.RTM_GETRULE, Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP},
+			Sockets:  map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: sock}},
+		}
+		req.AddData(nl.NewIfInfomsg(family))
+		msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWRULE)
+		for _, m := range msgs {
+			r, perr := parseRule(m)
+			if perr != nil {
+				return struct{}{}, perr
+			}
+			out = append(out, r)
+		}
+		if errors.Is(err, nl.ErrDumpInterrupted) {
+			return struct{}{}, netlink.ErrDumpInterrupted
+		}
+		return struct{}{}, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing policy rules: %w", err)
+	}
+	return out, nil
+}
+
+// ruleSelectors name the rule attributes that always restrict a match.
+var ruleSelectors = map[uint16]string{
+	nl.FRA_IIFNAME: "iif", nl.FRA_OIFNAME: "oif", nl.FRA_IP_PROTO: "ipproto",
+	nl.FRA_SPORT_RANGE: "sport", nl.FRA_DPORT_RANGE: "dport", nl.FRA_TUN_ID: "tun_id",
+}
+
+func parseRule(m []byte) (policyRule, error) {
+	msg := nl.DeserializeRtMsg(m)
+	attrs, err := nl.ParseRouteAttr(m[msg.Len():])
+	if err != nil {
+		return policyRule{}, fmt.Errorf("parsing a policy rule: %w", err)
+	}
+	r := policyRule{Action: msg.Type, Table: int(msg.Table), Family: int(msg.Family)}
+	var sel []string
+	if msg.Tos != 0 {
+		sel = append(sel, "tos")
+	}
+	if msg.Flags&netlink.FibRuleInvert != 0 {
+		sel = append(sel, "not")
+	}
+	for _, a := range attrs {
+		switch a.Attr.Type {
+		case nl.FRA_PRIORITY:
+			r.Pref = int(native.Uint32(a.Value))
+		case nl.FRA_TABLE:
+			r.Table = int(native.Uint32(a.Value))
+		case nl.FRA_PROTOCOL:
+			r.Protocol = a.Value[0]
+		case nl.FRA_DST:
+			r.Dst = &net.IPNet{IP: a.Value, Mask: net.CIDRMask(int(msg.Dst_len), 8*len(a.Value))}
+		case nl.FRA_SRC:
+			r.Src = &net.IPNet{IP: a.Value, Mask: net.CIDRMask(int(msg.Src_len), 8*len(a.Value))}
+		case nl.FRA_FWMARK, nl.FRA_FWMASK:
+			if native.Uint32(a.Value) != 0 {
+				sel = append(sel, "fwmark")
+			}
+		case nl.FRA_IIFNAME, nl.FRA_OIFNAME, nl.FRA_IP_PROTO, nl.FRA_SPORT_RANGE, nl.FRA_DPORT_RANGE, nl.FRA_TUN_ID:
+			sel = append(sel, ruleSelectors[a.Attr.Type])
+		case nl.FRA_UID_RANGE:
+			// The kernel reports the full range for rules without one.
+			if native.Uint32(a.Value[0:4]) != 0 || native.Uint32(a.Value[4:8]) != ^uint32(0) {
+				sel = append(sel, "uidrange")
+			}
+		case unix.FRA_L3MDEV:
+			if a.Value[0] != 0 {
+				sel = append(sel, "l3mdev")
+			}
+		}
+	}
+	r.Selectors = strings.Join(slices.Compact(sel), ",")
 	return r, nil
 }
 
 func toRouteInfo(rs []netlink.Route) []routeInfo {
 	out := make([]routeInfo, 0, len(rs))
 	for _, r := range rs {
-		out = append(out, routeInfo{dst: r.Dst, blackhole: r.Type == unix.RTN_BLACKHOLE, priority: r.Priority})
+		out = append(out, routeInfo{dst: r.Dst, blackhole: r.Type == unix.RTN_BLACKHOLE, priority: r.Priority, table: r.Table})
 	}
 	return out
 }
@@ -132,6 +341,10 @@ func addrScopes(as []netlink.Addr) []addrInfo {
 	return out
 }
 
+// Blackhole adds, per family, the blackhole route to IMDS in the main
+// table (what the ECS CNI plugins add) and imdsguard's guard rule: a
+// policy rule that blackholes IMDS ahead of every other rule, so no route
+// in any table (local included), no tos and no rule a task adds can pass.
 func (n *netlinkNamespaces) Blackhole(path string, fams []firewall.Family) error {
 	ns, err := n.open(path)
 	if err != nil {
@@ -151,51 +364,129 @@ func (n *netlinkNamespaces) Blackhole(path string, fams []firewall.Family) error
 		if err := h.RouteReplace(rt); err != nil {
 			errs = append(errs, fmt.Errorf("adding blackhole %s in %s: %w", rt.Dst, path, err))
 		}
+		if err := ensureGuard(ns, h, f); err != nil {
+			errs = append(errs, fmt.Errorf("%s guard rule in %s: %w", f, path, err))
+		}
 	}
 	return errors.Join(errs...)
 }
 
+// ensureGuard makes imdsguard's rule the first of the family. Nothing can
+// go below priority 0, and a rule joins the end of its priority, so once
+// ours leads priority 0 every rule added later comes after it. The kernel's
+// own "lookup local" also sits at 0, and a task may add a route to IMDS to
+// the local table: it goes behind the guard without a moment when no local
+// rule exists — moved to priority 1 when that is free (the order against
+// every other rule stays), else re-added at 0 behind the guard with a
+// stand-in at 1 meanwhile (rules the task has at 1 stay behind it). Rules
+// found ahead of ours — added while ours was deleted — are deleted: in
+// enforce mode nothing may route IMDS traffic before imdsguard does.
+func ensureGuard(ns netns.NsHandle, h *netlink.Handle, f firewall.Family) error {
+	fam := nlFamily(f)
+	rules, err := listRules(ns, fam)
+	if err != nil {
+		return err
+	}
+	if guardFirst(rules) {
+		return nil
+	}
+	has := func(ok func(policyRule) bool) bool { return slices.ContainsFunc(rules, ok) }
+	local := func(pref int, proto uint8) *netlink.Rule {
+		r := netlink.NewRule()
+		r.Family, r.Priority, r.Table, r.Protocol = fam, pref, unix.RT_TABLE_LOCAL, proto
+		return r
+	}
+	guard := netlink.NewRule()
+	guard.Family, guard.Priority, guard.Dst, guard.Type, guard.Protocol = fam, 0, imdsNet(f), unix.FR_ACT_BLACKHOLE, guardProtocol
+	if !has(policyRule.isGuard) {
+		var steps []func() error
+		switch {
+		case !has(func(r policyRule) bool { return r.isLocal() && r.Pref == 0 }):
+			steps = []func() error{func() error { return h.RuleAdd(guard) }}
+		case !has(func(r policyRule) bool { return r.Pref == 1 && !r.isLocal() }):
+			steps = []func() error{
+				func() error {
+					if has(func(r policyRule) bool { return r.isLocal() && r.Pref == 1 }) {
+						return nil
+					}
+					return h.RuleAdd(local(1, 0))
+				},
+				func() error { return h.RuleDel(local(0, 0)) },
+				func() error { return h.RuleAdd(guard) },
+			}
+		default:
+			// The stand-in carries our protocol, so deleting it cannot
+			// take a rule of the task's.
+			steps = []func() error{
+				func() error { return h.RuleAdd(guard) },
+				func() error { return h.RuleAdd(local(1, guardProtocol)) },
+				func() error { return h.RuleDel(local(0, 0)) },
+				func() error { return h.RuleAdd(local(0, 0)) },
+				func() error { return h.RuleDel(local(1, guardProtocol)) },
+			}
+		}
+		for _, step := range steps {
+			if err := step(); err != nil {
+				return fmt.Errorf("putting the guard rule first: %w", err)
+			}
+		}
+		if rules, err = listRules(ns, fam); err != nil {
+			return err
+		}
+	}
+	at := slices.IndexFunc(rules, policyRule.isGuard)
+	localBehind := at >= 0 && slices.ContainsFunc(rules[at+1:], policyRule.isLocal)
+	var errs []error
+	for _, r := range rules[:max(at, 0)] {
+		if r.isLocal() && !localBehind {
+			continue // the only local rule: judged by the lookups instead
+		}
+		// Only priority 0 can be ahead of ours; delete by every attribute
+		// the kernel matches on that this rule has, never ours (action).
+		d := netlink.NewRule()
+		d.Family, d.Priority, d.Table, d.Type, d.Protocol, d.Src, d.Dst = fam, r.Pref, r.Table, r.Action, r.Protocol, r.Src, r.Dst
+		if err := h.RuleDel(d); err != nil {
+			errs = append(errs, fmt.Errorf("deleting %q, ahead of the guard rule: %w", r.String(), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Watch calls changed once subscribed, then on every route or policy rule
+// change in the namespace: any of them can change where a packet to IMDS goes (a rule
+// to another table, a route added to it), so none is filtered out.
 func (n *netlinkNamespaces) Watch(ctx context.Context, path string, changed func()) error {
 	ns, err := n.open(path)
 	if err != nil {
 		return err
 	}
-	ch := make(chan netlink.RouteUpdate, 64)
-	done := make(chan struct{})
-	defer close(done)
-	errc := make(chan error, 1)
-	err = netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{
-		Namespace: &ns,
-		ErrorCallback: func(err error) {
-			select {
-			case errc <- err:
-			default:
-			}
-		},
-	})
+	s, err := nl.SubscribeAt(ns, netns.None(), unix.NETLINK_ROUTE,
+		unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE, unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE)
 	// The subscription socket lives in the namespace now; the handle is no
 	// longer needed, and holding it would keep a dead task's namespace.
 	ns.Close()
 	if err != nil {
-		return fmt.Errorf("watching routes in %s: %w", path, err)
+		return fmt.Errorf("watching routes and rules in %s: %w", path, err)
 	}
-	want := []*net.IPNet{imdsNet(firewall.IPv4), imdsNet(firewall.IPv6)}
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	defer stop()
+	defer s.Close()
+	// A change between the sync that started this watch and the
+	// subscription would go unseen until the periodic resync: one sync now
+	// covers it.
+	changed()
 	for {
-		select {
-		case <-ctx.Done():
+		msgs, _, err := s.Receive()
+		if ctx.Err() != nil {
 			return nil
-		case err := <-errc:
-			return fmt.Errorf("watching routes in %s: %w", path, err)
-		case u, ok := <-ch:
-			if !ok {
-				return fmt.Errorf("watching routes in %s: subscription closed", path)
-			}
-			// Only IMDS routes matter: deleted, or replaced by something
-			// that is not a blackhole.
-			for _, w := range want {
-				if ipNetEqual(u.Dst, w) && (u.Type == unix.RTM_DELROUTE || u.Route.Type != unix.RTN_BLACKHOLE) {
-					changed()
-				}
+		}
+		if err != nil {
+			return fmt.Errorf("watching routes and rules in %s: %w", path, err)
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.RTM_NEWROUTE, unix.RTM_DELROUTE, unix.RTM_NEWRULE, unix.RTM_DELRULE:
+				changed()
 			}
 		}
 	}

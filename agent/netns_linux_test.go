@@ -90,25 +90,38 @@ func TestKernelNamespaces(t *testing.T) {
 		t.Fatalf("ip route shows:\n%s", out)
 	}
 
-	// The watch sees a deletion.
+	// The watch says when it is subscribed, then sees a deletion.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	changed := make(chan struct{}, 8)
+	changed := make(chan struct{}, 64)
 	werr := make(chan error, 1)
 	go func() { werr <- ns.Watch(ctx, dual, func() { changed <- struct{}{} }) }()
-	time.Sleep(100 * time.Millisecond) // the subscription is made inside Watch
-	ip(t, "-n", name(dual), "route", "del", "169.254.169.254/32")
-	select {
-	case <-changed:
-	case err := <-werr:
-		t.Fatalf("watch ended: %v", err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("no notification for a deleted blackhole")
+	next := func(what string) {
+		t.Helper()
+		select {
+		case <-changed:
+		case err := <-werr:
+			t.Fatalf("watch ended before %s: %v", what, err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no notification: %s", what)
+		}
 	}
+	next("subscribed")
+	ip(t, "-n", name(dual), "route", "del", "169.254.169.254/32")
+	next("a deleted blackhole")
+	drain := func() {
+		for len(changed) > 0 {
+			<-changed
+		}
+	}
+	drain()
+	ip(t, "-n", name(dual), "rule", "add", "to", "169.254.169.254", "lookup", "100")
+	next("an added policy rule")
 	cancel()
 	if err := <-werr; err != nil {
 		t.Fatalf("watch: %v", err)
 	}
+	ip(t, "-n", name(dual), "rule", "del", "to", "169.254.169.254", "lookup", "100")
 
 	// The agent's own namespace is refused, whatever the path says.
 	if _, err := ns.Routes("/proc/self/ns/net"); !errors.Is(err, ErrHostNamespace) {
@@ -119,5 +132,116 @@ func TestKernelNamespaces(t *testing.T) {
 	}
 	if err := ns.Watch(context.Background(), "/proc/self/ns/net", func() {}); !errors.Is(err, ErrHostNamespace) {
 		t.Fatalf("Watch on the host: %v", err)
+	}
+}
+
+// TestKernelPolicyRuleBypass: a task adds a policy rule and a route in
+// another table around the main table's blackhole. The lookup (which
+// honours the rules) says so; the guard rule blocks it, ahead of the local
+// table and of rules added later; a guard deleted and replaced by the
+// task's own rule at priority 0 is put back first.
+func TestKernelPolicyRuleBypass(t *testing.T) {
+	p := tempNetns(t)
+	n := strings.TrimPrefix(p, "/var/run/netns/")
+	ip(t, "-n", n, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p")
+	ip(t, "-n", n, "link", "set", "eth1p", "up")
+	ip(t, "-n", n, "link", "set", "eth1", "up")
+	ip(t, "-n", n, "addr", "add", "192.0.2.2/30", "dev", "eth1")
+	ip(t, "-n", n, "route", "add", "blackhole", "169.254.169.254/32")
+	ip(t, "-n", n, "route", "add", "default", "via", "192.0.2.1")
+	ns, err := NewNamespaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func() NSRoutes {
+		t.Helper()
+		r, err := ns.Routes(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if r := read(); !r.V4Blackhole || r.V4Escape != "" || r.V4Guard {
+		t.Fatalf("blackholed: %+v", r)
+	}
+
+	ip(t, "-n", n, "rule", "add", "to", "169.254.169.254", "lookup", "100")
+	ip(t, "-n", n, "route", "add", "169.254.169.254", "via", "192.0.2.1", "table", "100")
+	if r := read(); !r.V4Blackhole || !strings.Contains(r.V4Escape, "via 192.0.2.1") || !strings.Contains(r.V4Escape, "table 100") {
+		t.Fatalf("bypassed, yet: %+v", r)
+	}
+	// A rule the lookup cannot rule out is not blocked either.
+	ip(t, "-n", n, "rule", "add", "to", "169.254.169.254", "fwmark", "0x1", "lookup", "100", "pref", "10")
+	ip(t, "-n", n, "rule", "del", "to", "169.254.169.254", "lookup", "100", "pref", "32765")
+	if r := read(); !strings.Contains(r.V4Escape, "fwmark") {
+		t.Fatalf("fwmark rule ahead of main: %+v", r)
+	}
+	ip(t, "-n", n, "rule", "add", "to", "169.254.169.254", "lookup", "100")
+
+	if err := ns.Blackhole(p, []firewall.Family{firewall.IPv4}); err != nil {
+		t.Fatal(err)
+	}
+	rules := func() string {
+		out, _ := exec.Command("ip", "-n", n, "rule").CombinedOutput()
+		return string(out)
+	}
+	if r := read(); !r.V4Guard || r.V4Escape != "" {
+		t.Fatalf("after the guard: %+v\n%s", r, rules())
+	}
+	if got := rules(); !strings.HasPrefix(got, "0:\tfrom all to 169.254.169.254 blackhole proto 73\n1:\tfrom all lookup local\n") {
+		t.Fatalf("rules:\n%s", got)
+	}
+	// The local table comes after the guard: a route to IMDS there is no way out.
+	ip(t, "-n", n, "route", "add", "169.254.169.254", "via", "192.0.2.1", "table", "local")
+	ip(t, "-n", n, "rule", "add", "pref", "0", "to", "169.254.169.254", "lookup", "100")
+	if r := read(); !r.V4Guard || r.V4Escape != "" {
+		t.Fatalf("a rule added at priority 0 after the guard: %+v\n%s", r, rules())
+	}
+	// Delete the guard, put a rule of one's own first.
+	ip(t, "-n", n, "rule", "del", "pref", "0", "to", "169.254.169.254", "lookup", "100")
+	ip(t, "-n", n, "rule", "del", "pref", "0", "to", "169.254.169.254", "blackhole")
+	ip(t, "-n", n, "rule", "add", "pref", "0", "to", "169.254.169.254", "lookup", "100")
+	if r := read(); r.V4Guard || r.V4Escape == "" {
+		t.Fatalf("guard deleted and bypassed: %+v\n%s", r, rules())
+	}
+	if err := ns.Blackhole(p, []firewall.Family{firewall.IPv4}); err != nil {
+		t.Fatal(err)
+	}
+	if r := read(); !r.V4Guard || r.V4Escape != "" {
+		t.Fatalf("after the repair: %+v\n%s", r, rules())
+	}
+	if got := rules(); strings.Count(got, "lookup local") != 1 || strings.Contains(got, "0:\tfrom all to 169.254.169.254 lookup 100") {
+		t.Fatalf("rules after the repair:\n%s", got)
+	}
+}
+
+// TestKernelGuardKeepsTheTasksPriorityOne: with a rule of the task's at
+// priority 1, the local rule goes back to 0 behind the guard, so the
+// task's rule still comes after local delivery.
+func TestKernelGuardKeepsTheTasksPriorityOne(t *testing.T) {
+	p := tempNetns(t)
+	n := strings.TrimPrefix(p, "/var/run/netns/")
+	ip(t, "-n", n, "rule", "add", "pref", "1", "fwmark", "0x7", "lookup", "200")
+	ns, err := NewNamespaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Blackhole(p, []firewall.Family{firewall.IPv4}); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := exec.Command("ip", "-n", n, "rule").CombinedOutput()
+	want := "0:\tfrom all to 169.254.169.254 blackhole proto 73\n0:\tfrom all lookup local\n1:\tfrom all fwmark 0x7 lookup 200\n32766:\tfrom all lookup main\n"
+	if !strings.HasPrefix(string(out), want) {
+		t.Fatalf("rules:\n%s\nwant them to start:\n%s", out, want)
+	}
+	if r, err := ns.Routes(p); err != nil || !r.V4Guard || r.V4Escape != "" {
+		t.Fatalf("%+v %v", r, err)
+	}
+	// Idempotent: a second pass changes nothing.
+	if err := ns.Blackhole(p, []firewall.Family{firewall.IPv4}); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := exec.Command("ip", "-n", n, "rule").CombinedOutput(); string(again) != string(out) {
+		t.Fatalf("second pass changed the rules:\n%s", again)
 	}
 }

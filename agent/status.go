@@ -11,10 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/ecsconfig"
 	"github.com/imdsguard/imdsguard/firewall"
@@ -78,6 +78,8 @@ type ECSStatus struct {
 	RunningAgent  *ecsconfig.Result `json:"running_agent,omitempty"`
 	RestartNeeded bool              `json:"restart_needed"`
 	Wrote         bool              `json:"wrote_ecs_config,omitempty"`
+	// WriteFailed: enforce mode could not write ECS_AWSVPC_BLOCK_IMDS=true.
+	WriteFailed bool `json:"write_failed,omitempty"`
 	// Error says why the newest read of the files failed; nothing is then
 	// claimed (awsvpc_block_imds false, no restart_needed).
 	Error string `json:"error,omitempty"`
@@ -237,13 +239,12 @@ func serveStatus(path string, ep endpoint, h http.Handler, log *logrus.Entry) (f
 		return nil, fmt.Errorf("another imdsguard daemon answers on %s", path)
 	}
 	_ = os.Remove(path)
-	// Created with its final mode: a chmod after Listen would leave a
-	// window in which anyone could connect. Run calls this before it
-	// starts any other goroutine that creates files, so the process-wide
-	// umask cannot affect them.
-	old := syscall.Umask(0o177)
+	// Created with its final mode: between a listen and a chmod anyone
+	// could connect. The umask is the process's, and nothing else creates
+	// files while the daemon starts.
+	old := unix.Umask(0o177)
 	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
+	unix.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}

@@ -50,6 +50,7 @@ func newEnv(t *testing.T, opts sandbox.Options) *env {
 	t.Helper()
 	s := sandbox.NewT(t, opts)
 	e := &env{s: s, hostRoot: filepath.Join(s.Dir, "hostroot"), socket: filepath.Join(s.Dir, "imdsguard.sock")}
+	removeLockFile(t, s)
 	if err := os.MkdirAll(filepath.Join(e.hostRoot, "etc/ecs"), 0o755); err != nil {
 		t.Fatal(err)
 	}

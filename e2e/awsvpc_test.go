@@ -187,11 +187,46 @@ func testAWSVPC(t *testing.T, backend sandbox.Backend) {
 	if v4, v6 := dual.blackholes(t); v4 || v6 {
 		t.Fatal("check mode added routes")
 	}
+	if r := nsRun(t, dual.netnsPath, "ip", "rule"); strings.Contains(r, "blackhole") {
+		t.Fatalf("check mode added a rule:\n%s", r)
+	}
 	out, _ := e.cli(t, "status")
 	t.Logf("imdsguard status (check mode):\n%s", out)
 	if !strings.Contains(out, app) || !strings.Contains(out, "REACHABLE") {
 		t.Fatalf("status does not show the exposed task:\n%s", out)
 	}
+	// The task's blackhole in place (as ECS adds it), and the NET_ADMIN app
+	// routes around it with a policy rule and a table of its own: IMDS
+	// answers, and the task is exposed and the verdict degraded.
+	imdsSide := "192.0.2.5" // newSimTask's ENI gateway for n=1
+	nsRun(t, dual.netnsPath, "ip", "route", "add", "blackhole", "169.254.169.254/32")
+	bypass := func() {
+		t.Helper()
+		for _, c := range [][]string{
+			{"ip", "rule", "add", "to", "169.254.169.254", "lookup", "100"},
+			{"ip", "route", "add", "169.254.169.254", "via", imdsSide, "table", "100"},
+		} {
+			if out, err := s.Docker(append([]string{"exec", app}, c...)...); err != nil {
+				t.Fatalf("%s in the task: %v %s", strings.Join(c, " "), err, out)
+			}
+		}
+	}
+	bypass()
+	if body, err := s.ReadIMDS(app); err != nil || body != sandbox.InstanceID {
+		t.Fatalf("the bypass must reach IMDS past the main table's blackhole: %q %v", body, err)
+	}
+	waitFor(t, "bypass seen", 10*time.Second, func() bool {
+		tk := e.task(t, dual.pause)
+		return tk.IPv4Route && strings.Contains(tk.Escape, "table 100")
+	})
+	if tk := e.task(t, dual.pause); tk.Protected {
+		t.Fatalf("bypassed task reported protected: %+v", tk)
+	}
+	if st := e.status(t); st.Verdict != agent.VerdictDegraded {
+		t.Fatalf("verdict %s with a bypassed task", st.Verdict)
+	}
+	out, _ = e.cli(t, "status")
+	t.Logf("imdsguard status (check mode, bypassed):\n%s", out)
 	if err := e.agent.Stop(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -228,9 +263,32 @@ func testAWSVPC(t *testing.T, backend sandbox.Backend) {
 	}
 	e.assertNeighbours(t, app, true)
 	e.assertNeighbours(t, v4only.pause, false)
+	// The bypass is still there, behind the guard rule.
+	if r := nsRun(t, dual.netnsPath, "ip", "rule"); !strings.HasPrefix(r, "0:\tfrom all to 169.254.169.254 blackhole") || !strings.Contains(r, "lookup 100") {
+		t.Fatalf("rules in enforce mode:\n%s", r)
+	}
+	if tk := e.task(t, dual.pause); !tk.IPv4Guard || !tk.IPv6Guard || tk.Escape != "" {
+		t.Fatalf("enforce mode, web task: %+v", tk)
+	}
+	// The app deletes the guard and puts its own rule first: repaired.
+	// (iproute2 from outside: busybox's ip cannot name a blackhole rule;
+	// the app's NET_ADMIN in this namespace allows the same.)
+	before := e.status(t).Repairs
+	nsRun(t, dual.netnsPath, "sh", "-c", "ip rule del pref 0 to 169.254.169.254 blackhole && ip rule add pref 0 to 169.254.169.254 lookup 100")
+	waitFor(t, "guard repaired", 5*time.Second, func() bool {
+		r := nsRun(t, dual.netnsPath, "ip", "rule")
+		return strings.HasPrefix(r, "0:\tfrom all to 169.254.169.254 blackhole") && !strings.Contains(r, "0:\tfrom all to 169.254.169.254 lookup 100")
+	})
+	if body, err := s.ReadIMDS(app); err == nil {
+		t.Fatalf("after the guard's repair the task reads IMDS: %q", body)
+	}
+	waitFor(t, "guard repair counted, task protected", 10*time.Second, func() bool {
+		tk := e.task(t, dual.pause)
+		return e.status(t).Repairs > before && tk.Protected && tk.IPv4Guard
+	})
 
 	// The container with NET_ADMIN deletes the route from inside.
-	before := e.status(t).Repairs
+	before = e.status(t).Repairs
 	if _, err := s.Docker("exec", app, "ip", "route", "del", "169.254.169.254/32"); err != nil {
 		t.Fatalf("deleting the route from inside the task: %v", err)
 	}

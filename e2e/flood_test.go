@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
 )
 
@@ -295,8 +297,18 @@ func TestBrokenECSConfig(t *testing.T) {
 		make func() error
 		want string
 	}{
-		{"FIFO", func() error { return syscall.Mkfifo(cfg, 0o644) }, "named pipe (FIFO)"},
-		{"link to /dev/zero", func() error { return os.Symlink("/dev/zero", cfg) }, "character device"},
+		{"FIFO", func() error { return syscall.Mkfifo(cfg, 0o644) }, "(a FIFO)"},
+		// Links resolve inside --host-root, so its /dev/zero is the host's.
+		{"link to /dev/zero", func() error {
+			zero := filepath.Join(e.hostRoot, "dev/zero")
+			if err := os.MkdirAll(filepath.Dir(zero), 0o755); err != nil {
+				return err
+			}
+			if err := syscall.Mknod(zero, syscall.S_IFCHR|0o666, int(unix.Mkdev(1, 5))); err != nil {
+				return err
+			}
+			return os.Symlink("/dev/zero", cfg)
+		}, "(a character device)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := os.Remove(cfg); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -52,24 +52,46 @@ func Rewrite(content string) (out string, changed bool) {
 // Enforce makes <hostRoot>/etc/ecs/ecs.config set ECS_AWSVPC_BLOCK_IMDS=true
 // and reports whether it wrote anything. The agent only picks the change up
 // when ecs-init restarts it; that is the caller's decision.
+//
+// A symlink is followed inside the host root (as ecs-init on the host would
+// follow it) and the file it leads to is rewritten in place, atomically,
+// keeping every other line, its mode and owner; the link itself is never
+// replaced. A file that cannot be read in full (not a regular file, over
+// MaxEnvFileSize) is refused: rewriting what was not read would lose lines.
+// Every failure is a *WriteError.
 func Enforce(hostRoot string) (changed bool, err error) {
-	path := hostPath(hostRoot, UserConfigPath)
-	old, err := os.ReadFile(path)
+	real, err := resolveInRoot(hostRoot, UserConfigPath)
+	if err != nil {
+		return false, &WriteError{Path: UserConfigPath, Err: err}
+	}
+	name := describe(UserConfigPath, real)
+	path := hostPath(hostRoot, real)
+	old, err := readRegular(path, MaxEnvFileSize)
 	exists := err == nil
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return false, fmt.Errorf("ecsconfig: reading %s: %w", UserConfigPath, err)
+		return false, &WriteError{Path: name, Err: fmt.Errorf("reading: %w", unwrapPath(err))}
 	}
 	out, changed := Rewrite(string(old))
 	if !changed {
 		return false, nil
 	}
 	if err := writeFileAtomic(path, []byte(out), exists); err != nil {
-		return false, fmt.Errorf("ecsconfig: writing %s: %w", UserConfigPath, err)
+		return false, &WriteError{Path: name, Err: unwrapPath(err)}
 	}
 	return true, nil
 }
 
-// writeFileAtomic replaces path so that readers (ecs-init at boot, possibly
+// WriteError is a failed Enforce: `imdsguard apply` exits non-zero on it.
+type WriteError struct {
+	Path string // in-host, with where a link led
+	Err  error
+}
+
+func (e *WriteError) Error() string { return "ecsconfig: writing " + e.Path + ": " + e.Err.Error() }
+func (e *WriteError) Unwrap() error { return e.Err }
+
+// writeFileAtomic replaces path, a regular file or nothing (links were
+// resolved by the caller), so that readers (ecs-init at boot, possibly
 // after a crash) see either the old or the new file, never a partial one.
 func writeFileAtomic(path string, data []byte, exists bool) (err error) {
 	dir := filepath.Dir(path)
@@ -81,8 +103,8 @@ func writeFileAtomic(path string, data []byte, exists bool) (err error) {
 			return err
 		}
 		// Renaming over a symlink would silently replace it with a file.
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			return fmt.Errorf("%s is a symlink; refusing to replace it", path)
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("%s is no longer a regular file; refusing to replace it", path)
 		}
 		mode = fi.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {

@@ -1,12 +1,15 @@
 package ecsconfig
 
 import (
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestRewrite(t *testing.T) {
@@ -218,22 +221,146 @@ func TestEnforceUnchangedWritesNothing(t *testing.T) {
 	}
 }
 
-func TestEnforceRefusesSymlink(t *testing.T) {
-	root := t.TempDir()
-	target := writeHostFile(t, root, "/srv/ecs.config", "ECS_CLUSTER=prod\n", 0o644)
-	link := filepath.Join(root, UserConfigPath)
-	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+// symlinkHostFile makes the in-host path link point at target (in-host
+// path or relative), creating link's directory.
+func symlinkHostFile(t *testing.T, root, link, target string) string {
+	t.Helper()
+	full := filepath.Join(root, link)
+	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(target, link); err != nil {
+	if err := os.Symlink(target, full); err != nil {
+		t.Fatal(err)
+	}
+	return full
+}
+
+// TestEnforceWritesThroughAbsoluteSymlink is issue 10's case: with
+// --host-root T, T/etc/ecs/ecs.config -> /opt/ecs/ecs.config means
+// T/opt/ecs/ecs.config, which must be rewritten in place, every line kept,
+// and the link left alone.
+func TestEnforceWritesThroughAbsoluteSymlink(t *testing.T) {
+	root := t.TempDir()
+	orig := "ECS_CLUSTER=prod\nECS_ENABLE_TASK_IAM_ROLE=true\n# keep me\nECS_RESERVED_MEMORY=256\n"
+	target := writeHostFile(t, root, "/opt/ecs/ecs.config", orig, 0o640)
+	if err := os.Chown(target, 1234, 5678); err != nil && os.Geteuid() == 0 {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := symlinkHostFile(t, root, UserConfigPath, "/opt/ecs/ecs.config")
+
+	// check reads the real file, too.
+	in, err := Load(root)
+	if err != nil || !in.UserConfig.Present || in.UserConfig.Content != orig {
+		t.Fatalf("Load through the link = %+v, %v; want the target's content", in.UserConfig, err)
+	}
+
+	changed, err := Enforce(root)
+	if err != nil || !changed {
+		t.Fatalf("Enforce = %v, %v", changed, err)
+	}
+	if got, want := readFile(t, target), orig+"ECS_AWSVPC_BLOCK_IMDS=true\n"; got != want {
+		t.Errorf("target = %q, want %q", got, want)
+	}
+	if dest, err := os.Readlink(link); err != nil || dest != "/opt/ecs/ecs.config" {
+		t.Errorf("link = %q, %v; want it intact", dest, err)
+	}
+	after, err := os.Stat(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Mode() != before.Mode() || after.Sys().(*syscall.Stat_t).Uid != before.Sys().(*syscall.Stat_t).Uid ||
+		after.Sys().(*syscall.Stat_t).Gid != before.Sys().(*syscall.Stat_t).Gid {
+		t.Errorf("mode/owner changed: %v -> %v", before.Mode(), after.Mode())
+	}
+	if names := dirNames(t, filepath.Dir(link)); len(names) != 1 {
+		t.Errorf("/etc/ecs holds %v, want only the link", names)
+	}
+	res, err := Evaluate(mustLoad(t, root))
+	if err != nil || !res.AWSVPCBlockIMDS {
+		t.Errorf("after Enforce: %+v, %v; want true", res, err)
+	}
+}
+
+func mustLoad(t *testing.T, root string) Inputs {
+	t.Helper()
+	in, err := Load(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+func TestEnforceRelativeLinkCannotClimbOut(t *testing.T) {
+	outside := t.TempDir()
+	victim := writeHostFile(t, outside, "/ecs.config", "ECS_CLUSTER=outside\n", 0o644)
+	root := t.TempDir()
+	// As many ".." as it takes to leave root on the agent's side: inside the
+	// host root they stop at its "/", so this is root's own /<victim path>.
+	up := strings.Repeat("../", 20)
+	symlinkHostFile(t, root, UserConfigPath, up+strings.TrimPrefix(victim, "/"))
+	if _, err := Enforce(root); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, victim); got != "ECS_CLUSTER=outside\n" {
+		t.Errorf("file outside the host root modified: %q", got)
+	}
+	if got := readFile(t, filepath.Join(root, victim)); got != "ECS_AWSVPC_BLOCK_IMDS=true\n" {
+		t.Errorf("in-root target = %q", got)
+	}
+}
+
+func TestEnforceRefusesWhatItCannotRead(t *testing.T) {
+	root := t.TempDir()
+	big := writeHostFile(t, root, UserConfigPath, "ECS_CLUSTER=prod\n", 0o644)
+	if err := os.Truncate(big, MaxEnvFileSize+1); err != nil {
 		t.Fatal(err)
 	}
 	_, err := Enforce(root)
-	if err == nil || !strings.Contains(err.Error(), "symlink") || !strings.Contains(err.Error(), "/etc/ecs/ecs.config") {
-		t.Fatalf("Enforce error = %v, want a symlink refusal naming the file", err)
+	var we *WriteError
+	if !errors.As(err, &we) || !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), UserConfigPath) {
+		t.Fatalf("Enforce = %v, want a WriteError for a too-large file naming it", err)
 	}
-	if got := readFile(t, target); got != "ECS_CLUSTER=prod\n" {
-		t.Errorf("target modified: %q", got)
+	if fi, _ := os.Stat(big); fi.Size() != MaxEnvFileSize+1 {
+		t.Errorf("file changed size: %d", fi.Size())
+	}
+}
+
+// TestEnforceWriteFailureIsAWriteError makes /etc/ecs unwritable: a
+// read-only tmpfs as root (root ignores permissions), mode 0555 otherwise.
+func TestEnforceWriteFailureIsAWriteError(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "etc/ecs")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=64k"); err != nil {
+			t.Skipf("cannot mount a tmpfs: %v", err)
+		}
+		t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	}
+	writeHostFile(t, root, UserConfigPath, "ECS_CLUSTER=prod\n", 0o644)
+	if os.Geteuid() == 0 {
+		if err := unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		if err := os.Chmod(dir, 0o555); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Chmod(dir, 0o755) })
+	}
+	_, err := Enforce(root)
+	var we *WriteError
+	if !errors.As(err, &we) || !strings.Contains(err.Error(), UserConfigPath) {
+		t.Fatalf("Enforce = %v, want a WriteError naming the file", err)
+	}
+	if got := readFile(t, filepath.Join(root, UserConfigPath)); got != "ECS_CLUSTER=prod\n" {
+		t.Errorf("content = %q", got)
 	}
 }
 

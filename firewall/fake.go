@@ -230,6 +230,30 @@ func (f *Fake) Restore(payload []byte) error {
 			if err := next.insert(chain, len(next.rules[chain])+1, line); err != nil {
 				return fmt.Errorf("restore line %q: %w", line, err)
 			}
+		case strings.HasPrefix(line, "-I "):
+			// "-I CHAIN POS spec…", as the manager writes it.
+			f := strings.Fields(line[3:])
+			var pos int
+			if len(f) < 2 {
+				return fakeErr{fmt.Sprintf("restore: bad line %q", line)}
+			}
+			if _, err := fmt.Sscan(f[1], &pos); err != nil {
+				return fakeErr{fmt.Sprintf("restore: bad position in %q", line)}
+			}
+			if err := next.insert(f[0], pos, rule(f[0], f[2:])); err != nil {
+				return fmt.Errorf("restore line %q: %w", line, err)
+			}
+		case strings.HasPrefix(line, "-D "):
+			// Delete by spec: the first rule that matches, as iptables -D.
+			f := strings.Fields(line[3:])
+			if len(f) < 1 {
+				return fakeErr{fmt.Sprintf("restore: bad line %q", line)}
+			}
+			i := slices.Index(next.rules[f[0]], rule(f[0], f[1:]))
+			if i < 0 {
+				return fakeErr{fmt.Sprintf("restore line %q: Bad rule (does a matching rule exist in that chain?)", line)}
+			}
+			next.rules[f[0]] = slices.Delete(next.rules[f[0]], i, i+1)
 		default:
 			return fakeErr{fmt.Sprintf("restore: unsupported line %q", line)}
 		}

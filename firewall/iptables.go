@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,12 +23,14 @@ const lockWait = 5
 // matching -save/-restore binaries for snapshots and atomic chain rebuilds.
 type execTables struct {
 	*iptables.IPTables
+	family        Family
+	legacy        bool
 	save, restore string
 }
 
 // newExecTables binds one family to one iptables binary ("iptables",
 // "ip6tables-legacy", …); its -save and -restore siblings are named after it.
-func newExecTables(f Family, bin string) (*execTables, error) {
+func newExecTables(f Family, bin string, legacy bool) (*execTables, error) {
 	proto := iptables.ProtocolIPv4
 	if f == IPv6 {
 		proto = iptables.ProtocolIPv6
@@ -34,7 +39,7 @@ func newExecTables(f Family, bin string) (*execTables, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", bin, err)
 	}
-	t := &execTables{IPTables: ipt}
+	t := &execTables{IPTables: ipt, family: f, legacy: legacy}
 	for _, p := range []struct {
 		dst  *string
 		name string
@@ -63,7 +68,40 @@ const runWaitDelay = time.Second
 // Save and Restore are called through Tables, which carries no context;
 // runTimeout bounds them, and a stopping process exits regardless (cmd/).
 func (t *execTables) Save(table string) ([]byte, error) {
+	if t.legacy {
+		exists, err := legacyTableExists(t.family, table)
+		if err != nil {
+			return nil, err
+		}
+		if !exists {
+			// iptables-legacy-save would create the table to list it; with
+			// no table the kernel filters nothing, which is what an empty
+			// table says too.
+			return []byte("*" + table + "\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"), nil
+		}
+	}
 	return run(context.Background(), t.save, nil, "-c", "-t", table)
+}
+
+// legacyTableExists reports whether the legacy (x_tables) table exists in
+// this thread's network namespace. Listing a legacy table with
+// iptables-legacy(-save) creates it (and loads its module), after which every
+// iptables-nft call warns "iptables-legacy tables present"; the names file
+// only reads. It is absent while the ip_tables module is not loaded, which
+// also means no table.
+func legacyTableExists(f Family, table string) (bool, error) {
+	name := "/proc/thread-self/net/ip_tables_names"
+	if f == IPv6 {
+		name = "/proc/thread-self/net/ip6_tables_names"
+	}
+	b, err := os.ReadFile(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return slices.Contains(strings.Fields(string(b)), table), nil
 }
 
 func (t *execTables) Restore(payload []byte) error {
@@ -176,8 +214,14 @@ func binaryMode(bin string) (string, error) {
 	return "", fmt.Errorf("%s: cannot tell nft from legacy in %q", bin, strings.TrimSpace(string(out)))
 }
 
-// hasDockerChains reports whether bin's filter table has Docker's chains.
+// hasDockerChains reports whether bin's filter table has Docker's chains,
+// creating nothing: a legacy table that does not exist is not listed.
 func hasDockerChains(bin string) bool {
+	if strings.HasSuffix(bin, "-legacy") {
+		if ok, err := legacyTableExists(IPv4, Table); err != nil || !ok {
+			return false
+		}
+	}
 	path, err := exec.LookPath(saveName(bin))
 	if err != nil {
 		return false
@@ -199,7 +243,7 @@ func NewManagerFor(b Backend, spec Spec, families ...Family) (*Manager, error) {
 	tables := map[Family]Tables{}
 	var errs []error
 	for _, f := range families {
-		t, err := newExecTables(f, b.Binaries[f])
+		t, err := newExecTables(f, b.Binaries[f], b.Mode == "legacy")
 		if err != nil {
 			errs = append(errs, err)
 			continue

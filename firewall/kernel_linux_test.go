@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,27 +21,39 @@ import (
 )
 
 // inNewNetns runs fn on a thread moved into a fresh network namespace, so the
-// iptables processes it starts see only that namespace's tables.
+// iptables processes it starts see only that namespace's tables. fn runs on
+// the test's own goroutine, so it may call t.Fatal: the deferred switch back
+// still runs. Should the switch back fail, the thread stays locked and dies
+// with the test's goroutine, so it never returns to the pool in the wrong
+// namespace.
 func inNewNetns(t *testing.T, fn func()) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates a network namespace and runs iptables")
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// The thread is left locked and dies with the goroutine, so it never
-		// returns to the pool in the wrong namespace.
-		runtime.LockOSThread()
-		ns, err := netns.New()
-		if err != nil {
-			t.Errorf("new netns: %v", err)
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("current netns: %v", err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		t.Fatalf("new netns: %v", err)
+	}
+	defer ns.Close()
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			t.Errorf("back to the original network namespace: %v", err)
 			return
 		}
-		defer ns.Close()
-		fn()
+		runtime.UnlockOSThread()
 	}()
-	<-done
+	fn()
 }
 
 // legacyPath puts iptables* names linked to the -legacy binaries first on
@@ -249,4 +262,159 @@ func cgroup2Mount(t *testing.T) string {
 	}
 	t.Skip("no cgroup v2 hierarchy mounted")
 	return ""
+}
+
+// TestKernelConcurrentEnsure runs two managers (two `imdsguard apply` without
+// the lock between them) against each drift, 50 rounds: deleting by spec in
+// one transaction must leave exactly one jump in each chain and never touch
+// the operator's own DOCKER-USER rule, which rule-number deletion from a
+// stale read did.
+func TestKernelConcurrentEnsure(t *testing.T) {
+	for _, mode := range []string{"nft", "legacy"} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == "legacy" {
+				legacyPath(t)
+			}
+			inNewNetns(t, func() { kernelConcurrent(t) })
+		})
+	}
+}
+
+func kernelConcurrent(t *testing.T) {
+	ns, err := netns.Get()
+	if err != nil {
+		t.Errorf("netns: %v", err)
+		return
+	}
+	defer ns.Close()
+	b, err := DetectBackend("auto")
+	if err != nil {
+		t.Errorf("detect: %v", err)
+		return
+	}
+	ipt := func(f Family, args ...string) error {
+		out, err := exec.Command(b.Binaries[f], args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s %v: %v %s", b.Binaries[f], args, err, out)
+		}
+		return nil
+	}
+	operator := map[Family][]string{IPv4: {"-s", "10.9.9.9/32", "-j", "DROP"}, IPv6: {"-s", "fd00:9::9/128", "-j", "DROP"}}
+	for _, f := range []Family{IPv4, IPv6} {
+		for _, args := range [][]string{
+			{"-N", DockerUser}, {"-A", DockerUser, "-j", "RETURN"},
+			append([]string{"-I", DockerUser, "1"}, operator[f]...),
+			{"-A", Forward, "-j", DockerUser}, {"-A", Forward, "-j", DockerUser},
+		} {
+			if err := ipt(f, args...); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}
+	managers := make([]*Manager, 2)
+	for i := range managers {
+		if managers[i], err = NewManagerFor(b, Spec{Action: ActionDrop}, IPv4, IPv6); err != nil {
+			t.Error(err)
+			return
+		}
+	}
+	for round := range 50 {
+		if round > 0 {
+			// Drift both ways: a duplicate jump behind the operator's rule,
+			// and a second FORWARD jump.
+			for _, f := range []Family{IPv4, IPv6} {
+				if err := ipt(f, "-I", DockerUser, "3", "-j", Chain); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := ipt(f, "-A", Forward, "-j", DockerUser); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}
+		errs := make(chan error, 2)
+		for _, m := range managers {
+			go func() {
+				// Every iptables process must start in the test's namespace:
+				// this thread is moved there and never returned to the pool.
+				runtime.LockOSThread()
+				if err := netns.Set(ns); err != nil {
+					errs <- fmt.Errorf("setns: %w", err)
+					return
+				}
+				_, err := m.Ensure(context.Background())
+				errs <- err
+			}()
+		}
+		var ensureErrs []error
+		for range managers {
+			if err := <-errs; err != nil {
+				ensureErrs = append(ensureErrs, err)
+			}
+		}
+		for _, f := range []Family{IPv4, IPv6} {
+			out, err := exec.Command(saveName(b.Binaries[f]), "-t", Table).Output()
+			if err != nil {
+				t.Errorf("save: %v", err)
+				return
+			}
+			o := parseSave(out)
+			if n := len(indices(o.dockerUser, jumpRule(DockerUser, Chain))); n != 1 || o.dockerUser[0] != jumpRule(DockerUser, Chain) {
+				t.Errorf("round %d %s: DOCKER-USER %q (errors %v)", round, f, o.dockerUser, ensureErrs)
+			}
+			if n := len(indices(o.forward, jumpRule(Forward, DockerUser))); n != 1 {
+				t.Errorf("round %d %s: FORWARD %q (errors %v)", round, f, o.forward, ensureErrs)
+			}
+			if !slices.Contains(o.dockerUser, rule(DockerUser, operator[f])) {
+				t.Errorf("round %d %s: the operator's rule is gone: %q", round, f, o.dockerUser)
+			}
+			if t.Failed() {
+				return
+			}
+		}
+		if len(ensureErrs) > 0 {
+			t.Logf("round %d: %v", round, ensureErrs)
+		}
+	}
+}
+
+// TestKernelDetectAndCheckCreateNothing: detecting the backend and checking,
+// on either flavour, in a namespace without tables, leaves it without legacy
+// tables (iptables-legacy-save alone would create the filter table).
+func TestKernelDetectAndCheckCreateNothing(t *testing.T) {
+	for _, mode := range []string{"nft", "legacy"} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == "legacy" {
+				legacyPath(t)
+			}
+			inNewNetns(t, func() {
+				b, err := DetectBackend("auto")
+				if err != nil {
+					t.Errorf("detect: %v", err)
+					return
+				}
+				m, err := NewManagerFor(b, Spec{Action: ActionDrop}, IPv4, IPv6)
+				if err != nil {
+					t.Errorf("manager: %v", err)
+					return
+				}
+				states, _ := m.Check(context.Background())
+				for _, st := range states {
+					if st.Enforced || st.Err != nil {
+						t.Errorf("%s: %+v, want not enforced and no error", st.Family, st)
+					}
+				}
+				for _, f := range []Family{IPv4, IPv6} {
+					if ok, err := legacyTableExists(f, Table); err != nil || ok {
+						t.Errorf("%s/%s: legacy filter table exists after detect and check (%v)", mode, f, err)
+					}
+				}
+				if out, err := exec.Command("nft", "list", "ruleset").Output(); err == nil && len(strings.TrimSpace(string(out))) > 0 {
+					t.Errorf("nftables ruleset after detect and check:\n%s", out)
+				}
+			})
+		})
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -13,13 +14,13 @@ import (
 // so a stateful fake can stand in for the kernel in unit tests.
 type Tables interface {
 	NewChain(table, chain string) error
-	Insert(table, chain string, pos int, rulespec ...string) error
-	DeleteById(table, chain string, id int) error
 	ClearAndDeleteChain(table, chain string) error
 	// Save returns `iptables-save -c -t table`: one consistent snapshot of
 	// every chain with counters, in one process.
 	Save(table string) ([]byte, error)
-	// Restore feeds payload to iptables-restore --noflush.
+	// Restore feeds payload to iptables-restore --noflush: one atomic
+	// transaction, which is also how jumps are inserted and deleted (by
+	// their full spec, never by a rule number read earlier).
 	Restore(payload []byte) error
 }
 
@@ -213,32 +214,33 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 			errs = append(errs, fmt.Errorf("creating %s: %w", DockerUser, err))
 		}
 	}
-	if reasons[ReasonJumpMissing] || reasons[ReasonJumpNotFirst] || reasons[ReasonJumpDuplicate] {
-		if err := fixFirstJump(t, o.dockerUser, DockerUser, Chain); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if reasons[ReasonForwardJumpMissing] || reasons[ReasonForwardJumpLate] {
-		// Docker deletes and re-inserts this same rule at the top of FORWARD
-		// on every start, so inserting it ourselves never fights Docker.
-		if err := t.Insert(Table, Forward, 1, "-j", DockerUser); err != nil {
-			errs = append(errs, fmt.Errorf("inserting the %s jump to %s: %w", Forward, DockerUser, err))
-		}
-	}
-	if reasons[ReasonOutputJumpMissing] || reasons[ReasonOutputJumpNotFirst] || reasons[ReasonOutputJumpDuplicate] {
-		// After a failed rebuild the chain may not exist; the insert then
-		// fails and is reported, and nothing that exists is removed.
-		if err := fixFirstJump(t, o.output, Output, HostChain); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	// A jump fix that failed and was then made good by the convergence
+	// below is not an error: only what is still wrong is reported.
+	jumpErrs := fixJumps(t, o, reasons)
 
 	// Verify with a fresh read: only the kernel's word counts as enforced.
 	o, err = observe(t)
 	if err != nil {
-		return st, errors.Join(append(errs, fmt.Errorf("verifying: %w", err))...)
+		return st, errors.Join(append(append(errs, jumpErrs...), fmt.Errorf("verifying: %w", err))...)
 	}
 	left := o.problems(f, m.spec)
+	// Another writer (Docker re-inserting its FORWARD jump, a second
+	// imdsguard without the lock) can race a jump fix into a duplicate; the
+	// fix is idempotent, so converge on what the fresh read shows.
+	for range maxJumpRetries {
+		rs, ok := onlyJumps(left)
+		if !ok {
+			break
+		}
+		jumpErrs = append(jumpErrs, fixJumps(t, o, rs)...)
+		if o, err = observe(t); err != nil {
+			return st, errors.Join(append(append(errs, jumpErrs...), fmt.Errorf("verifying: %w", err))...)
+		}
+		left = o.problems(f, m.spec)
+	}
+	if len(left) > 0 {
+		errs = append(errs, jumpErrs...)
+	}
 	st.Packets, st.Bytes = o.packets, o.bytes
 	st.Enforced = len(left) == 0
 	if st.Enforced {
@@ -252,6 +254,53 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 	return st, errors.Join(errs...)
 }
 
+// maxJumpRetries bounds the convergence of jump fixes within one Ensure.
+const maxJumpRetries = 3
+
+var jumpReasons = map[Reason]bool{
+	ReasonJumpMissing: true, ReasonJumpNotFirst: true, ReasonJumpDuplicate: true,
+	ReasonForwardJumpMissing: true, ReasonForwardJumpLate: true, ReasonForwardJumpDuplicate: true,
+	ReasonOutputJumpMissing: true, ReasonOutputJumpNotFirst: true, ReasonOutputJumpDuplicate: true,
+}
+
+// onlyJumps returns the reasons of ps when there are some and all are about
+// jumps.
+func onlyJumps(ps []Problem) (map[Reason]bool, bool) {
+	rs := make(map[Reason]bool, len(ps))
+	for _, p := range ps {
+		if !jumpReasons[p.Reason] {
+			return nil, false
+		}
+		rs[p.Reason] = true
+	}
+	return rs, len(rs) > 0
+}
+
+// fixJumps fixes the jumps reasons name, given the read o.
+func fixJumps(t Tables, o observed, reasons map[Reason]bool) []error {
+	var errs []error
+	if reasons[ReasonJumpMissing] || reasons[ReasonJumpNotFirst] || reasons[ReasonJumpDuplicate] {
+		if err := fixFirstJump(t, DockerUser, Chain, len(indices(o.dockerUser, jumpRule(DockerUser, Chain)))); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if reasons[ReasonForwardJumpMissing] || reasons[ReasonForwardJumpLate] || reasons[ReasonForwardJumpDuplicate] {
+		// Docker deletes and re-inserts this same rule at the top of FORWARD
+		// on every start, so doing the same never fights Docker.
+		if err := fixFirstJump(t, Forward, DockerUser, len(indices(o.forward, jumpRule(Forward, DockerUser)))); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if reasons[ReasonOutputJumpMissing] || reasons[ReasonOutputJumpNotFirst] || reasons[ReasonOutputJumpDuplicate] {
+		// After a failed rebuild the chain may not exist; the insert then
+		// fails and is reported, and nothing that exists is removed.
+		if err := fixFirstJump(t, Output, HostChain, len(indices(o.output, jumpRule(Output, HostChain)))); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
 // chainExists re-reads the table after a failed create: Docker may have
 // created the chain between our read and our write.
 func chainExists(t Tables, chain string) bool {
@@ -259,35 +308,43 @@ func chainExists(t Tables, chain string) bool {
 	return err == nil && slices.Contains(parseSave(out).chains, chain)
 }
 
-// fixFirstJump makes "-j to" rule 1 of chain from, exactly once, given the
-// chain's current rules. The new jump goes in first and stale copies are
-// deleted from the bottom up, so there is no moment without a jump and the
-// rule numbers still to be deleted stay valid.
-func fixFirstJump(t Tables, rules []string, from, to string) error {
-	idx := indices(rules, jumpRule(from, to))
-	shift := 0
-	if len(idx) == 0 || idx[0] != 0 {
-		if err := t.Insert(Table, from, 1, "-j", to); err != nil {
-			return fmt.Errorf("inserting the %s jump to %s: %w", from, to, err)
-		}
-		shift = 1
-	} else {
-		idx = idx[1:]
+// fixFirstJump makes "-j to" rule 1 of chain from, exactly once, in one
+// iptables-restore transaction: delete the n copies seen by their spec, then
+// insert one at the top. The kernel applies it whole or not at all, so there
+// is no moment without a jump, and no rule number read earlier can point at
+// someone else's rule by the time it is used. If another writer changed the
+// copies since the read, a delete finds nothing and the transaction fails
+// whole: the table is re-read and the fix tried once more.
+func fixFirstJump(t Tables, from, to string, n int) error {
+	err := t.Restore(jumpPayload(from, to, n, true))
+	if err == nil {
+		return nil
 	}
-	return deleteJumps(t, from, to, idx, shift)
+	o, rerr := observe(t)
+	if rerr != nil {
+		return errors.Join(fmt.Errorf("making the %s jump to %s rule 1: %w", from, to, err), rerr)
+	}
+	rules := map[string][]string{DockerUser: o.dockerUser, Forward: o.forward, Output: o.output}[from]
+	if err := t.Restore(jumpPayload(from, to, len(indices(rules, jumpRule(from, to))), true)); err != nil {
+		return fmt.Errorf("making the %s jump to %s rule 1: %w", from, to, err)
+	}
+	return nil
 }
 
-// deleteJumps deletes the jumps at positions idx (0-based, ascending, each
-// shifted by shift) from the bottom up, so the numbers still to be deleted
-// stay valid.
-func deleteJumps(t Tables, from, to string, idx []int, shift int) error {
-	var errs []error
-	for i := len(idx) - 1; i >= 0; i-- {
-		if err := t.DeleteById(Table, from, idx[i]+1+shift); err != nil {
-			errs = append(errs, fmt.Errorf("deleting the %s jump to %s: %w", from, to, err))
-		}
+// jumpPayload deletes n copies of "-j to" from chain from by their spec
+// (iptables -D deletes the first rule that matches it) and, with insert,
+// puts one back as rule 1.
+func jumpPayload(from, to string, n int, insert bool) []byte {
+	var b strings.Builder
+	b.WriteString("*" + Table + "\n")
+	for range n {
+		b.WriteString("-D " + from + " -j " + to + "\n")
 	}
-	return errors.Join(errs...)
+	if insert {
+		b.WriteString("-I " + from + " 1 -j " + to + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	return []byte(b.String())
 }
 
 // Remove deletes what imdsguard owns — every DOCKER-USER jump to IMDS-GUARD,
@@ -308,8 +365,12 @@ func (m *Manager) Remove(ctx context.Context) error {
 			rules    []string
 			from, to string
 		}{{o.dockerUser, DockerUser, Chain}, {o.output, Output, HostChain}} {
-			if err := deleteJumps(t, j.from, j.to, indices(j.rules, jumpRule(j.from, j.to)), 0); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", f, err))
+			n := len(indices(j.rules, jumpRule(j.from, j.to)))
+			if n == 0 {
+				continue
+			}
+			if err := t.Restore(jumpPayload(j.from, j.to, n, false)); err != nil {
+				errs = append(errs, fmt.Errorf("%s: deleting the %s jumps to %s: %w", f, j.from, j.to, err))
 			}
 		}
 		for _, c := range []struct {

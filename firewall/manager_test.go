@@ -396,3 +396,33 @@ func BenchmarkEnsureSteadyState(b *testing.B) {
 		}
 	}
 }
+
+// TestEnsureReducesDuplicateJumps: duplicates in FORWARD and DOCKER-USER are
+// deleted by their spec, the operator's rules between them stay.
+func TestEnsureReducesDuplicateJumps(t *testing.T) {
+	m, fakes := newFakeManager(ActionDrop)
+	for _, f := range fakes {
+		dockerRuleset(t, f)
+		must(t, f.Append(Forward, "-j", DockerUser))
+		must(t, f.Insert(Table, DockerUser, 1, "-s", "10.9.9.9/32", "-j", "DROP"))
+	}
+	if _, err := m.Ensure(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// A stale duplicate behind the operator's rule.
+	must(t, fakes[IPv4].Insert(Table, DockerUser, 3, "-j", Chain))
+	states, err := m.Ensure(context.Background())
+	if err != nil || !states[0].Enforced {
+		t.Fatalf("Ensure = %+v, %v", states, err)
+	}
+	for fam, f := range fakes {
+		o := parseSave(must1(f.Save(Table)))
+		if n := len(indices(o.forward, jumpRule(Forward, DockerUser))); n != 1 || o.forward[0] != jumpRule(Forward, DockerUser) {
+			t.Errorf("%s FORWARD = %q", fam, o.forward)
+		}
+		want := []string{jumpRule(DockerUser, Chain), "-A DOCKER-USER -s 10.9.9.9/32 -j DROP", "-A DOCKER-USER -j RETURN"}
+		if !slices.Equal(o.dockerUser, want) {
+			t.Errorf("%s DOCKER-USER = %q, want %q", fam, o.dockerUser, want)
+		}
+	}
+}

@@ -18,6 +18,9 @@ const (
 	ReasonJumpDuplicate      Reason = "jump_duplicate"
 	ReasonForwardJumpMissing Reason = "forward_jump_missing"
 	ReasonForwardJumpLate    Reason = "forward_jump_late"
+	// ReasonForwardJumpDuplicate: more than one FORWARD jump to
+	// DOCKER-USER, which makes every packet walk it twice.
+	ReasonForwardJumpDuplicate Reason = "forward_jump_duplicate"
 	// Host-network blocking (only with Spec.Host).
 	ReasonHostChainMissing    Reason = "host_chain_missing"
 	ReasonHostChainModified   Reason = "host_chain_modified"
@@ -29,7 +32,7 @@ const (
 // Reasons lists every Reason, so metrics can start each series at zero.
 var Reasons = []Reason{
 	ReasonChainMissing, ReasonChainModified, ReasonDockerUserMissing, ReasonJumpMissing,
-	ReasonJumpNotFirst, ReasonJumpDuplicate, ReasonForwardJumpMissing, ReasonForwardJumpLate,
+	ReasonJumpNotFirst, ReasonJumpDuplicate, ReasonForwardJumpMissing, ReasonForwardJumpLate, ReasonForwardJumpDuplicate,
 	ReasonHostChainMissing, ReasonHostChainModified, ReasonOutputJumpMissing, ReasonOutputJumpNotFirst,
 	ReasonOutputJumpDuplicate,
 }
@@ -117,6 +120,8 @@ func (o observed) problems(f Family, spec Spec) []Problem {
 	firstJump(o.dockerUser, DockerUser, Chain, ReasonJumpMissing, ReasonJumpNotFirst, ReasonJumpDuplicate)
 	if ok, reason, detail := forwardJumpOK(o.forward); !ok {
 		add(reason, "%s", detail)
+	} else if n := len(indices(o.forward, jumpRule(Forward, DockerUser))); n > 1 {
+		add(ReasonForwardJumpDuplicate, "%s jumps to %s %d times", Forward, DockerUser, n)
 	}
 	if spec.Host != nil {
 		body(HostChain, o.hostExists, o.host, spec.HostRules(f), ReasonHostChainMissing, ReasonHostChainModified)
@@ -138,6 +143,8 @@ func (r Reason) Fix() string {
 		return "deleted the extra jumps"
 	case ReasonForwardJumpMissing, ReasonForwardJumpLate:
 		return "inserted the jump to " + DockerUser + " as rule 1 of " + Forward
+	case ReasonForwardJumpDuplicate:
+		return "kept one jump to " + DockerUser + ", as rule 1 of " + Forward
 	case ReasonHostChainMissing, ReasonHostChainModified:
 		return "rebuilt " + HostChain + " with iptables-restore"
 	case ReasonOutputJumpMissing, ReasonOutputJumpNotFirst:

@@ -13,13 +13,19 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/hostlock"
 )
+
+// oneShotWait is how long a command waits for a one-shot apply or remove
+// that holds the lock; a daemon holding it is refused at once.
+const oneShotWait = 30 * time.Second
 
 // setup parses the shared flags plus the command's own and builds the
 // logger. extra registers command-specific flags.
@@ -113,6 +119,11 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) int {
 	if err := requireNetAdmin(); err != nil {
 		return fail(stderr, "run", err)
 	}
+	lock, err := hostlock.Acquire(ctx, hostlock.DefaultDir, hostlock.RoleDaemon, oneShotWait)
+	if err != nil {
+		return fail(stderr, "run", err)
+	}
+	defer lock.Release()
 	a, err := newAgent(cfg, log, systemdHooks(log))
 	if err != nil {
 		return fail(stderr, "run", err)
@@ -146,6 +157,11 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if err := requireNetAdmin(); err != nil {
 		return fail(stderr, "apply", err)
 	}
+	lock, err := hostlock.Acquire(ctx, hostlock.DefaultDir, "apply", oneShotWait)
+	if err != nil {
+		return fail(stderr, "apply", err)
+	}
+	defer lock.Release()
 	a, err := newAgent(cfg, log, agent.Hooks{})
 	if err != nil {
 		return fail(stderr, "apply", err)
@@ -158,6 +174,11 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			err = errors.New("the IMDS block is not in place")
 		}
 		return fail(stderr, "apply", err)
+	}
+	if st.ECSConfig.WriteFailed {
+		// Asked to write ECS_AWSVPC_BLOCK_IMDS=true and could not: awsvpc
+		// tasks stay exposed, so the boot script must know.
+		return fail(stderr, "apply", fmt.Errorf("rules in place, but %s", st.ECSConfig.Error))
 	}
 	if err != nil {
 		// The rules are in place; what failed is reporting (ECS config,
@@ -229,7 +250,13 @@ func cmdRemove(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err := requireNetAdmin(); err != nil {
 		return fail(stderr, "remove", err)
 	}
-	// A running daemon would put the rules straight back.
+	// A running daemon would put the rules straight back. The lock names
+	// it; the socket also finds one that sees another /run.
+	lock, err := hostlock.Acquire(ctx, hostlock.DefaultDir, "remove", oneShotWait)
+	if err != nil {
+		return fail(stderr, "remove", fmt.Errorf("%w: stop it first (systemctl stop imdsguard)", err))
+	}
+	defer lock.Release()
 	if _, err := agent.QueryStatus(ctx, cfg.StatusSocket); err == nil {
 		return fail(stderr, "remove", fmt.Errorf("the daemon is running (it answers on %s): stop it first (systemctl stop imdsguard)", cfg.StatusSocket))
 	}

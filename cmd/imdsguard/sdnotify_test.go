@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,15 +57,49 @@ type fakeClock struct{ t time.Time }
 
 func (c *fakeClock) now() time.Time { return c.t }
 
+// TestSystemdHooksNoSocket: outside systemd (NOTIFY_SOCKET unset) the
+// hooks send nothing, ask for no watchdog even when WATCHDOG_USEC says one,
+// warn about nothing and return at once.
 func TestSystemdHooksNoSocket(t *testing.T) {
+	conn := fakeSystemd(t) // a listener that must hear nothing
 	t.Setenv("NOTIFY_SOCKET", "")
 	t.Setenv("WATCHDOG_USEC", "30000000")
-	h := systemdHooks(testLog())
-	// Must not panic or block without systemd.
-	h.Ready()
-	h.Alive()
-	h.Stopping()
+	t.Setenv("WATCHDOG_PID", "")
+	var warnings countHook
+	log := testLog()
+	log.Logger.AddHook(&warnings)
+	if n := newNotifier(log, time.Now); n.enabled || n.minGap != 0 {
+		t.Fatalf("without NOTIFY_SOCKET: enabled %v, watchdog every %v; want neither", n.enabled, n.minGap)
+	}
+	h := systemdHooks(log)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.Ready()
+		h.Alive()
+		h.Alive()
+		h.Stopping()
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the hooks block without systemd")
+	}
+	if msgs := received(t, conn); len(msgs) != 0 {
+		t.Fatalf("sent %q without NOTIFY_SOCKET", msgs)
+	}
+	if n := warnings.n.Load(); n != 0 {
+		t.Fatalf("%d warnings without systemd", n)
+	}
 }
+
+// countHook counts log entries at warning level and above.
+type countHook struct{ n atomic.Int32 }
+
+func (h *countHook) Levels() []logrus.Level {
+	return []logrus.Level{logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel, logrus.WarnLevel}
+}
+func (h *countHook) Fire(*logrus.Entry) error { h.n.Add(1); return nil }
 
 func TestSystemdHooksReadyOnce(t *testing.T) {
 	conn := fakeSystemd(t)

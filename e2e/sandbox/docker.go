@@ -39,8 +39,13 @@ func (s *Sandbox) StartDockerd(ctx context.Context) error {
 		"--iptables=true",
 		"--shutdown-timeout", "3",
 	}
+	if s.opts.CgroupV2 {
+		// systemd is not the cgroup manager in the sandbox's namespace.
+		args = append(args, "--exec-opt", "native.cgroupdriver=cgroupfs")
+	}
 	args = append(args, s.opts.DockerdArgs...)
-	p, err := startIn(s.Dir, s.HostNetNSPath, "dockerd", "dockerd", args, s.Env())
+	bin, args := s.withCgroupV2("dockerd", args)
+	p, err := startIn(s.Dir, s.HostNetNSPath, "dockerd", bin, args, s.Env())
 	if err != nil {
 		return err
 	}

@@ -75,6 +75,12 @@ type Options struct {
 	DockerdArgs []string
 	// MockArgs are appended to each ec2-metadata-mock command line.
 	MockArgs []string
+	// CgroupV2 runs dockerd and every process started in the host
+	// namespace (StartProcess, HostCommand) in a private mount namespace
+	// with the unified cgroup v2 hierarchy at /sys/fs/cgroup, so that on a
+	// cgroup v1 or hybrid machine Docker (cgroupfs driver) gives each
+	// container a cgroup v2 group of its own, as on a cgroup v2 host.
+	CgroupV2 bool
 }
 
 // Sandbox is one simulated container instance. Its methods are safe for
@@ -283,8 +289,23 @@ func (s *Sandbox) Env() []string {
 	)
 }
 
+// withCgroupV2 wraps a command line for the host namespace's processes: with
+// Options.CgroupV2 it runs in a mount namespace of its own (private, so
+// nothing propagates to the machine and it vanishes with its processes)
+// where cgroup2 is mounted over /sys/fs/cgroup. Every process so started
+// sees the same hierarchy: there is one cgroup2 hierarchy per kernel. Each
+// step execs, so the pid is the program's.
+func (s *Sandbox) withCgroupV2(bin string, args []string) (string, []string) {
+	if !s.opts.CgroupV2 {
+		return bin, args
+	}
+	return "unshare", append([]string{"--mount", "--propagation", "private", "--",
+		"sh", "-c", `mount -t cgroup2 none /sys/fs/cgroup && exec "$0" "$@"`, bin}, args...)
+}
+
 // HostCommand prepares name to run in the host namespace with Env.
 func (s *Sandbox) HostCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	name, args = s.withCgroupV2(name, args)
 	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + s.HostNetNSPath, "--", name}, args...)...)
 	cmd.Env = s.Env()
 	cmd.WaitDelay = 2 * time.Second
@@ -450,6 +471,7 @@ func waitListening(ctx context.Context, nsPath, addr string, port int, p *Proces
 // StartProcess runs bin in the host namespace with Env; its output goes to
 // Dir/name.log. Close stops it (SIGTERM, then SIGKILL after 5s).
 func (s *Sandbox) StartProcess(name string, bin string, args ...string) (*Process, error) {
+	bin, args = s.withCgroupV2(bin, args)
 	p, err := startIn(s.Dir, s.HostNetNSPath, name, bin, args, s.Env())
 	if err != nil {
 		return nil, err
