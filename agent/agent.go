@@ -495,7 +495,9 @@ func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (
 		env, envOK = a.ecsView.agentEnv(agentID)
 	} else {
 		last = a.newECSReader(enforce && a.cfg.ECSConfigMode == ECSModeEnforce).get(ctx)
-		good = last
+		if last.err == nil {
+			good = last
+		}
 		if agentID != "" && last.err == nil {
 			env.env, env.err = a.docker.Env(ctx, agentID)
 			envOK = true
@@ -513,6 +515,9 @@ func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (
 			st.Present = st.Present || good.in.InstanceConfig.Present || good.in.UserConfig.Present || good.in.JSONConfig.Present
 		}
 		issue := last.err.Error()
+		if last.writeFailed {
+			issue = "cannot write ECS_AWSVPC_BLOCK_IMDS=true: " + issue
+		}
 		if st.Stale {
 			issue += fmt.Sprintf(" (last good read %s; ECS_AWSVPC_BLOCK_IMDS is not claimed)", good.at.Format(time.RFC3339))
 		}

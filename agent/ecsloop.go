@@ -59,7 +59,8 @@ func readECSFiles(ctx context.Context, hostRoot string, enforce bool) ecsFiles {
 	if enforce {
 		changed, err := ecsconfig.Enforce(hostRoot)
 		if err != nil {
-			f.err, f.writeFailed = fmt.Errorf("cannot write ECS_AWSVPC_BLOCK_IMDS=true: %w", err), true
+			// ecsconfig's WriteError names the file; apply prints it.
+			f.err, f.writeFailed = err, true
 			return f
 		}
 		f.wrote = changed

@@ -264,3 +264,20 @@ func TestDaemonReadsAgentEnvOncePerContainer(t *testing.T) {
 		t.Fatalf("the old agent's environment is still kept: %v", e)
 	}
 }
+
+// TestOneShotFailedReadIsNotStale: a one-shot command has no earlier read
+// to show, so a failed read is an error and nothing is called stale.
+func TestOneShotFailedReadIsNotStale(t *testing.T) {
+	fx := newFixture(t)
+	p := filepath.Join(fx.cfg.HostRoot, ecsconfig.UserConfigPath)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := fx.build(t).Once(context.Background(), false)
+	if err == nil || st.ECSConfig.Stale || st.ECSConfig.Config != nil || st.ECSConfig.AWSVPCBlockIMDS || !strings.Contains(st.ECSConfig.Error, "FIFO") {
+		t.Fatalf("err %v, ecs %+v", err, st.ECSConfig)
+	}
+}
