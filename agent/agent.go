@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -85,12 +86,19 @@ type Agent struct {
 	statusJSON  []byte
 	repairs     uint64
 	blocked     map[firewall.Family][2]uint64 // accumulated since start
-	lastCounts  map[firewall.Family][2]uint64 // last chain counters seen
+	lastCounts  map[string][2]uint64          // last counters seen, by "family/chain"
 	ready       bool
 	lastSuccess time.Time
 
 	namespaces Namespaces
 	sys        System
+	// ports finds exempt containers' bridge ports (in the lister).
+	ports PortFinder
+	// granted are the exemptions in force after the last enforcing pass,
+	// by short ID, so granting and withdrawing is logged once.
+	granted map[string]Exemption
+	// verdictSeen is the verdict last published, for transition logs.
+	verdictSeen string
 	// routesSeen marks awsvpc tasks (by pause ID) verified protected, so a
 	// route that goes missing later is counted as drift.
 	routesSeen map[string]bool
@@ -122,6 +130,8 @@ type Options struct {
 	Namespaces Namespaces
 	// System reads cgroups for host-network blocking; nil is the machine.
 	System System
+	// Ports finds exempt containers' bridge ports; nil is rtnetlink.
+	Ports PortFinder
 }
 
 // New builds an agent. Nothing touches the system until Once or Run.
@@ -129,8 +139,12 @@ func New(o Options) *Agent {
 	a := &Agent{
 		cfg: o.Config, log: o.Log, newFW: o.Firewall, docker: o.Docker, hooks: o.Hooks,
 		version: o.Version, watchNFT: o.WatchNFTables,
-		blocked: map[firewall.Family][2]uint64{}, lastCounts: map[firewall.Family][2]uint64{},
+		blocked: map[firewall.Family][2]uint64{}, lastCounts: map[string][2]uint64{},
 		namespaces: o.Namespaces, sys: o.System, routesSeen: map[string]bool{}, watches: map[string]nsWatch{},
+		ports: o.Ports,
+	}
+	if a.ports == nil {
+		a.ports = netlinkPorts{}
 	}
 	if a.sys == nil {
 		a.sys = realSystem{}
@@ -200,7 +214,10 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	// exemptions and host-network cgroups. Without a container list every
 	// exemption goes (fail closed) and the host chain is left as it is
 	// (dropping its rules would unblock containers that may still run).
-	exempt, exemptList, exemptAddrs := exemptions(a.cfg, containers)
+	exempt, exemptList, exemptSpec := exemptions(a.cfg, containers)
+	if enforce {
+		a.logExemptions(exemptList, containers, dockerErr)
+	}
 	host, hostSpec, hostBlocked, hostStale, hostErr := a.hostNetwork(ctx, containers, exempt, dockerErr == nil)
 	if dockerErr != nil {
 		hostSpec = nil
@@ -212,7 +229,7 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	lap("containers")
 
 	// Firewall.
-	spec := firewall.Spec{Action: a.cfg.Action, Exempt: exemptAddrs, Host: hostSpec}
+	spec := firewall.Spec{Action: a.cfg.Action, Exempt: exemptSpec, Host: hostSpec}
 	if enforce && hostSpec != nil && len(hostStale) > 0 {
 		a.reinsertHost(ctx, spec, hostStale)
 	}
@@ -228,8 +245,12 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	for _, f := range a.cfg.Families() {
 		enforced[string(f)] = false
 	}
+	rules := map[string]*firewall.Ruleset{}
 	for _, fs := range fwStates {
 		enforced[string(fs.Family)] = fs.Enforced
+		if fs.Enforced {
+			rules[string(fs.Family)] = fs.Rules
+		}
 		s := familyStatus(fs)
 		a.mu.Lock()
 		total := a.accumulate(fs)
@@ -296,7 +317,7 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	}
 
 	st.Containers = classify(picture{enforced: enforced, containers: containers, awsvpcBlock: awsvpcBlock,
-		awsvpc: tasks, hostBlocked: hostBlocked, exempt: exempt})
+		awsvpc: tasks, hostBlocked: hostBlocked, exempt: exempt, rules: rules})
 	st.Verdict, st.Reasons = verdict(enforced, st.Containers, issues)
 
 	a.mu.Lock()
@@ -351,6 +372,8 @@ func (a *Agent) list(ctx context.Context) listing {
 	}
 	if err != nil {
 		list = nil
+	} else {
+		a.enrich(ctx, list)
 	}
 	return listing{containers: list, err: err, at: start, took: time.Since(start)}
 }
@@ -462,19 +485,48 @@ func (a *Agent) recordRepairs(states []firewall.FamilyState) {
 	}
 }
 
-// accumulate turns the chain's counters, which restart from zero whenever
-// the chain is rebuilt, into totals since the agent started. Caller holds mu.
+// accumulate turns the chains' counters, which restart from zero whenever a
+// chain is rebuilt, into totals since the agent started, so they only grow:
+//   - a failed read counts nothing and forgets nothing (the next good read
+//     continues from the last one, instead of counting everything again);
+//   - a chain rebuilt in this pass counts from zero;
+//   - the first sight of a chain is the baseline: what an earlier run
+//     blocked is not counted again after a restart;
+//   - counters that went down without our rebuild were zeroed by someone:
+//     they count from zero.
+//
+// Packets blocked between the last read and a rebuild are lost: the totals
+// may undercount, never double-count. Caller holds mu.
 func (a *Agent) accumulate(fs firewall.FamilyState) [2]uint64 {
-	last := a.lastCounts[fs.Family]
-	cur := [2]uint64{fs.Packets, fs.Bytes}
-	delta := [2]uint64{cur[0] - last[0], cur[1] - last[1]}
-	if fs.Rebuilt || cur[0] < last[0] || cur[1] < last[1] {
-		delta = cur
-	}
-	a.lastCounts[fs.Family] = cur
 	tot := a.blocked[fs.Family]
-	tot[0] += delta[0]
-	tot[1] += delta[1]
+	if fs.Rules == nil {
+		return tot
+	}
+	for chain, cur := range fs.Counts {
+		key := string(fs.Family) + "/" + chain
+		last, seen := a.lastCounts[key]
+		var delta [2]uint64
+		switch {
+		case slices.Contains(fs.RebuiltChains, chain):
+			delta = cur
+		case !seen:
+		case cur[0] < last[0] || cur[1] < last[1]:
+			delta = cur
+		default:
+			delta = [2]uint64{cur[0] - last[0], cur[1] - last[1]}
+		}
+		a.lastCounts[key] = cur
+		tot[0] += delta[0]
+		tot[1] += delta[1]
+	}
+	// A chain that is gone (deleted, or not read) starts from zero when it
+	// is back; its rebuild says so.
+	for key := range a.lastCounts {
+		fam, chain, _ := strings.Cut(key, "/")
+		if _, ok := fs.Counts[chain]; fam == string(fs.Family) && !ok {
+			delete(a.lastCounts, key)
+		}
+	}
 	a.blocked[fs.Family] = tot
 	return tot
 }
@@ -575,6 +627,8 @@ func (a *Agent) sync(ctx context.Context) error {
 		st.Verdict = VerdictExposed
 		st.Reasons = append([]string{"the block has not been verified in place yet"}, st.Reasons...)
 	}
+	from := a.verdictSeen
+	a.verdictSeen = st.Verdict
 	a.mu.Unlock()
 	// Encoded outside the lock that status requests take; syncs never
 	// overlap, so nothing publishes in between.
@@ -589,6 +643,7 @@ func (a *Agent) sync(ctx context.Context) error {
 		}
 		a.metrics.observe(&st, obsErr)
 	}
+	a.logVerdict(from, st)
 	if firstReady {
 		a.log.WithField("verdict", st.Verdict).Info("IMDS block verified in place")
 		if a.hooks.Ready != nil {
@@ -602,6 +657,27 @@ func (a *Agent) sync(ctx context.Context) error {
 		a.log.WithError(err).Warn("sync incomplete; retrying")
 	}
 	return err
+}
+
+// logVerdict writes one line when the verdict changes, so a log shipped off
+// the host shows when it became degraded or exposed, and why.
+func (a *Agent) logVerdict(from string, st Status) {
+	if from == st.Verdict {
+		return
+	}
+	if from == "" {
+		from = "starting"
+	}
+	why := "all checks pass"
+	if len(st.Reasons) > 0 {
+		why = strings.Join(st.Reasons, "; ")
+	}
+	l := a.log.WithFields(logrus.Fields{"from": from, "to": st.Verdict, "why": why})
+	if st.Verdict == VerdictProtected {
+		l.Info("verdict changed")
+		return
+	}
+	l.Warn("verdict changed")
 }
 
 // Status returns the last published status.

@@ -19,8 +19,10 @@ type metrics struct {
 	verdict      *prometheus.GaugeVec
 	rulePresent  *prometheus.GaugeVec
 	repairs      *prometheus.CounterVec
-	blockedPkts  *prometheus.GaugeVec
-	blockedBytes *prometheus.GaugeVec
+	blockedPkts  *prometheus.CounterVec
+	blockedBytes *prometheus.CounterVec
+	// published are the blocked totals already added to the counters.
+	published    map[string][2]uint64
 	containers   *prometheus.GaugeVec
 	awsvpcTasks  *prometheus.GaugeVec
 	hostNet      *prometheus.GaugeVec
@@ -51,14 +53,16 @@ func newMetrics(version string, families []firewall.Family) *metrics {
 		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "imdsguard_repairs_total", Help: "Drift repaired, by family and reason.",
 		}, []string{"family", "reason"}),
-		// Gauges fed from kernel counters that restart when the chain is
-		// rebuilt; the agent accumulates them, so they only grow while it runs.
-		blockedPkts: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		// Counters fed from kernel counters that restart when a chain is
+		// rebuilt; the agent accumulates them (Agent.accumulate), and only
+		// the growth of its totals is added here.
+		blockedPkts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "imdsguard_blocked_packets_total", Help: "Packets to IMDS blocked since the agent started.",
 		}, []string{"family"}),
-		blockedBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		blockedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "imdsguard_blocked_bytes_total", Help: "Bytes to IMDS blocked since the agent started.",
 		}, []string{"family"}),
+		published: map[string][2]uint64{},
 		containers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "imdsguard_containers", Help: "Running containers by network mode and whether IMDS is blocked for them.",
 		}, []string{"network_mode", "protected"}),
@@ -134,8 +138,16 @@ func (m *metrics) observe(st *Status, err error) {
 			continue
 		}
 		m.rulePresent.WithLabelValues(fam).Set(b2f(fs.Enforced))
-		m.blockedPkts.WithLabelValues(fam).Set(float64(fs.BlockedPackets))
-		m.blockedBytes.WithLabelValues(fam).Set(float64(fs.BlockedBytes))
+		last := m.published[fam]
+		if fs.BlockedPackets > last[0] {
+			m.blockedPkts.WithLabelValues(fam).Add(float64(fs.BlockedPackets - last[0]))
+			last[0] = fs.BlockedPackets
+		}
+		if fs.BlockedBytes > last[1] {
+			m.blockedBytes.WithLabelValues(fam).Add(float64(fs.BlockedBytes - last[1]))
+			last[1] = fs.BlockedBytes
+		}
+		m.published[fam] = last
 	}
 	m.containers.Reset()
 	for _, c := range st.Containers {

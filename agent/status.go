@@ -63,7 +63,10 @@ type FamilyStatus struct {
 	// Blocked counts since the daemon started (check: since the chain was built).
 	BlockedPackets uint64 `json:"blocked_packets"`
 	BlockedBytes   uint64 `json:"blocked_bytes"`
-	Error          string `json:"error,omitempty"`
+	// Probe says what the kernel does with a new container's first packet
+	// to IMDS, and by which rule.
+	Probe string `json:"probe,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // ECSStatus is what the ECS agent does, and will do, for awsvpc tasks.
@@ -116,6 +119,9 @@ type SyncSummary struct {
 // familyStatus converts a firewall state.
 func familyStatus(st firewall.FamilyState) FamilyStatus {
 	fs := FamilyStatus{Enabled: true, Enforced: st.Enforced, BlockedPackets: st.Packets, BlockedBytes: st.Bytes}
+	if st.Rules != nil {
+		fs.Probe = st.Probe.String()
+	}
 	for _, p := range st.Problems {
 		fs.Problems = append(fs.Problems, p.Detail)
 	}
@@ -190,6 +196,9 @@ func (s *Status) WriteText(w io.Writer) {
 		line := fmt.Sprintf("exemption: %s %s (%s)", e.Name, state, e.Why)
 		if len(e.Addresses) > 0 {
 			line += " for " + strings.Join(e.Addresses, ", ")
+		}
+		if len(e.Ports) > 0 {
+			line += " by bridge port " + strings.Join(e.Ports, ", ")
 		}
 		if e.Note != "" {
 			line += "; " + e.Note

@@ -65,9 +65,15 @@ const runTimeout = 15 * time.Second
 // child that inherited the pipes must not hold Wait forever.
 const runWaitDelay = time.Second
 
-// Save and Restore are called through Tables, which carries no context;
-// runTimeout bounds them, and a stopping process exits regardless (cmd/).
+// Save dumps one table, or with "" every table in one process. Save and
+// Restore are called through Tables, which carries no context; runTimeout
+// bounds them, and a stopping process exits regardless (cmd/).
 func (t *execTables) Save(table string) ([]byte, error) {
+	if table == "" {
+		// Every table that exists, in one process. Neither flavour creates
+		// a table to dump all of them (legacy reads ip_tables_names).
+		return run(context.Background(), t.save, nil, "-c")
+	}
 	if t.legacy {
 		exists, err := legacyTableExists(t.family, table)
 		if err != nil {
