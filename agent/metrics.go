@@ -1,11 +1,9 @@
 package agent
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/http"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -207,7 +205,7 @@ func b2f(b bool) float64 {
 }
 
 // serve exposes /metrics (and /healthz, for probes that speak HTTP) on addr.
-func (m *metrics) serve(addr string, healthz http.HandlerFunc, log *logrus.Entry) (func() error, error) {
+func (m *metrics) serve(addr string, ep endpoint, healthz http.HandlerFunc, log *logrus.Entry) (func() error, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listener on %s: %w", addr, err)
@@ -217,11 +215,5 @@ func (m *metrics) serve(addr string, healthz http.HandlerFunc, log *logrus.Entry
 		ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 4,
 	}))
 	mux.HandleFunc("GET /healthz", healthz)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go serveHTTP(srv, l, "metrics", log)
-	return func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		return srv.Shutdown(ctx)
-	}, nil
+	return ep.serve(l, mux, log), nil
 }

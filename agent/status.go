@@ -85,8 +85,15 @@ type ECSStatus struct {
 	RestartNeeded bool              `json:"restart_needed"`
 	Wrote         bool              `json:"wrote_ecs_config,omitempty"`
 	// WriteFailed: enforce mode could not write ECS_AWSVPC_BLOCK_IMDS=true.
-	WriteFailed bool   `json:"write_failed,omitempty"`
-	Error       string `json:"error,omitempty"`
+	WriteFailed bool `json:"write_failed,omitempty"`
+	// Error says why the newest read of the files failed; nothing is then
+	// claimed (awsvpc_block_imds false, no restart_needed).
+	Error string `json:"error,omitempty"`
+	// ReadAt is when the files shown were read: the daemon reads them in
+	// a loop of its own, on change and every resync interval.
+	ReadAt time.Time `json:"read_at,omitzero"`
+	// Stale: the newest read failed and config is the last good read's.
+	Stale bool `json:"stale,omitempty"`
 }
 
 // DockerStatus says whether the container picture is known.
@@ -160,7 +167,12 @@ func (s *Status) WriteText(w io.Writer) {
 	if s.ECSConfig.Config != nil {
 		ecs += " (" + s.ECSConfig.Config.Reason + ")"
 	}
-	if !s.ECSConfig.Present {
+	switch e := s.ECSConfig; {
+	case e.Error != "" && e.Stale:
+		ecs = fmt.Sprintf("UNREADABLE: %s; last good read %s", e.Error, e.ReadAt.Format(time.RFC3339))
+	case e.Error != "":
+		ecs = "UNREADABLE: " + e.Error
+	case !e.Present:
 		ecs = "no ECS configuration found"
 	}
 	if s.ECSConfig.RestartNeeded {
@@ -231,7 +243,7 @@ func trunc(s string, n int) string {
 
 // serveStatus serves /status and /healthz on a unix socket only root can
 // open: the status names every container and task on the host.
-func serveStatus(ctx context.Context, path string, h http.Handler, log *logrus.Entry) (func() error, error) {
+func serveStatus(path string, ep endpoint, h http.Handler, log *logrus.Entry) (func() error, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("status socket directory: %w", err)
 	}
@@ -251,16 +263,9 @@ func serveStatus(ctx context.Context, path string, h http.Handler, log *logrus.E
 	if err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("status socket: %w", err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go serveHTTP(srv, l, "status", log)
+	stop := ep.serve(l, h, log)
 	return func() error {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		err := srv.Shutdown(sctx)
+		err := stop()
 		_ = os.Remove(path)
 		return err
 	}, nil
@@ -281,7 +286,9 @@ var ErrNoDaemon = errors.New("no imdsguard daemon is running")
 func QueryStatus(ctx context.Context, socket string) (*Status, error) {
 	hc := &http.Client{
 		Timeout: 5 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		// One request per client: a kept-alive connection would hold one
+		// of the socket's capped slots until the server's idle timeout.
+		Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
 		}},
