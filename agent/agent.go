@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -65,6 +66,13 @@ type Agent struct {
 	view     *containerView
 	lister   *runner
 	watchNFT func(ctx context.Context, changed func()) error
+	// The ECS configuration's own loop (ecsloop.go), daemon only:
+	// one-shot commands read the files themselves, with the same deadline.
+	ecsView   *ecsView
+	ecsReader *boundedReader
+	ecsRunner *runner
+	ecsWatch  *ecsWatch
+	ecsErrMsg string // the last read's error, to log each change once
 
 	mu         sync.Mutex
 	fw         Firewall
@@ -72,25 +80,35 @@ type Agent struct {
 	dockerErr  error
 	dockerSeen bool
 	status     Status
-	// statusJSON is status encoded, made by the first request after a
-	// sync: on a host with hundreds of containers, encoding on every
-	// request cost more CPU than the syncs themselves.
+	// statusJSON is status encoded once per sync: on a host with hundreds
+	// of containers, encoding on every request cost more CPU than the
+	// syncs themselves, and a flood of requests must cost only the copy.
 	statusJSON  []byte
-	statusGen   uint64 // counts published statuses
 	repairs     uint64
 	blocked     map[firewall.Family][2]uint64 // accumulated since start
-	lastCounts  map[firewall.Family][2]uint64 // last chain counters seen
+	lastCounts  map[string][2]uint64          // last counters seen, by "family/chain"
 	ready       bool
 	lastSuccess time.Time
 
 	namespaces Namespaces
 	sys        System
+	// ports finds exempt containers' bridge ports (in the lister).
+	ports PortFinder
+	// granted are the exemptions in force after the last enforcing pass,
+	// by short ID, so granting and withdrawing is logged once.
+	granted map[string]Exemption
+	// verdictSeen is the verdict last published, for transition logs.
+	verdictSeen string
 	// routesSeen marks awsvpc tasks (by pause ID) verified protected, so a
 	// route that goes missing later is counted as drift.
 	routesSeen map[string]bool
 	watches    map[string]nsWatch
 	runCtx     context.Context
 	wg         sync.WaitGroup
+	// l1 is imdsguard's own nftables tables (layer1.go), tasks1 the same
+	// in awsvpc task namespaces (layer1_task.go); nil: off.
+	l1     *layer1
+	tasks1 *taskLayers
 
 	// hostCgroups are the host-network containers' cgroups the last sync
 	// blocked, by container ID: kept while a read fails (fail closed).
@@ -116,6 +134,10 @@ type Options struct {
 	Namespaces Namespaces
 	// System reads cgroups for host-network blocking; nil is the machine.
 	System System
+	// Ports finds exempt containers' bridge ports; nil is rtnetlink.
+	Ports PortFinder
+	// NFTables opens layer 1, imdsguard's own nftables tables; nil: off.
+	NFTables NFTFactory
 }
 
 // New builds an agent. Nothing touches the system until Once or Run.
@@ -123,11 +145,19 @@ func New(o Options) *Agent {
 	a := &Agent{
 		cfg: o.Config, log: o.Log, newFW: o.Firewall, docker: o.Docker, hooks: o.Hooks,
 		version: o.Version, watchNFT: o.WatchNFTables,
-		blocked: map[firewall.Family][2]uint64{}, lastCounts: map[firewall.Family][2]uint64{},
+		blocked: map[firewall.Family][2]uint64{}, lastCounts: map[string][2]uint64{},
 		namespaces: o.Namespaces, sys: o.System, routesSeen: map[string]bool{}, watches: map[string]nsWatch{},
+		ports: o.Ports,
+	}
+	if a.ports == nil {
+		a.ports = netlinkPorts{}
 	}
 	if a.sys == nil {
 		a.sys = realSystem{}
+	}
+	if o.NFTables != nil {
+		a.l1 = &layer1{open: o.NFTables, dockerNFT: firewall.DockerNFTables}
+		a.tasks1 = &taskLayers{open: openTaskNFT, m: map[string]*firewall.NFTLayer{}}
 	}
 	if a.namespaces == nil {
 		ns, err := NewNamespaces()
@@ -194,7 +224,10 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	// exemptions and host-network cgroups. Without a container list every
 	// exemption goes (fail closed) and the host chain is left as it is
 	// (dropping its rules would unblock containers that may still run).
-	exempt, exemptList, exemptAddrs := exemptions(a.cfg, containers)
+	exempt, exemptList, exemptSpec := exemptions(a.cfg, containers)
+	if enforce {
+		a.logExemptions(exemptList, containers, dockerErr)
+	}
 	host, hostSpec, hostBlocked, hostStale, hostErr := a.hostNetwork(ctx, containers, exempt, dockerErr == nil)
 	if dockerErr != nil {
 		hostSpec = nil
@@ -206,7 +239,7 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	lap("containers")
 
 	// Firewall.
-	spec := firewall.Spec{Action: a.cfg.Action, Exempt: exemptAddrs, Host: hostSpec}
+	spec := firewall.Spec{Action: a.cfg.Action, Exempt: exemptSpec, Host: hostSpec}
 	if enforce && hostSpec != nil && len(hostStale) > 0 {
 		a.reinsertHost(ctx, spec, hostStale)
 	}
@@ -222,8 +255,12 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	for _, f := range a.cfg.Families() {
 		enforced[string(f)] = false
 	}
+	rules := map[string]*firewall.Ruleset{}
 	for _, fs := range fwStates {
 		enforced[string(fs.Family)] = fs.Enforced
+		if fs.Enforced {
+			rules[string(fs.Family)] = fs.Rules
+		}
 		s := familyStatus(fs)
 		a.mu.Lock()
 		total := a.accumulate(fs)
@@ -245,12 +282,22 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	if !a.cfg.IPv6 {
 		st.Firewall.IPv6 = FamilyStatus{Enabled: false}
 	}
+	// Layer 1 (layer1.go): either layer whole blocks every bridged container.
+	st.Firewall.NFTables = a.syncLayer1(ctx, enforce, nftIntent(a.cfg, spec))
+	issues = append(issues, mergeLayers(a.cfg, enforced, st.Firewall.NFTables)...)
+	lap("nftables")
 
 	// ECS configuration, and what the running ECS agent applies.
 	ecs, ecsIssues, ecsErr := a.ecs(ctx, containers, enforce)
 	lap("ecs")
 	st.ECSConfig = ecs
 	issues = append(issues, ecsIssues...)
+	// The daemon's ECS read failed in its own loop: the sync is not fully
+	// verified (health says so), but retrying it cannot fix a file.
+	var unverified []string
+	if ecsErr == nil && ecs.Error != "" {
+		unverified = append(unverified, ecs.Error)
+	}
 	if ecsErr != nil {
 		errs = append(errs, ecsErr.Error())
 	}
@@ -262,6 +309,9 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	// awsvpc tasks: their own namespaces, after the firewall so a slow or
 	// failing namespace never delays the bridge block.
 	awsvpc, tasks, watch := a.awsvpc(ctx, containers, exempt, enforce)
+	if dockerErr == nil { // without a listing every task keeps its layer-1 socket
+		a.pruneTaskLayers(tasks)
+	}
 	lap("awsvpc")
 	st.AWSVPC = &awsvpc
 	if !fwAllEnforced(fwStates) {
@@ -284,7 +334,7 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	}
 
 	st.Containers = classify(picture{enforced: enforced, containers: containers, awsvpcBlock: awsvpcBlock,
-		awsvpc: tasks, hostBlocked: hostBlocked, exempt: exempt})
+		awsvpc: tasks, hostBlocked: hostBlocked, exempt: exempt, rules: rules})
 	st.Verdict, st.Reasons = verdict(enforced, st.Containers, issues)
 
 	a.mu.Lock()
@@ -292,9 +342,9 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	a.mu.Unlock()
 	dur := time.Since(start)
 	lap("report")
-	sum := &SyncSummary{At: start, DurationMS: float64(dur.Microseconds()) / 1000, StagesMS: stages, OK: len(errs) == 0}
-	if len(errs) > 0 {
-		sum.Error = fmt.Sprint(errs)
+	sum := &SyncSummary{At: start, DurationMS: float64(dur.Microseconds()) / 1000, StagesMS: stages, OK: len(errs)+len(unverified) == 0}
+	if !sum.OK {
+		sum.Error = fmt.Sprint(append(errs, unverified...))
 	}
 	st.LastSync = sum
 	if len(hard) > 0 {
@@ -339,6 +389,8 @@ func (a *Agent) list(ctx context.Context) listing {
 	}
 	if err != nil {
 		list = nil
+	} else {
+		a.enrich(ctx, list)
 	}
 	return listing{containers: list, err: err, at: start, took: time.Since(start)}
 }
@@ -359,6 +411,8 @@ func (a *Agent) relist(ctx context.Context) error {
 	}
 	if a.view.set(l.containers, l.err, l.at, l.took, event) {
 		a.runner.Trigger()
+		// The ECS agent's container may have changed.
+		a.ecsRunner.Trigger()
 	}
 	return l.err
 }
@@ -448,64 +502,112 @@ func (a *Agent) recordRepairs(states []firewall.FamilyState) {
 	}
 }
 
-// accumulate turns the chain's counters, which restart from zero whenever
-// the chain is rebuilt, into totals since the agent started. Caller holds mu.
+// accumulate turns the chains' counters, which restart from zero whenever a
+// chain is rebuilt, into totals since the agent started, so they only grow:
+//   - a failed read counts nothing and forgets nothing (the next good read
+//     continues from the last one, instead of counting everything again);
+//   - a chain rebuilt in this pass counts from zero;
+//   - the first sight of a chain is the baseline: what an earlier run
+//     blocked is not counted again after a restart;
+//   - counters that went down without our rebuild were zeroed by someone:
+//     they count from zero.
+//
+// Packets blocked between the last read and a rebuild are lost: the totals
+// may undercount, never double-count. Caller holds mu.
 func (a *Agent) accumulate(fs firewall.FamilyState) [2]uint64 {
-	last := a.lastCounts[fs.Family]
-	cur := [2]uint64{fs.Packets, fs.Bytes}
-	delta := [2]uint64{cur[0] - last[0], cur[1] - last[1]}
-	if fs.Rebuilt || cur[0] < last[0] || cur[1] < last[1] {
-		delta = cur
-	}
-	a.lastCounts[fs.Family] = cur
 	tot := a.blocked[fs.Family]
-	tot[0] += delta[0]
-	tot[1] += delta[1]
+	if fs.Rules == nil {
+		return tot
+	}
+	for chain, cur := range fs.Counts {
+		key := string(fs.Family) + "/" + chain
+		last, seen := a.lastCounts[key]
+		var delta [2]uint64
+		switch {
+		case slices.Contains(fs.RebuiltChains, chain):
+			delta = cur
+		case !seen:
+		case cur[0] < last[0] || cur[1] < last[1]:
+			delta = cur
+		default:
+			delta = [2]uint64{cur[0] - last[0], cur[1] - last[1]}
+		}
+		a.lastCounts[key] = cur
+		tot[0] += delta[0]
+		tot[1] += delta[1]
+	}
+	// A chain that is gone (deleted, or not read) starts from zero when it
+	// is back; its rebuild says so.
+	for key := range a.lastCounts {
+		fam, chain, _ := strings.Cut(key, "/")
+		if _, ok := fs.Counts[chain]; fam == string(fs.Family) && !ok {
+			delete(a.lastCounts, key)
+		}
+	}
 	a.blocked[fs.Family] = tot
 	return tot
 }
 
 // ecs evaluates ECS_AWSVPC_BLOCK_IMDS as the ECS agent will see it, and as
-// the running agent sees it now.
+// the running agent sees it now. The daemon takes the ECS loop's last read
+// and reports a failed read as an issue (retrying the sync cannot fix a
+// file); a one-shot command reads now, bounded the same way, and returns
+// the error.
 func (a *Agent) ecs(ctx context.Context, containers []Container, enforce bool) (ECSStatus, []string, error) {
 	st := ECSStatus{Mode: a.cfg.ECSConfigMode}
-	var issues []string
-	if enforce && a.cfg.ECSConfigMode == ECSModeEnforce {
-		changed, err := ecsconfig.Enforce(a.cfg.HostRoot)
-		if err != nil {
-			st.Error, st.WriteFailed = err.Error(), true
-			return st, []string{"cannot write ECS_AWSVPC_BLOCK_IMDS=true: " + err.Error()}, err
+	agentID := ecsAgentID(containers)
+	var last, good ecsFiles
+	var env envRead
+	envOK := false
+	if a.ecsView != nil {
+		last, good = a.ecsView.get(ctx, a.maxECSAge())
+		env, envOK = a.ecsView.agentEnv(agentID)
+	} else {
+		last = a.newECSReader(enforce && a.cfg.ECSConfigMode == ECSModeEnforce).get(ctx)
+		if last.err == nil {
+			good = last
 		}
-		if changed {
-			st.Wrote = true
-			a.log.Warn("wrote ECS_AWSVPC_BLOCK_IMDS=true to /etc/ecs/ecs.config; the ECS agent applies it after a restart")
+		if agentID != "" && last.err == nil {
+			env.env, env.err = a.docker.Env(ctx, agentID)
+			envOK = true
 		}
 	}
-	in, err := ecsconfig.LoadContext(ctx, a.cfg.HostRoot)
-	if err != nil {
-		st.Error = err.Error()
-		return st, []string{"cannot read the ECS configuration: " + err.Error()}, err
+	st.Wrote, st.WriteFailed = last.wrote, last.writeFailed
+	st.Present = agentID != ""
+	if last.err != nil {
+		// Claim nothing the failed read did not see; show what the last
+		// good read saw, marked stale.
+		st.Error = last.err.Error()
+		if !good.at.IsZero() {
+			res := good.res
+			st.Config, st.Stale, st.ReadAt = &res, true, good.at
+			st.Present = st.Present || good.in.InstanceConfig.Present || good.in.UserConfig.Present || good.in.JSONConfig.Present
+		}
+		issue := last.err.Error()
+		if last.writeFailed {
+			issue = "cannot write ECS_AWSVPC_BLOCK_IMDS=true: " + issue
+		}
+		if st.Stale {
+			issue += fmt.Sprintf(" (last good read %s; ECS_AWSVPC_BLOCK_IMDS is not claimed)", good.at.Format(time.RFC3339))
+		}
+		if a.ecsView != nil {
+			return st, []string{issue}, nil
+		}
+		return st, []string{issue}, last.err
 	}
-	res, err := ecsconfig.Evaluate(in)
-	if err != nil {
-		st.Error = err.Error()
-		return st, []string{"cannot evaluate the ECS configuration: " + err.Error()}, err
-	}
-	st.Config = &res
+	in, res := last.in, last.res
+	st.Config, st.ReadAt = &res, last.at
 	st.AWSVPCBlockIMDS = res.AWSVPCBlockIMDS
-	st.Present = in.InstanceConfig.Present || in.UserConfig.Present || in.JSONConfig.Present
+	st.Present = st.Present || in.InstanceConfig.Present || in.UserConfig.Present || in.JSONConfig.Present
 
-	for _, c := range containers {
-		if c.Name != ECSAgentName {
-			continue
-		}
-		st.Present = true
-		env, err := a.docker.Env(ctx, c.ID)
-		if err != nil {
-			issues = append(issues, "cannot read the running ECS agent's environment: "+err.Error())
-			break
-		}
-		run, err := ecsconfig.EvaluateContainerEnv(env, in.JSONConfig)
+	var issues []string
+	switch {
+	case agentID == "" || !envOK:
+		// No ECS agent, or its environment is still being read.
+	case env.err != nil:
+		issues = append(issues, "cannot read the running ECS agent's environment: "+env.err.Error())
+	default:
+		run, err := ecsconfig.EvaluateContainerEnv(env.env, in.JSONConfig)
 		if err != nil {
 			issues = append(issues, "cannot evaluate the running ECS agent's setting: "+err.Error())
 			break
@@ -533,7 +635,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	if ok {
 		a.ready = true
 	}
-	if err == nil {
+	if err == nil && st.LastSync.OK {
 		a.lastSuccess = st.CheckedAt
 	}
 	st.LastSync.LastSuccess = a.lastSuccess
@@ -542,12 +644,23 @@ func (a *Agent) sync(ctx context.Context) error {
 		st.Verdict = VerdictExposed
 		st.Reasons = append([]string{"the block has not been verified in place yet"}, st.Reasons...)
 	}
-	a.status, a.statusJSON = st, nil
-	a.statusGen++
+	from := a.verdictSeen
+	a.verdictSeen = st.Verdict
+	a.mu.Unlock()
+	// Encoded outside the lock that status requests take; syncs never
+	// overlap, so nothing publishes in between.
+	body := encodeStatus(&st)
+	a.mu.Lock()
+	a.status, a.statusJSON = st, body
 	a.mu.Unlock()
 	if a.metrics != nil {
-		a.metrics.observe(&st, err)
+		obsErr := err
+		if obsErr == nil && !st.LastSync.OK {
+			obsErr = errors.New(st.LastSync.Error)
+		}
+		a.metrics.observe(&st, obsErr)
 	}
+	a.logVerdict(from, st)
 	if firstReady {
 		a.log.WithField("verdict", st.Verdict).Info("IMDS block verified in place")
 		if a.hooks.Ready != nil {
@@ -563,6 +676,27 @@ func (a *Agent) sync(ctx context.Context) error {
 	return err
 }
 
+// logVerdict writes one line when the verdict changes, so a log shipped off
+// the host shows when it became degraded or exposed, and why.
+func (a *Agent) logVerdict(from string, st Status) {
+	if from == st.Verdict {
+		return
+	}
+	if from == "" {
+		from = "starting"
+	}
+	why := "all checks pass"
+	if len(st.Reasons) > 0 {
+		why = strings.Join(st.Reasons, "; ")
+	}
+	l := a.log.WithFields(logrus.Fields{"from": from, "to": st.Verdict, "why": why})
+	if st.Verdict == VerdictProtected {
+		l.Info("verdict changed")
+		return
+	}
+	l.Warn("verdict changed")
+}
+
 // Status returns the last published status.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
@@ -570,8 +704,12 @@ func (a *Agent) Status() Status {
 	return a.status
 }
 
-// Trigger asks the loop for a sync soon.
+// Trigger asks the loop for a sync soon, and the ECS loop for a read: a
+// resync asked for from outside covers the configuration too.
 func (a *Agent) Trigger() {
+	if a.ecsRunner != nil {
+		a.ecsRunner.Trigger()
+	}
 	if a.runner != nil {
 		a.runner.Trigger()
 	}
@@ -593,13 +731,27 @@ const minSyncInterval = 10 * time.Millisecond
 // dockerSyncInterval bounds the syncs Docker events cause to ten a second.
 const dockerSyncInterval = 100 * time.Millisecond
 
+// stopGrace bounds how long Run waits, once ctx ends, for its loops to
+// return: a sync stuck in an exec or a Docker call must not keep a stopping
+// daemon alive (their contexts end with ctx; this is the backstop).
+const stopGrace = 2500 * time.Millisecond
+
 // Run is the daemon: it serves status and metrics and keeps the block in
 // place until ctx ends. Stopping leaves every rule where it is: fail closed.
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	statusEP, metricsEP := statusEndpoint, metricsEndpoint
+	if a.cfg.MetricsAddr == "" {
+		checkFDLimit(a.log, &statusEP)
+	} else {
+		checkFDLimit(a.log, &statusEP, &metricsEP)
+	}
 	a.metrics = newMetrics(a.version, a.cfg.Families())
 	a.runner = newRunner(a.sync, minSyncInterval, a.cfg.ResyncInterval)
+	a.ecsView = newECSView()
+	a.ecsReader = a.newECSReader(a.cfg.ECSConfigMode == ECSModeEnforce)
+	a.ecsRunner = newRunner(a.rereadECS, ecsMinInterval, a.cfg.ResyncInterval)
 	if a.docker != nil {
 		a.view = newContainerView()
 		a.lister = newRunner(a.relist, minSyncInterval, a.cfg.ResyncInterval)
@@ -613,13 +765,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	stopStatus, err := serveStatus(ctx, a.cfg.StatusSocket, mux, a.log)
+	stopStatus, err := serveStatus(a.cfg.StatusSocket, statusEP, mux, a.log)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = stopStatus() }()
 	if a.cfg.MetricsAddr != "" {
-		stopMetrics, err := a.metrics.serve(a.cfg.MetricsAddr, a.serveHealthz, a.log)
+		stopMetrics, err := a.metrics.serve(a.cfg.MetricsAddr, metricsEP, a.serveHealthz, a.log)
 		if err != nil {
 			return err
 		}
@@ -627,6 +779,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	var wg sync.WaitGroup
+	a.startECSWatch(ctx, &wg)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.ecsRunner.Loop(ctx)
+	}()
 	if a.docker != nil {
 		wg.Add(2)
 		go func() {
@@ -652,10 +810,27 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.runCtx = ctx
 	a.mu.Unlock()
-	a.runner.Loop(ctx)
+	syncDone := make(chan struct{})
+	go func() {
+		defer close(syncDone)
+		a.runner.Loop(ctx)
+	}()
+	<-ctx.Done()
 	cancel()
-	wg.Wait()
-	a.wg.Wait() // route watchers
+	stopped := make(chan struct{})
+	go func() {
+		<-syncDone
+		wg.Wait()
+		a.wg.Wait() // route watchers
+		// Release the layer-1 sockets (on a hang, the exit does).
+		a.closeLayer1()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(stopGrace):
+		a.log.Warnf("a loop did not return within %v of the stop (a hung exec or read); exiting anyway", stopGrace)
+	}
 	if a.hooks.Stopping != nil {
 		a.hooks.Stopping()
 	}
@@ -710,23 +885,23 @@ func (a *Agent) setDockerErr(err error) {
 
 func (a *Agent) serveStatusJSON(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
-	b, st, gen := a.statusJSON, a.status, a.statusGen
-	a.mu.Unlock()
-	if b == nil {
-		var err error
-		if b, err = json.MarshalIndent(&st, "", "  "); err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		b = append(b, '\n')
-		a.mu.Lock()
-		if a.statusGen == gen {
-			a.statusJSON = b
-		}
-		a.mu.Unlock()
+	b := a.statusJSON
+	if b == nil { // before the first sync
+		b = encodeStatus(&a.status)
 	}
+	a.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(b)
+}
+
+// encodeStatus is the body of GET /status. Status holds only strings,
+// numbers and times, so encoding cannot fail.
+func encodeStatus(st *Status) []byte {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		b, _ = json.Marshal(map[string]string{"verdict": VerdictDegraded, "error": err.Error()})
+	}
+	return append(b, '\n')
 }
 
 // healthy is true only while the last sync succeeded recently: health means

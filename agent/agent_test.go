@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +28,7 @@ type fakeDocker struct {
 	mu         sync.Mutex
 	containers []Container
 	env        map[string][]string
+	images     map[string]map[string]string
 	err        error
 	// hang, when set, blocks Containers until it is closed or ctx ends: a
 	// dockerd that accepts connections and never answers.
@@ -51,6 +54,13 @@ func (d *fakeDocker) Containers(ctx context.Context) ([]Container, error) {
 	defer d.mu.Unlock()
 	d.lists++
 	return append([]Container(nil), d.containers...), d.err
+}
+
+// ImageLabels: the fake's images carry the labels in images, by image ID.
+func (d *fakeDocker) ImageLabels(_ context.Context, image string) (map[string]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.images[image], nil
 }
 
 func (d *fakeDocker) Env(_ context.Context, id string) ([]string, error) {
@@ -119,6 +129,42 @@ type fixture struct {
 	ns   Namespaces
 	sys  System
 	insp map[string]Details // makes the Docker an Inspector when set
+	// ports answers bridge-port lookups by pid (see exemptable).
+	ports fakePorts
+}
+
+// fakePorts is a PortFinder answering by pid.
+type fakePorts map[int]map[netip.Addr]BridgePort
+
+func (f fakePorts) Ports(pid int) (map[netip.Addr]BridgePort, error) {
+	p, ok := f[pid]
+	if !ok {
+		return nil, fmt.Errorf("no network namespace for pid %d", pid)
+	}
+	return p, nil
+}
+
+// exemptable gives c a process and, for each address, the bridge port
+// veth<pid>, as the lister would find them; it returns that port's ACCEPT
+// for c's first IPv4 address.
+func (fx *fixture) exemptable(c Container, pid int) string {
+	if fx.insp == nil {
+		fx.insp = map[string]Details{}
+	}
+	if fx.ports == nil {
+		fx.ports = fakePorts{}
+	}
+	fx.insp[c.ID] = Details{Pid: pid}
+	port := fmt.Sprintf("veth%d", pid)
+	ports := map[netip.Addr]BridgePort{}
+	for _, a := range slices.Concat(c.IPv4, c.IPv6) {
+		ports[a] = BridgePort{Name: port, Bridge: "br-test"}
+	}
+	fx.ports[pid] = ports
+	if len(c.IPv4) == 0 {
+		return ""
+	}
+	return "-A IMDS-GUARD -s " + c.IPv4[0].String() + "/32 -d 169.254.169.254/32 -m physdev --physdev-in " + port + " -j ACCEPT"
 }
 
 func newFixture(t testing.TB) *fixture {
@@ -139,12 +185,14 @@ func newFixture(t testing.TB) *fixture {
 func (fx *fixture) build(t testing.TB) *Agent {
 	tables := map[firewall.Family]firewall.Tables{firewall.IPv4: fx.fakes[firewall.IPv4], firewall.IPv6: fx.fakes[firewall.IPv6]}
 	mgr := firewall.NewManager(firewall.Spec{Action: fx.cfg.Action}, tables, fx.cfg.Families()...)
+	// Bridge netfilter on, whatever the machine running the tests says.
+	mgr.SetBridgeNF(func(firewall.Family) firewall.Tri { return firewall.Yes })
 	var docker Docker = fx.docker
 	if fx.insp != nil {
 		docker = &inspectingDocker{fakeDocker: fx.docker, det: fx.insp}
 	}
 	fx.agent = New(Options{
-		Config: fx.cfg, Log: testLog(t), Docker: docker, Version: "test", Namespaces: fx.ns, System: fx.sys,
+		Config: fx.cfg, Log: testLog(t), Docker: docker, Version: "test", Namespaces: fx.ns, System: fx.sys, Ports: fx.ports,
 		Firewall: func() (Firewall, firewall.Backend, error) {
 			return mgr, firewall.Backend{Mode: "nft", Why: "test"}, nil
 		},

@@ -285,6 +285,8 @@ type AWSVPCTask struct {
 	// Added are the routes this sync added (a retrofit or a repair).
 	Added []string `json:"added,omitempty"`
 	Error string   `json:"error,omitempty"`
+	// NFTables is layer 1 in the task's namespace (enforce mode only).
+	NFTables *firewall.NFTState `json:"nftables,omitempty"`
 }
 
 // awsvpcTask groups a pause container with the containers that join it.
@@ -442,6 +444,17 @@ func (a *Agent) checkTask(ctx context.Context, t *awsvpcTask, task *AWSVPCTask, 
 	}
 	task.Escape = strings.Join(escapes, "; ")
 	task.Protected = len(escapes) == 0
+	if enforce && task.Exempt == "" {
+		var err error
+		if task.NFTables, err = a.taskLayer1(ctx, t.pause.ID, path, task.IPv6); err != nil {
+			task.Error = strings.TrimPrefix(task.Error+"; "+err.Error(), "; ")
+		}
+		// Either the routes or the owned table blocks the whole task: its
+		// output drop refuses IMDS whatever the routes and rules say.
+		if task.NFTables != nil && task.NFTables.Present {
+			task.Protected = true
+		}
+	}
 	a.mu.Lock()
 	if task.Protected && r.blocked(firewall.IPv4) && (!task.IPv6 || r.blocked(firewall.IPv6)) {
 		a.routesSeen[t.pause.ID] = true

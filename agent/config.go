@@ -20,8 +20,12 @@ const (
 	ECSModeEnforce = "enforce"
 )
 
-// DefaultExemptLabel marks a container allowed to reach IMDS.
-const DefaultExemptLabel = "imdsguard.allow-imds=true"
+// DefaultExemptLabel is empty: no container is exempt unless the operator
+// says so. A workload must never be able to grant itself an exemption.
+const DefaultExemptLabel = ""
+
+// ExampleExemptLabel is the label the README suggests for --exempt-label.
+const ExampleExemptLabel = "imdsguard.allow-imds=true"
 
 // Config is everything the agent is told by flags or IMDSGUARD_* variables.
 type Config struct {
@@ -80,7 +84,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.AWSVPCMode, "awsvpc-mode", ECSModeCheck, "check: report each awsvpc task's IMDS blackhole routes; enforce: also add missing ones and repair deletions")
 	fs.BoolVar(&c.BlockHostNetwork, "block-host-network", false, "block IMDS for host-network containers by cgroup (cgroup v2 hosts); never the ECS agent or the host")
-	fs.StringVar(&c.ExemptLabel, "exempt-label", DefaultExemptLabel, "containers with this label (key=value, or key for any value) may reach IMDS; empty disables")
+	fs.StringVar(&c.ExemptLabel, "exempt-label", DefaultExemptLabel, "containers with this label (key=value, or key for any value), set on the container itself and not inherited from its image, may reach IMDS; empty (the default) disables")
 	fs.Func("exempt-task-family", "ECS task definition family whose containers may reach IMDS (repeatable, or comma-separated)", func(s string) error {
 		for _, f := range strings.Split(s, ",") {
 			if f = strings.TrimSpace(f); f != "" {

@@ -22,6 +22,23 @@ type Container struct {
 	NetworkMode string
 	IPv4, IPv6  []netip.Addr
 	Labels      map[string]string
+	// ImageLabels are the labels of the container's image: a label the
+	// container only inherited from its image cannot exempt it.
+	ImageLabels map[string]string
+	// ImageID is the container's image, for its labels.
+	ImageID string
+	// Ports are the bridge ports (host-side veths) the container's
+	// addresses live behind, found through its network namespace; only
+	// for exemption candidates, and only what could be proven.
+	Ports map[netip.Addr]BridgePort
+	// PortErr says why Ports could not be found.
+	PortErr string
+}
+
+// BridgePort is a container interface's host side.
+type BridgePort struct {
+	Name   string `json:"name"`   // host-side veth, the bridge port
+	Bridge string `json:"bridge"` // the bridge it is enslaved to
 }
 
 // Docker is what the loop needs of the Docker daemon.
@@ -70,9 +87,10 @@ type mobyDocker struct {
 	// container drops its entry (a restart changes the pid and namespace),
 	// and so does a list without it; gen stops an inspect that raced with
 	// an event from storing what it read before the event.
-	mu    sync.Mutex
-	cache map[string]Details
-	gen   uint64
+	mu     sync.Mutex
+	cache  map[string]Details
+	gen    uint64
+	images map[string]map[string]string // labels by image ID
 }
 
 // NewDocker connects lazily to the daemon at host.
@@ -81,7 +99,7 @@ func NewDocker(host string, log *logrus.Entry) (Docker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker client for %s: %w", host, err)
 	}
-	return &mobyDocker{cli: cli, log: log, cache: map[string]Details{}}, nil
+	return &mobyDocker{cli: cli, log: log, cache: map[string]Details{}, images: map[string]map[string]string{}}, nil
 }
 
 // Inspect returns a running container's details, from the cache when the
@@ -147,6 +165,7 @@ func (d *mobyDocker) Containers(ctx context.Context) ([]Container, error) {
 			ID:          s.ID,
 			NetworkMode: s.HostConfig.NetworkMode,
 			Labels:      s.Labels,
+			ImageID:     s.ImageID,
 		}
 		if len(s.Names) > 0 {
 			c.Name = strings.TrimPrefix(s.Names[0], "/")
@@ -178,6 +197,34 @@ func (d *mobyDocker) Containers(ctx context.Context) ([]Container, error) {
 	})
 	d.mu.Unlock()
 	return out, nil
+}
+
+// ImageLabels returns an image's labels. Images are content-addressed, so
+// an ID's labels never change and stay cached.
+func (d *mobyDocker) ImageLabels(ctx context.Context, image string) (map[string]string, error) {
+	d.mu.Lock()
+	labels, ok := d.images[image]
+	d.mu.Unlock()
+	if ok {
+		return labels, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+	defer cancel()
+	res, err := d.cli.ImageInspect(ctx, image)
+	if err != nil {
+		return nil, fmt.Errorf("inspecting image %s: %w", short(strings.TrimPrefix(image, "sha256:")), err)
+	}
+	labels = map[string]string{}
+	if res.Config != nil {
+		maps.Copy(labels, res.Config.Labels)
+	}
+	d.mu.Lock()
+	if len(d.images) > 1024 {
+		clear(d.images) // bounded: old images come and go on a long-lived host
+	}
+	d.images[image] = labels
+	d.mu.Unlock()
+	return labels, nil
 }
 
 func (d *mobyDocker) Env(ctx context.Context, id string) ([]string, error) {

@@ -1,17 +1,23 @@
 package agent
 
 import (
+	"context"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
 	"strings"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/imdsguard/imdsguard/firewall"
 )
 
 // Exemptions let chosen containers reach IMDS. For bridged containers an
-// exemption is an ACCEPT for the container's own addresses ahead of the
-// block, so the danger is address reuse: Docker hands a dead container's
+// exemption is an ACCEPT ahead of the block for the container's own
+// addresses arriving by its own bridge port (host-side veth), so a
+// neighbour that takes the address stays blocked. The address is matched
+// too, because ports and addresses are both reused: Docker hands a dead container's
 // address to the next container it starts. What keeps that safe:
 //
 //   - Exemptions are computed in every sync from the last listing of the
@@ -43,30 +49,77 @@ type Exemption struct {
 	Why         string   `json:"why"`
 	Applied     bool     `json:"applied"`
 	Addresses   []string `json:"addresses,omitempty"`
-	Note        string   `json:"note,omitempty"`
+	// Ports are the bridge ports (host-side veths) the ACCEPTs match.
+	Ports []string `json:"ports,omitempty"`
+	Note  string   `json:"note,omitempty"`
 }
 
-// exemptWhy says why c is exempt, or "".
-func exemptWhy(cfg Config, c Container) string {
-	if cfg.ExemptLabel != "" {
-		key, val, hasVal := strings.Cut(cfg.ExemptLabel, "=")
-		if v, ok := c.Labels[key]; ok && (!hasVal || v == val) {
-			return "label " + cfg.ExemptLabel
+// labelMatches reports whether labels carry the configured exempt label.
+func labelMatches(cfg Config, labels map[string]string) (string, bool) {
+	if cfg.ExemptLabel == "" {
+		return "", false
+	}
+	key, val, hasVal := strings.Cut(cfg.ExemptLabel, "=")
+	v, ok := labels[key]
+	return key, ok && (!hasVal || v == val)
+}
+
+// exemptCandidate: c carries what could exempt it, before its image's labels
+// are known. The lister reads image labels and bridge ports only for these.
+func exemptCandidate(cfg Config, c Container) bool {
+	if _, ok := labelMatches(cfg, c.Labels); ok {
+		return true
+	}
+	fam := c.Labels[LabelTaskFamily]
+	return fam != "" && slices.Contains(cfg.ExemptTaskFamilies, fam)
+}
+
+// exemptWhy says why c is exempt, or else why a label it carries does not
+// count. A label counts only when it was set on the container: Docker copies
+// an image's LABELs into its containers, so a label the image has with the
+// same value may be inherited, and anyone who can push an image could grant
+// it. (For ECS containers the agent writes the family label after the task
+// definition's dockerLabels; the image check is for containers started by
+// other means.)
+func exemptWhy(cfg Config, c Container) (why, refused string) {
+	inherited := func(key string) (bool, string) {
+		if c.ImageLabels == nil {
+			return true, "the image's labels could not be read, so the label cannot be shown to be the container's own"
+		}
+		if iv, ok := c.ImageLabels[key]; ok && iv == c.Labels[key] {
+			return true, "the image carries the same label, so the container may only have inherited it"
+		}
+		return false, ""
+	}
+	if key, ok := labelMatches(cfg, c.Labels); ok {
+		if inh, msg := inherited(key); inh {
+			refused = "label " + cfg.ExemptLabel + " ignored: " + msg
+		} else {
+			return "label " + cfg.ExemptLabel, ""
 		}
 	}
 	if fam := c.Labels[LabelTaskFamily]; fam != "" && slices.Contains(cfg.ExemptTaskFamilies, fam) {
-		return "ECS task family " + fam
+		if inh, msg := inherited(LabelTaskFamily); inh {
+			refused = strings.TrimPrefix(refused+"; ", "; ") + "ECS task family " + fam + " ignored: " + msg
+		} else {
+			return "ECS task family " + fam, ""
+		}
 	}
-	return ""
+	return "", refused
+}
+
+func isExempt(cfg Config, c Container) bool {
+	w, _ := exemptWhy(cfg, c)
+	return w != ""
 }
 
 // exemptions decides which running containers may reach IMDS. It returns
 // the reasons by container ID (only for exemptions in force), the list for
-// status, and the addresses to accept per family.
-func exemptions(cfg Config, containers []Container) (map[string]string, []Exemption, map[firewall.Family][]netip.Addr) {
+// status, and what the firewall must let through.
+func exemptions(cfg Config, containers []Container) (map[string]string, []Exemption, []firewall.Exemption) {
 	why := map[string]string{}
 	list := []Exemption{}
-	addrs := map[firewall.Family][]netip.Addr{}
+	var spec []firewall.Exemption
 	holders := map[netip.Addr][]string{}
 	for _, c := range containers {
 		for _, a := range slices.Concat(c.IPv4, c.IPv6) {
@@ -75,12 +128,19 @@ func exemptions(cfg Config, containers []Container) (map[string]string, []Exempt
 	}
 	ix := newIndex(containers)
 	for _, c := range containers {
-		w := exemptWhy(cfg, c)
-		if w == "" || c.Name == ECSAgentName {
+		if !exemptCandidate(cfg, c) || c.Name == ECSAgentName {
 			continue
 		}
 		class, _ := modeClass(c)
+		w, refused := exemptWhy(cfg, c)
 		e := Exemption{ID: short(c.ID), Name: c.Name, NetworkMode: class, Why: w}
+		if w == "" {
+			if class != ModeNone {
+				e.Why, e.Note = "not exempt", refused
+				list = append(list, e)
+			}
+			continue
+		}
 		switch class {
 		case ModeNone:
 			continue // nothing to reach IMDS with
@@ -89,7 +149,7 @@ func exemptions(cfg Config, containers []Container) (map[string]string, []Exempt
 			switch {
 			case !ok:
 				e.Note = "ignored: the container whose network it shares is not running"
-			case exemptWhy(cfg, o) == "":
+			case !isExempt(cfg, o):
 				e.Note = "ignored: it shares the network of " + o.Name + ", which is not exempt; exempt that container instead"
 			default:
 				e.Note = "shares the network of " + o.Name + ", which is exempt"
@@ -100,10 +160,12 @@ func exemptions(cfg Config, containers []Container) (map[string]string, []Exempt
 			e.Applied = true
 			why[c.ID] = w
 		default:
+			var notes []string
+			byPort := map[string][]netip.Addr{}
 			for _, a := range slices.Concat(c.IPv4, c.IPv6) {
 				a = a.Unmap()
 				if len(holders[a]) > 1 {
-					e.Note += "address " + a.String() + " is also claimed by " + strings.Join(holders[a], ", ") + ": not exempted; "
+					notes = append(notes, "address "+a.String()+" is also claimed by "+strings.Join(holders[a], ", ")+": not exempted")
 					continue
 				}
 				fam := firewall.IPv4
@@ -113,10 +175,26 @@ func exemptions(cfg Config, containers []Container) (map[string]string, []Exempt
 				if len(firewall.ExemptAddrs(fam, []netip.Addr{a})) == 0 {
 					continue
 				}
-				addrs[fam] = append(addrs[fam], a)
+				// Fail closed: without the container's own bridge port the
+				// ACCEPT could only match the address, which a neighbour
+				// can take.
+				port, ok := c.Ports[a]
+				if !ok || !firewall.ValidPort(port.Name) {
+					msg := "no bridge port found for " + a.String() + ": not exempted"
+					if c.PortErr != "" {
+						msg += " (" + c.PortErr + ")"
+					}
+					notes = append(notes, msg)
+					continue
+				}
+				byPort[port.Name] = append(byPort[port.Name], a)
 				e.Addresses = append(e.Addresses, a.String())
 			}
-			e.Note = strings.TrimSuffix(e.Note, "; ")
+			for _, port := range slices.Sorted(maps.Keys(byPort)) {
+				spec = append(spec, firewall.Exemption{Container: short(c.ID), Name: c.Name, Port: port, Addrs: byPort[port]})
+				e.Ports = append(e.Ports, port)
+			}
+			e.Note = strings.Join(notes, "; ")
 			if len(e.Addresses) > 0 {
 				e.Applied = true
 				why[c.ID] = w
@@ -127,5 +205,100 @@ func exemptions(cfg Config, containers []Container) (map[string]string, []Exempt
 		list = append(list, e)
 	}
 	sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
-	return why, list, addrs
+	return why, list, spec
+}
+
+// ImageLabeler is implemented by Docker clients that can read an image's
+// labels.
+type ImageLabeler interface {
+	ImageLabels(ctx context.Context, image string) (map[string]string, error)
+}
+
+// PortFinder finds the bridge ports behind a container's addresses, given
+// the pid of a process in its network namespace.
+type PortFinder interface {
+	Ports(pid int) (map[netip.Addr]BridgePort, error)
+}
+
+// enrich reads, for exemption candidates only, their image's labels and
+// their bridge ports. It runs in the lister (or a one-shot command's own
+// listing), never in a sync. Whatever fails is left empty, which withholds
+// the exemption, and noted.
+func (a *Agent) enrich(ctx context.Context, list []Container) {
+	il, _ := a.docker.(ImageLabeler)
+	insp, _ := a.docker.(Inspector)
+	for i := range list {
+		c := &list[i]
+		if !exemptCandidate(a.cfg, *c) || c.Name == ECSAgentName {
+			continue
+		}
+		if il != nil {
+			if labels, err := il.ImageLabels(ctx, c.ImageID); err == nil {
+				if labels == nil {
+					labels = map[string]string{}
+				}
+				c.ImageLabels = labels
+			}
+		}
+		if class, _ := modeClass(*c); class != ModeBridge && class != ModeUserNet {
+			continue
+		}
+		switch {
+		case insp == nil || a.ports == nil:
+			c.PortErr = "bridge ports cannot be looked up here"
+		default:
+			det, err := insp.Inspect(ctx, c.ID)
+			if err != nil {
+				c.PortErr = err.Error()
+				break
+			}
+			ports, err := a.ports.Ports(det.Pid)
+			if err != nil {
+				c.PortErr = err.Error()
+				break
+			}
+			c.Ports = ports
+		}
+	}
+}
+
+// logExemptions writes one warning for every exemption granted or
+// withdrawn since the last pass that applied one: an exemption opens the
+// path to the instance role's credentials.
+func (a *Agent) logExemptions(list []Exemption, containers []Container, dockerErr error) {
+	now := map[string]Exemption{}
+	for _, e := range list {
+		if e.Applied {
+			now[e.ID] = e
+		}
+	}
+	tasks := map[string]string{}
+	for _, c := range containers {
+		tasks[short(c.ID)] = c.Labels[LabelTaskARN]
+	}
+	a.mu.Lock()
+	prev := a.granted
+	a.granted = now
+	a.mu.Unlock()
+	for _, id := range slices.Sorted(maps.Keys(now)) {
+		e := now[id]
+		if _, ok := prev[id]; ok {
+			continue
+		}
+		a.log.WithFields(logrus.Fields{"container": e.Name, "id": e.ID, "task": tasks[id], "reason": e.Why,
+			"addresses": strings.Join(e.Addresses, ","), "ports": strings.Join(e.Ports, ",")}).
+			Warn("exemption granted: this container may reach IMDS")
+	}
+	for _, id := range slices.Sorted(maps.Keys(prev)) {
+		if _, ok := now[id]; ok {
+			continue
+		}
+		e := prev[id]
+		why := "the container no longer runs or no longer qualifies"
+		if dockerErr != nil {
+			why = "Docker cannot be asked: " + dockerErr.Error()
+		}
+		a.log.WithFields(logrus.Fields{"container": e.Name, "id": e.ID, "task": tasks[id], "reason": e.Why, "why": why}).
+			Warn("exemption withdrawn")
+	}
 }

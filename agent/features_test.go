@@ -339,22 +339,47 @@ func TestBlackholedAndHasIPv6(t *testing.T) {
 
 func TestExemptions(t *testing.T) {
 	a4, b4, a6 := netip.MustParseAddr("172.17.0.2"), netip.MustParseAddr("172.17.0.3"), netip.MustParseAddr("fd00:ec2:d0c::2")
-	cfg := Config{ExemptLabel: DefaultExemptLabel, ExemptTaskFamilies: []string{"xray"}}
+	cfg := Config{ExemptLabel: ExampleExemptLabel, ExemptTaskFamilies: []string{"xray"}}
 	label := map[string]string{"imdsguard.allow-imds": "true"}
+	x4 := netip.MustParseAddr("172.30.0.5")
+	port := func(name string, as ...netip.Addr) map[netip.Addr]BridgePort {
+		m := map[netip.Addr]BridgePort{}
+		for _, a := range as {
+			m[a] = BridgePort{Name: name, Bridge: "docker0"}
+		}
+		return m
+	}
+	none := map[string]string{}
 	cs := []Container{
-		{ID: "1", Name: "cwagent", NetworkMode: "bridge", IPv4: []netip.Addr{a4}, IPv6: []netip.Addr{a6}, Labels: label},
+		{ID: "1", Name: "cwagent", NetworkMode: "bridge", IPv4: []netip.Addr{a4}, IPv6: []netip.Addr{a6}, Labels: label, ImageLabels: none, Ports: port("veth1", a4, a6)},
 		{ID: "2", Name: "app", NetworkMode: "bridge", IPv4: []netip.Addr{b4}},
-		{ID: "3", Name: "xray", NetworkMode: "appnet", IPv4: []netip.Addr{netip.MustParseAddr("172.30.0.5")}, Labels: map[string]string{LabelTaskFamily: "xray"}},
-		{ID: "4", Name: "sidecar", NetworkMode: "container:app", Labels: label},
+		{ID: "3", Name: "xray", NetworkMode: "appnet", IPv4: []netip.Addr{x4}, Labels: map[string]string{LabelTaskFamily: "xray"}, ImageLabels: none, Ports: port("veth3", x4)},
+		{ID: "4", Name: "sidecar", NetworkMode: "container:app", Labels: label, ImageLabels: none},
 		{ID: "5", Name: "falselabel", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.9")}, Labels: map[string]string{"imdsguard.allow-imds": "false"}},
 		{ID: "6", Name: ECSAgentName, NetworkMode: "host", Labels: label},
+		{ID: "7", Name: "fromimage", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.7")}, Labels: label, ImageLabels: label, Ports: port("veth7", netip.MustParseAddr("172.17.0.7"))},
+		{ID: "8", Name: "unreadimage", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.8")}, Labels: label, Ports: port("veth8", netip.MustParseAddr("172.17.0.8"))},
+		{ID: "9", Name: "noport", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.10")}, Labels: label, ImageLabels: none, PortErr: "inspect failed"},
 	}
-	why, list, addrs := exemptions(cfg, cs)
-	if !slices.Equal(addrs[firewall.IPv4], []netip.Addr{a4, netip.MustParseAddr("172.30.0.5")}) || !slices.Equal(addrs[firewall.IPv6], []netip.Addr{a6}) {
-		t.Fatalf("addresses %v", addrs)
+	why, list, spec := exemptions(cfg, cs)
+	want := []firewall.Exemption{
+		{Container: "1", Name: "cwagent", Port: "veth1", Addrs: []netip.Addr{a4, a6}},
+		{Container: "3", Name: "xray", Port: "veth3", Addrs: []netip.Addr{x4}},
 	}
-	if why["1"] == "" || why["3"] == "" || why["2"] != "" || why["4"] != "" || why["5"] != "" {
+	if fmt.Sprint(spec) != fmt.Sprint(want) {
+		t.Fatalf("spec %v, want %v", spec, want)
+	}
+	if why["1"] == "" || why["3"] == "" || why["2"] != "" || why["4"] != "" || why["5"] != "" || why["7"] != "" || why["8"] != "" || why["9"] != "" {
 		t.Fatalf("why %v", why)
+	}
+	notes := map[string]string{}
+	for _, e := range list {
+		notes[e.Name] = e.Note
+	}
+	for name, want := range map[string]string{"fromimage": "the image carries the same label", "unreadimage": "could not be read", "noport": "no bridge port found for 172.17.0.10: not exempted (inspect failed)"} {
+		if !strings.Contains(notes[name], want) {
+			t.Errorf("%s: note %q, want %q", name, notes[name], want)
+		}
 	}
 	names := []string{}
 	for _, e := range list {
@@ -363,16 +388,16 @@ func TestExemptions(t *testing.T) {
 			t.Errorf("a label on a joiner must be ignored, naming the owner: %+v", e)
 		}
 	}
-	if !slices.Equal(names, []string{"cwagent", "sidecar", "xray"}) {
+	if !slices.Equal(names, []string{"cwagent", "fromimage", "noport", "sidecar", "unreadimage", "xray"}) {
 		t.Fatalf("list %v", names)
 	}
 
 	// Two running containers claim one address (a stale list during
 	// reuse): neither gets an exemption for it.
 	cs[1].IPv4 = []netip.Addr{a4}
-	_, list, addrs = exemptions(cfg, cs)
-	if slices.Contains(addrs[firewall.IPv4], a4) {
-		t.Fatalf("a shared address was exempted: %v", addrs)
+	_, list, spec = exemptions(cfg, cs)
+	if slices.Contains(spec[0].Addrs, a4) {
+		t.Fatalf("a shared address was exempted: %v", spec)
 	}
 	if !strings.Contains(list[0].Note, "also claimed") {
 		t.Fatalf("note %+v", list[0])
@@ -388,17 +413,18 @@ func TestExemptions(t *testing.T) {
 // that gets its address is blocked.
 func TestExemptionFollowsTheContainer(t *testing.T) {
 	fx := newFixture(t)
-	fx.cfg.ExemptLabel = DefaultExemptLabel
+	fx.cfg.ExemptLabel = ExampleExemptLabel
 	ip := netip.MustParseAddr("172.30.0.10")
-	fx.docker.containers = []Container{{ID: "aaaaaaaaaaaaaaaa", Name: "cw", NetworkMode: "appnet", IPv4: []netip.Addr{ip},
-		Labels: map[string]string{"imdsguard.allow-imds": "true"}}}
+	cw := Container{ID: "aaaaaaaaaaaaaaaa", Name: "cw", NetworkMode: "appnet", IPv4: []netip.Addr{ip},
+		Labels: map[string]string{"imdsguard.allow-imds": "true"}}
+	fx.docker.containers = []Container{cw}
+	accept := fx.exemptable(cw, 7)
 	a := fx.build(t)
 	ctx := context.Background()
 	st, err := a.Once(ctx, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	accept := "-A IMDS-GUARD -s 172.30.0.10/32 -d 169.254.169.254/32 -j ACCEPT"
 	if !strings.Contains(fx.fakes[firewall.IPv4].Dump(), accept) || st.Verdict != VerdictProtected || len(st.Exemptions) != 1 {
 		t.Fatalf("verdict %s %v\n%s", st.Verdict, st.Reasons, fx.fakes[firewall.IPv4].Dump())
 	}
@@ -720,7 +746,7 @@ func TestNewFlags(t *testing.T) {
 // the new features at scale, without iptables or netlink.
 func BenchmarkPass500(b *testing.B) {
 	fx := newFixture(b)
-	fx.cfg.AWSVPCMode, fx.cfg.BlockHostNetwork, fx.cfg.ExemptLabel = ECSModeEnforce, true, DefaultExemptLabel
+	fx.cfg.AWSVPCMode, fx.cfg.BlockHostNetwork, fx.cfg.ExemptLabel = ECSModeEnforce, true, ExampleExemptLabel
 	ns := newFakeNS()
 	sys := fakeSys{files: map[string]string{"/proc/self/cgroup": "0::/system.slice/imdsguard.service\n", "/proc/1/cgroup": "0::/init.scope\n"}}
 	fx.insp = map[string]Details{}

@@ -1,11 +1,9 @@
 package agent
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/http"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -21,8 +19,10 @@ type metrics struct {
 	verdict      *prometheus.GaugeVec
 	rulePresent  *prometheus.GaugeVec
 	repairs      *prometheus.CounterVec
-	blockedPkts  *prometheus.GaugeVec
-	blockedBytes *prometheus.GaugeVec
+	blockedPkts  *prometheus.CounterVec
+	blockedBytes *prometheus.CounterVec
+	// published are the blocked totals already added to the counters.
+	published    map[string][2]uint64
 	containers   *prometheus.GaugeVec
 	awsvpcTasks  *prometheus.GaugeVec
 	hostNet      *prometheus.GaugeVec
@@ -53,14 +53,16 @@ func newMetrics(version string, families []firewall.Family) *metrics {
 		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "imdsguard_repairs_total", Help: "Drift repaired, by family and reason.",
 		}, []string{"family", "reason"}),
-		// Gauges fed from kernel counters that restart when the chain is
-		// rebuilt; the agent accumulates them, so they only grow while it runs.
-		blockedPkts: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		// Counters fed from kernel counters that restart when a chain is
+		// rebuilt; the agent accumulates them (Agent.accumulate), and only
+		// the growth of its totals is added here.
+		blockedPkts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "imdsguard_blocked_packets_total", Help: "Packets to IMDS blocked since the agent started.",
 		}, []string{"family"}),
-		blockedBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		blockedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "imdsguard_blocked_bytes_total", Help: "Bytes to IMDS blocked since the agent started.",
 		}, []string{"family"}),
+		published: map[string][2]uint64{},
 		containers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "imdsguard_containers", Help: "Running containers by network mode and whether IMDS is blocked for them.",
 		}, []string{"network_mode", "protected"}),
@@ -136,8 +138,16 @@ func (m *metrics) observe(st *Status, err error) {
 			continue
 		}
 		m.rulePresent.WithLabelValues(fam).Set(b2f(fs.Enforced))
-		m.blockedPkts.WithLabelValues(fam).Set(float64(fs.BlockedPackets))
-		m.blockedBytes.WithLabelValues(fam).Set(float64(fs.BlockedBytes))
+		last := m.published[fam]
+		if fs.BlockedPackets > last[0] {
+			m.blockedPkts.WithLabelValues(fam).Add(float64(fs.BlockedPackets - last[0]))
+			last[0] = fs.BlockedPackets
+		}
+		if fs.BlockedBytes > last[1] {
+			m.blockedBytes.WithLabelValues(fam).Add(float64(fs.BlockedBytes - last[1]))
+			last[1] = fs.BlockedBytes
+		}
+		m.published[fam] = last
 	}
 	m.containers.Reset()
 	for _, c := range st.Containers {
@@ -195,7 +205,7 @@ func b2f(b bool) float64 {
 }
 
 // serve exposes /metrics (and /healthz, for probes that speak HTTP) on addr.
-func (m *metrics) serve(addr string, healthz http.HandlerFunc, log *logrus.Entry) (func() error, error) {
+func (m *metrics) serve(addr string, ep endpoint, healthz http.HandlerFunc, log *logrus.Entry) (func() error, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listener on %s: %w", addr, err)
@@ -205,11 +215,5 @@ func (m *metrics) serve(addr string, healthz http.HandlerFunc, log *logrus.Entry
 		ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 4,
 	}))
 	mux.HandleFunc("GET /healthz", healthz)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go serveHTTP(srv, l, "metrics", log)
-	return func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		return srv.Shutdown(ctx)
-	}, nil
+	return ep.serve(l, mux, log), nil
 }

@@ -2,8 +2,11 @@ package agent
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
+
+	"github.com/imdsguard/imdsguard/firewall"
 )
 
 // Verdicts, from best to worst.
@@ -66,6 +69,9 @@ type picture struct {
 	hostBlocked map[string]string
 	// exempt says why a container may reach IMDS, by ID.
 	exempt map[string]string
+	// rules is each family's ruleset as read in this pass, by family; the
+	// evaluator judges every bridged container's own packet with it.
+	rules map[string]*firewall.Ruleset
 }
 
 // modeClass folds Docker's network mode strings into the classes that
@@ -146,8 +152,9 @@ func classify(p picture) []ContainerStatus {
 			ID: short(c.ID), Name: c.Name, NetworkMode: class,
 			TaskARN: c.Labels[LabelTaskARN], ECSContainer: c.Labels[LabelContainerName],
 		}
-		st.Protected, st.Reason = protection(p, c, ix, 0)
-		if o, ok := ix.owner(c); ok && !st.Protected && p.exempt[o.ID] != "" {
+		var allowed bool
+		st.Protected, st.Reason, allowed = protection(p, c, ix, 0)
+		if !st.Protected && allowed {
 			st.Expected = true
 		}
 		if class == ModeHost && c.Name == ECSAgentName {
@@ -160,61 +167,96 @@ func classify(p picture) []ContainerStatus {
 	return out
 }
 
-// protection follows container:<id> chains to the namespace owner.
-func protection(p picture, c Container, ix index, depth int) (bool, string) {
+// protection follows container:<id> chains to the namespace owner. allowed
+// says the container reaches IMDS by an exemption: the operator's choice,
+// reported but not counted against the host.
+func protection(p picture, c Container, ix index, depth int) (prot bool, why string, allowed bool) {
 	class, target := modeClass(c)
 	switch class {
 	case ModeHost:
 		if why, ok := p.hostBlocked[c.ID]; ok {
-			return true, why
+			return true, why, false
 		}
 		if why := p.exempt[c.ID]; why != "" {
-			return false, "host network, exempt (" + why + ")"
+			return false, "host network, exempt (" + why + ")", true
 		}
-		return false, "host network: traffic leaves from the host itself, which DOCKER-USER never sees"
+		return false, "host network: traffic leaves from the host itself, which DOCKER-USER never sees", false
 	case ModeNone:
-		return true, "no network"
+		return true, "no network", false
 	case ModeAWSVPC:
 		if t, ok := p.awsvpc[c.ID]; ok {
-			return t.Protected, t.Reason
+			return t.Protected, t.Reason, !t.Protected && p.exempt[c.ID] != ""
 		}
 		if p.awsvpcBlock {
-			return true, "awsvpc task: ECS_AWSVPC_BLOCK_IMDS is in effect for tasks the ECS agent starts"
+			return true, "awsvpc task: ECS_AWSVPC_BLOCK_IMDS is in effect for tasks the ECS agent starts", false
 		}
-		return false, "awsvpc task: ECS_AWSVPC_BLOCK_IMDS is not in effect in the running ECS agent"
+		return false, "awsvpc task: ECS_AWSVPC_BLOCK_IMDS is not in effect in the running ECS agent", false
 	case ModeContainer:
 		owner, ok := ix.find(target)
 		if !ok || depth > 8 {
-			return false, fmt.Sprintf("shares the network of %s, which is not running", short(target))
+			return false, fmt.Sprintf("shares the network of %s, which is not running", short(target)), false
 		}
 		if o, ok := ix.owner(owner); ok {
 			if oc, _ := modeClass(o); oc == ModeHost {
 				// The host's namespace: only this container's own cgroup
 				// rule blocks it, not its owner's.
 				if why, ok := p.hostBlocked[c.ID]; ok {
-					return true, fmt.Sprintf("shares the network of %s (host network): %s", owner.Name, why)
+					return true, fmt.Sprintf("shares the network of %s (host network): %s", owner.Name, why), false
 				}
-				return false, fmt.Sprintf("shares the network of %s (host network) and has no rule of its own", owner.Name)
+				return false, fmt.Sprintf("shares the network of %s (host network) and has no rule of its own", owner.Name), false
 			}
 		}
-		prot, why := protection(p, owner, ix, depth+1)
-		return prot, fmt.Sprintf("shares the network of %s: %s", owner.Name, why)
+		prot, why, allowed := protection(p, owner, ix, depth+1)
+		return prot, fmt.Sprintf("shares the network of %s: %s", owner.Name, why), allowed
 	}
 	// Bridge and user-defined networks: forwarded traffic, DOCKER-USER.
 	v4, v6 := p.enforced["ipv4"], p.enforced["ipv6"]
 	_, v6On := p.enforced["ipv6"]
 	switch {
 	case !v4:
-		return false, "bridged, but the IPv4 block is not in place"
+		return false, "bridged, but the IPv4 block is not in place", false
 	case len(c.IPv6) > 0 && !v6On:
-		return false, "bridged with IPv6, and IPv6 blocking is disabled (--ipv6=false)"
+		return false, "bridged with IPv6, and IPv6 blocking is disabled (--ipv6=false)", false
 	case len(c.IPv6) > 0 && !v6:
-		return false, "bridged with IPv6, but the IPv6 block is not in place"
+		return false, "bridged with IPv6, but the IPv6 block is not in place", false
 	}
-	if why := p.exempt[c.ID]; why != "" {
-		return false, "bridged, exempt (" + why + "): an ACCEPT for its addresses comes before the block"
+	// The family's probe was dropped; now this container's own packets,
+	// which rules naming its address or bridge port may treat otherwise.
+	why = "bridged: DOCKER-USER sends IMDS traffic to IMDS-GUARD"
+	for _, a := range slices.Concat(c.IPv4, c.IPv6) {
+		a = a.Unmap()
+		fam := firewall.IPv4
+		if a.Is6() {
+			fam = firewall.IPv6
+		}
+		rs := p.rules[string(fam)]
+		if rs == nil {
+			continue // tests without a ruleset: the probe's verdict stands
+		}
+		pkt := firewall.Packet{Family: fam, Src: a}
+		if port, ok := c.Ports[a]; ok {
+			pkt.BridgePort, pkt.InIface = port.Name, port.Bridge
+		}
+		res := rs.Evaluate(pkt)
+		if res.Dropped {
+			why = "bridged: " + res.String()
+			continue
+		}
+		// A pass by an ACCEPT in IMDS-GUARD is an exemption the daemon
+		// wrote, whichever command is looking.
+		byDaemon := res.Table == firewall.Table && res.Chain == firewall.Chain
+		if w := p.exempt[c.ID]; w != "" || byDaemon {
+			if w == "" {
+				w = "an ACCEPT in " + firewall.Chain + " written by the daemon"
+			}
+			return false, fmt.Sprintf("bridged, exempt (%s): %s %s", w, a, res), true
+		}
+		return false, fmt.Sprintf("bridged, but its packet from %s is not dropped: %s", a, res), false
 	}
-	return true, "bridged: DOCKER-USER sends IMDS traffic to IMDS-GUARD"
+	if w := p.exempt[c.ID]; w != "" {
+		why = "exempt (" + w + ") but blocked all the same: " + why
+	}
+	return true, why, false
 }
 
 // verdict sums up the host. exposed: the bridge block itself is not in

@@ -53,6 +53,9 @@ type FirewallStatus struct {
 	IPv4    FamilyStatus `json:"ipv4"`
 	IPv6    FamilyStatus `json:"ipv6"`
 	Error   string       `json:"error,omitempty"`
+	// NFTables is layer 1, imdsguard's own tables (ipv4/ipv6 above are
+	// layer 2, the iptables chain).
+	NFTables *NFTStatus `json:"nftables,omitempty"`
 }
 
 // FamilyStatus is one family's block.
@@ -63,7 +66,10 @@ type FamilyStatus struct {
 	// Blocked counts since the daemon started (check: since the chain was built).
 	BlockedPackets uint64 `json:"blocked_packets"`
 	BlockedBytes   uint64 `json:"blocked_bytes"`
-	Error          string `json:"error,omitempty"`
+	// Probe says what the kernel does with a new container's first packet
+	// to IMDS, and by which rule.
+	Probe string `json:"probe,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // ECSStatus is what the ECS agent does, and will do, for awsvpc tasks.
@@ -79,8 +85,15 @@ type ECSStatus struct {
 	RestartNeeded bool              `json:"restart_needed"`
 	Wrote         bool              `json:"wrote_ecs_config,omitempty"`
 	// WriteFailed: enforce mode could not write ECS_AWSVPC_BLOCK_IMDS=true.
-	WriteFailed bool   `json:"write_failed,omitempty"`
-	Error       string `json:"error,omitempty"`
+	WriteFailed bool `json:"write_failed,omitempty"`
+	// Error says why the newest read of the files failed; nothing is then
+	// claimed (awsvpc_block_imds false, no restart_needed).
+	Error string `json:"error,omitempty"`
+	// ReadAt is when the files shown were read: the daemon reads them in
+	// a loop of its own, on change and every resync interval.
+	ReadAt time.Time `json:"read_at,omitzero"`
+	// Stale: the newest read failed and config is the last good read's.
+	Stale bool `json:"stale,omitempty"`
 }
 
 // DockerStatus says whether the container picture is known.
@@ -109,6 +122,9 @@ type SyncSummary struct {
 // familyStatus converts a firewall state.
 func familyStatus(st firewall.FamilyState) FamilyStatus {
 	fs := FamilyStatus{Enabled: true, Enforced: st.Enforced, BlockedPackets: st.Packets, BlockedBytes: st.Bytes}
+	if st.Rules != nil {
+		fs.Probe = st.Probe.String()
+	}
 	for _, p := range st.Problems {
 		fs.Problems = append(fs.Problems, p.Detail)
 	}
@@ -144,11 +160,19 @@ func (s *Status) WriteText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "firewall: %s via iptables-%s; %s; %s\n", s.Firewall.Action, s.Firewall.Backend,
 		fam("ipv4", s.Firewall.IPv4), fam("ipv6", s.Firewall.IPv6))
+	if n := s.Firewall.NFTables; n != nil {
+		n.writeText(w)
+	}
 	ecs := fmt.Sprintf("ECS_AWSVPC_BLOCK_IMDS=%v", s.ECSConfig.AWSVPCBlockIMDS)
 	if s.ECSConfig.Config != nil {
 		ecs += " (" + s.ECSConfig.Config.Reason + ")"
 	}
-	if !s.ECSConfig.Present {
+	switch e := s.ECSConfig; {
+	case e.Error != "" && e.Stale:
+		ecs = fmt.Sprintf("UNREADABLE: %s; last good read %s", e.Error, e.ReadAt.Format(time.RFC3339))
+	case e.Error != "":
+		ecs = "UNREADABLE: " + e.Error
+	case !e.Present:
 		ecs = "no ECS configuration found"
 	}
 	if s.ECSConfig.RestartNeeded {
@@ -178,6 +202,9 @@ func (s *Status) WriteText(w io.Writer) {
 		line := fmt.Sprintf("exemption: %s %s (%s)", e.Name, state, e.Why)
 		if len(e.Addresses) > 0 {
 			line += " for " + strings.Join(e.Addresses, ", ")
+		}
+		if len(e.Ports) > 0 {
+			line += " by bridge port " + strings.Join(e.Ports, ", ")
 		}
 		if e.Note != "" {
 			line += "; " + e.Note
@@ -216,7 +243,7 @@ func trunc(s string, n int) string {
 
 // serveStatus serves /status and /healthz on a unix socket only root can
 // open: the status names every container and task on the host.
-func serveStatus(ctx context.Context, path string, h http.Handler, log *logrus.Entry) (func() error, error) {
+func serveStatus(path string, ep endpoint, h http.Handler, log *logrus.Entry) (func() error, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("status socket directory: %w", err)
 	}
@@ -236,16 +263,9 @@ func serveStatus(ctx context.Context, path string, h http.Handler, log *logrus.E
 	if err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("status socket: %w", err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go serveHTTP(srv, l, "status", log)
+	stop := ep.serve(l, h, log)
 	return func() error {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		err := srv.Shutdown(sctx)
+		err := stop()
 		_ = os.Remove(path)
 		return err
 	}, nil
@@ -266,7 +286,9 @@ var ErrNoDaemon = errors.New("no imdsguard daemon is running")
 func QueryStatus(ctx context.Context, socket string) (*Status, error) {
 	hc := &http.Client{
 		Timeout: 5 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		// One request per client: a kept-alive connection would hold one
+		// of the socket's capped slots until the server's idle timeout.
+		Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
 		}},

@@ -101,6 +101,8 @@ func (v *containerView) set(list []Container, err error, at time.Time, took time
 func sameContainers(a, b []Container) bool {
 	return slices.EqualFunc(a, b, func(x, y Container) bool {
 		return x.ID == y.ID && x.Name == y.Name && x.NetworkMode == y.NetworkMode &&
-			slices.Equal(x.IPv4, y.IPv4) && slices.Equal(x.IPv6, y.IPv6) && maps.Equal(x.Labels, y.Labels)
+			slices.Equal(x.IPv4, y.IPv4) && slices.Equal(x.IPv6, y.IPv6) && maps.Equal(x.Labels, y.Labels) &&
+			maps.Equal(x.ImageLabels, y.ImageLabels) && (x.ImageLabels == nil) == (y.ImageLabels == nil) &&
+			maps.Equal(x.Ports, y.Ports) && x.PortErr == y.PortErr
 	})
 }

@@ -63,12 +63,12 @@ func TestViewRefusesAStaleListing(t *testing.T) {
 // away withdraws it at once.
 func TestDaemonListsOnDockerEventsOnly(t *testing.T) {
 	fx := newFixture(t)
-	fx.cfg.ExemptLabel = DefaultExemptLabel
+	fx.cfg.ExemptLabel = ExampleExemptLabel
 	ip := netip.MustParseAddr("172.30.0.10")
 	exempt := Container{ID: "aaaaaaaaaaaaaaaa", Name: "cw", NetworkMode: "appnet", IPv4: []netip.Addr{ip},
 		Labels: map[string]string{"imdsguard.allow-imds": "true"}}
 	fx.docker.containers = []Container{exempt}
-	accept := "-A IMDS-GUARD -s 172.30.0.10/32 -d 169.254.169.254/32 -j ACCEPT"
+	accept := fx.exemptable(exempt, 7)
 	v4 := fx.fakes[firewall.IPv4]
 	fx.start(t)
 	eventually(t, "the exemption", func() bool { return strings.Contains(v4.Dump(), accept) })

@@ -12,7 +12,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/firewall"
 )
 
 // Contender kinds.
@@ -23,7 +25,7 @@ const (
 )
 
 // The seed recipe's rule, in DOCKER-USER.
-var seedRule = []string{"-d", imdsRuleDst, "-j", "DROP"}
+var seedRule = []string{"-d", firewall.IMDSv4, "-j", "DROP"}
 
 // pollInterval is the hand-written loop's period.
 const pollInterval = 60 * time.Second
@@ -99,7 +101,8 @@ func newContender(ctx context.Context, kind string, backend sandbox.Backend, bin
 		sock := filepath.Join(sb.Dir, "s.sock")
 		c.agent, err = sb.StartProcess("imdsguard", bin, "run",
 			"--docker-host", sb.DockerHost, "--status-socket", sock, "--metrics-addr", "",
-			"--host-root", hostRoot, "--resync-interval", resync.String(), "--log-format", "json")
+			"--host-root", hostRoot, "--resync-interval", resync.String(), "--log-format", "json",
+			"--exempt-label", agent.ExampleExemptLabel)
 		if err != nil {
 			return nil, err
 		}
@@ -149,13 +152,13 @@ func (c *contender) waitProtected(ctx context.Context, limit time.Duration) erro
 	return fmt.Errorf("%s: agent not enforcing after %v (%s)\n%s", c.label(), limit, last, tailLines(c.agent.Log(), 30))
 }
 
-// save reads the filter table from stdout alone: a warning iptables-save
+// save reads every table (raw and mangle see the packet first) from stdout alone: a warning iptables-save
 // writes to stderr would otherwise land in the middle of a rule line.
 func (c *contender) save() (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var stderr strings.Builder
-	cmd := c.sb.HostCommand(ctx, "iptables-save", "-t", "filter")
+	cmd := c.sb.HostCommand(ctx, "iptables-save")
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {

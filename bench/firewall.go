@@ -4,76 +4,27 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/firewall"
 )
 
-// IMDS as the rules spell it.
-const imdsRuleDst = "169.254.169.254/32"
-
-// parseRules turns `iptables-save -t filter` into chain -> rules, each rule
-// without its "-A CHAIN " prefix.
-func parseRules(save string) map[string][]string {
-	rules := map[string][]string{}
-	for _, l := range strings.Split(save, "\n") {
-		rest, ok := strings.CutPrefix(l, "-A ")
-		if !ok {
-			continue
-		}
-		chain, rule, _ := strings.Cut(rest, " ")
-		rules[chain] = append(rules[chain], rule)
-	}
-	return rules
-}
-
 // blocked decides, contender-independently, whether forwarded IPv4 traffic
-// to IMDS is dropped: FORWARD must start with the DOCKER-USER jump, and
-// DOCKER-USER must drop IMDS (directly, as the seed rule does, or through a
-// jump to a chain that does, as imdsguard's IMDS-GUARD) before anything
-// could accept or return. An ACCEPT of IMDS from one /32 source is an
-// exemption (scenario 5) and is passed over: the block holds for every
-// other container. Conservative: any other rule ends the walk.
+// to IMDS is dropped for a container no rule names, with imdsguard's own
+// evaluator: it walks the tables the way the kernel walks the packet, so an
+// exemption (scenario 5) or a REJECT counts for what it does, and anything
+// it cannot read counts against the block.
 func blocked(save string) bool {
-	rules := parseRules(save)
-	fw := rules["FORWARD"]
-	if len(fw) == 0 || fw[0] != "-j DOCKER-USER" {
+	rs, err := firewall.ParseRuleset(firewall.IPv4, []byte(save))
+	if err != nil {
 		return false
 	}
-	return chainDrops(rules, "DOCKER-USER", 0)
-}
-
-var exemption = regexp.MustCompile(`^-s \d+\.\d+\.\d+\.\d+/32 -d ` + regexp.QuoteMeta(imdsRuleDst) + ` -j ACCEPT$`)
-
-func chainDrops(rules map[string][]string, chain string, depth int) bool {
-	if depth > 4 {
-		return false
-	}
-	for _, r := range rules[chain] {
-		if r == "-d "+imdsRuleDst+" -j DROP" || strings.HasPrefix(r, "-d "+imdsRuleDst+" -j REJECT") {
-			return true
-		}
-		if exemption.MatchString(r) {
-			continue
-		}
-		target, ok := strings.CutPrefix(r, "-j ")
-		if !ok || strings.Contains(target, " ") {
-			return false
-		}
-		switch target {
-		case "RETURN", "ACCEPT":
-			return false
-		}
-		if chainDrops(rules, target, depth+1) {
-			return true
-		}
-	}
-	return false
+	return rs.Evaluate(firewall.Probe(firewall.IPv4)).Dropped
 }
 
 // nftMonitor timestamps every committed nf_tables transaction in one

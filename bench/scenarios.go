@@ -508,7 +508,7 @@ type scaleResult struct {
 func scenarioScale(ctx context.Context, c *contender, n int, drifts int, res *results) error {
 	exempt := n / 2
 	c.logf("%s: scenario 5, starting %d containers, %d of them exempt", c.label(), n, exempt)
-	label := strings.SplitN(agent.DefaultExemptLabel, "=", 2)
+	label := strings.SplitN(agent.ExampleExemptLabel, "=", 2)
 	t0 := time.Now()
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 6)

@@ -293,7 +293,7 @@ func (so *soak) containerStart() {
 	case "user-defined":
 		args = []string{"--network", "soaknet"}
 	case "exempt":
-		args = []string{"--network", "soaknet", "--label", agent.DefaultExemptLabel}
+		args = []string{"--network", "soaknet", "--label", agent.ExampleExemptLabel}
 	case "awsvpc task":
 		so.tasks++
 		task := newSimTask(so.t, s, name, so.tasks, so.rng.IntN(2) == 0)
@@ -324,7 +324,7 @@ func (so *soak) containerRemove() {
 func (so *soak) supervise(ctx context.Context) {
 	for n := 1; ctx.Err() == nil; n++ {
 		args := append([]string{"run"}, so.e.flags()...)
-		args = append(args, "--log-format", "json", "--log-level", "info", "--resync-interval", "5s")
+		args = append(args, "--log-format", "json", "--log-level", "info", "--resync-interval", "5s", "--exempt-label", agent.ExampleExemptLabel)
 		p, err := so.e.s.StartProcess(fmt.Sprintf("imdsguard-%d", n), agentBin, args...)
 		if err != nil {
 			so.t.Errorf("starting the agent: %v", err)

@@ -61,7 +61,19 @@ func restoreName(bin string) string { return bin + "-restore" }
 // runTimeout bounds a save or restore call (they take the lock like iptables).
 const runTimeout = 15 * time.Second
 
+// runWaitDelay bounds the wait for output after the process is killed: a
+// child that inherited the pipes must not hold Wait forever.
+const runWaitDelay = time.Second
+
+// Save dumps one table, or with "" every table in one process. Save and
+// Restore are called through Tables, which carries no context; runTimeout
+// bounds them, and a stopping process exits regardless (cmd/).
 func (t *execTables) Save(table string) ([]byte, error) {
+	if table == "" {
+		// Every table that exists, in one process. Neither flavour creates
+		// a table to dump all of them (legacy reads ip_tables_names).
+		return run(context.Background(), t.save, nil, "-c")
+	}
 	if t.legacy {
 		exists, err := legacyTableExists(t.family, table)
 		if err != nil {
@@ -74,7 +86,7 @@ func (t *execTables) Save(table string) ([]byte, error) {
 			return []byte("*" + table + "\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"), nil
 		}
 	}
-	return run(t.save, nil, "-c", "-t", table)
+	return run(context.Background(), t.save, nil, "-c", "-t", table)
 }
 
 // legacyTableExists reports whether the legacy (x_tables) table exists in
@@ -99,14 +111,17 @@ func legacyTableExists(f Family, table string) (bool, error) {
 }
 
 func (t *execTables) Restore(payload []byte) error {
-	_, err := run(t.restore, payload, "--noflush", "-w", fmt.Sprint(lockWait))
+	_, err := run(context.Background(), t.restore, payload, "--noflush", "-w", fmt.Sprint(lockWait))
 	return err
 }
 
-func run(bin string, stdin []byte, args ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+// run execs bin until it exits, ctx ends or runTimeout passes; a killed
+// iptables-restore commits nothing, so the rules in force stay.
+func run(ctx context.Context, bin string, stdin []byte, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, runTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.WaitDelay = runWaitDelay
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if stdin != nil {
@@ -191,7 +206,7 @@ func binaryMode(bin string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	out, err := run(path, nil, "--version")
+	out, err := run(context.Background(), path, nil, "--version")
 	if err != nil {
 		return "", err
 	}
@@ -217,7 +232,7 @@ func hasDockerChains(bin string) bool {
 	if err != nil {
 		return false
 	}
-	out, err := run(path, nil, "-t", Table)
+	out, err := run(context.Background(), path, nil, "-t", Table)
 	if err != nil {
 		return false
 	}

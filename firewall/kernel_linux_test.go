@@ -174,9 +174,9 @@ func kernelSpec(t *testing.T, mode string, action Action, dir, cg string) {
 		t.Fatalf("detect: %v", err)
 	}
 	spec := Spec{Action: action,
-		Exempt: map[Family][]netip.Addr{
-			IPv4: {netip.MustParseAddr("172.17.0.3"), netip.MustParseAddr("172.17.0.10")},
-			IPv6: {netip.MustParseAddr("fd00:ec2:d0c::2"), netip.MustParseAddr("fd00:ec2:d0c:0:0:0:0:10")},
+		Exempt: []Exemption{
+			{Container: "a", Port: "veth3a9f01c", Addrs: []netip.Addr{netip.MustParseAddr("172.17.0.3"), netip.MustParseAddr("fd00:ec2:d0c::2")}},
+			{Container: "b", Port: "vethb0", Addrs: []netip.Addr{netip.MustParseAddr("172.17.0.10"), netip.MustParseAddr("fd00:ec2:d0c:0:0:0:0:10")}},
 		},
 		Host: &HostSpec{Cgroups: []string{cg}},
 	}

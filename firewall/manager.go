@@ -15,8 +15,8 @@ import (
 type Tables interface {
 	NewChain(table, chain string) error
 	ClearAndDeleteChain(table, chain string) error
-	// Save returns `iptables-save -c -t table`: one consistent snapshot of
-	// every chain with counters, in one process.
+	// Save returns `iptables-save -c -t table` (every table for ""): one
+	// consistent snapshot of every chain with counters, in one process.
 	Save(table string) ([]byte, error)
 	// Restore feeds payload to iptables-restore --noflush: one atomic
 	// transaction, which is also how jumps are inserted and deleted (by
@@ -40,9 +40,19 @@ type FamilyState struct {
 	// exemption or a host-network cgroup came or went — as opposed to drift,
 	// which is in Problems.
 	Updates []string `json:"updates,omitempty"`
-	// Rebuilt is set when Ensure replaced the chain, which zeroes its counters.
-	Rebuilt bool  `json:"-"`
-	Err     error `json:"-"`
+	// Probe is what the kernel does with the first packet to IMDS from a
+	// bridged container no rule names: Enforced requires it dropped.
+	Probe LayerResult `json:"probe"`
+	// Rules is the ruleset that was read, to judge each container's packet.
+	Rules *Ruleset `json:"-"`
+	// Counts are Packets and Bytes per owned chain: each chain's counters
+	// restart on its own rebuild.
+	Counts map[string][2]uint64 `json:"-"`
+	// Rebuilt is set when Ensure replaced a chain, which zeroes its
+	// counters; RebuiltChains says which.
+	Rebuilt       bool     `json:"-"`
+	RebuiltChains []string `json:"-"`
+	Err           error    `json:"-"`
 }
 
 // Manager checks and enforces the IMDS block in every configured family.
@@ -54,6 +64,8 @@ type Manager struct {
 	// family: a live chain still equal to them differs from a new spec
 	// because the spec changed, not because someone edited it.
 	verified map[Family]bodies
+	// bridgeNF reads the bridge netfilter sysctl; tests replace it.
+	bridgeNF func(Family) Tri
 	// mu serializes our own changes: the daemon and a concurrent check share
 	// nothing else, and interleaved fixes could double-insert a jump.
 	mu sync.Mutex
@@ -63,7 +75,15 @@ type bodies struct{ guard, host []string }
 
 // NewManager builds a manager over one Tables per family, in the given order.
 func NewManager(spec Spec, tables map[Family]Tables, families ...Family) *Manager {
-	return &Manager{spec: spec, families: families, tables: tables, verified: map[Family]bodies{}}
+	return &Manager{spec: spec, families: families, tables: tables, verified: map[Family]bodies{}, bridgeNF: ReadBridgeNF}
+}
+
+// SetBridgeNF replaces the reader of the bridge netfilter sysctl (tests, or
+// a host whose setting is known otherwise).
+func (m *Manager) SetBridgeNF(read func(Family) Tri) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.bridgeNF = read
 }
 
 // Families returns the families the manager enforces.
@@ -111,12 +131,42 @@ func (m *Manager) splitUpdates(f Family, o observed, ps []Problem) ([]Problem, [
 // three `iptables -S CHAIN` calls: a consistent snapshot at a third of the
 // cost, and iptables-nft 1.8.9 answers -S on a missing chain with
 // "incompatible" rather than "No chain", which reads as a real error.
+// Every table is read, because raw and mangle see a forwarded packet before
+// filter does.
 func observe(t Tables) (observed, error) {
-	out, err := t.Save(Table)
+	out, err := t.Save("")
 	if err != nil {
-		return observed{}, fmt.Errorf("reading the %s table: %w", Table, err)
+		return observed{}, fmt.Errorf("reading the ruleset: %w", err)
 	}
 	return parseSave(out), nil
+}
+
+// read observes family f and parses what it read for the evaluator. A
+// ruleset the evaluator cannot parse fails the read: nothing unread is
+// judged blocked.
+func (m *Manager) read(f Family) (observed, error) {
+	out, err := m.tables[f].Save("")
+	if err != nil {
+		return observed{}, fmt.Errorf("reading the ruleset: %w", err)
+	}
+	o := parseSave(out)
+	if o.rules, err = ParseRuleset(f, out); err != nil {
+		return o, fmt.Errorf("parsing the ruleset: %w", err)
+	}
+	o.rules.BridgeNF = m.bridgeNF(f)
+	return o, nil
+}
+
+// Probe is the first packet to IMDS from a bridged container that no rule
+// names: a container the agent has not seen yet.
+func Probe(f Family) Packet { return Packet{Family: f, Anonymous: true} }
+
+// judge fills in what the kernel does with the probe.
+func (st *FamilyState) judge(o observed) {
+	st.Rules = o.rules
+	st.Probe = o.rules.Evaluate(Probe(st.Family))
+	st.Packets, st.Bytes = o.packets, o.bytes
+	st.Counts = o.counts
 }
 
 // Check reads every family and reports what is wrong, changing nothing.
@@ -128,14 +178,27 @@ func (m *Manager) Check(ctx context.Context) ([]FamilyState, error) {
 	states := make([]FamilyState, 0, len(m.families))
 	for _, f := range m.families {
 		st := FamilyState{Family: f}
-		o, err := observe(m.tables[f])
+		o, err := m.read(f)
 		if err != nil {
 			st.Err = fmt.Errorf("%s: %w", f, err)
 			errs = append(errs, st.Err)
 		} else {
-			st.Problems = o.problems(f, spec)
-			st.Enforced = len(st.Problems) == 0
-			st.Packets, st.Bytes = o.packets, o.bytes
+			// The verdict is the kernel's: a chain written with other
+			// settings (another --action, exemptions) blocks just as well,
+			// so only when the probe passes are the differences worth
+			// reporting, and then the chain body is not compared with
+			// this command's own settings.
+			st.judge(o)
+			st.Enforced = st.Probe.Dropped
+			if !st.Enforced {
+				st.Problems = append(st.Problems, Problem{Family: f, Reason: ReasonNotDropped,
+					Detail: "a new container's first packet to IMDS is not dropped: " + st.Probe.String()})
+				for _, p := range o.problems(f, spec) {
+					if p.Reason != ReasonChainModified && p.Reason != ReasonHostChainModified {
+						st.Problems = append(st.Problems, p)
+					}
+				}
+			}
 		}
 		states = append(states, st)
 	}
@@ -168,14 +231,17 @@ func (m *Manager) Ensure(ctx context.Context) ([]FamilyState, error) {
 func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 	st := FamilyState{Family: f}
 	t := m.tables[f]
-	o, err := observe(t)
+	o, err := m.read(f)
 	if err != nil {
 		return st, err
 	}
 	st.Problems, st.Updates = m.splitUpdates(f, o, o.problems(f, m.spec))
 	if len(st.Problems) == 0 && len(st.Updates) == 0 {
-		st.Enforced = true
-		st.Packets, st.Bytes = o.packets, o.bytes
+		st.judge(o)
+		st.Enforced = st.Probe.Dropped
+		if !st.Enforced {
+			return st, fmt.Errorf("the rules are as written but a new container's packet to IMDS is not dropped: %s", st.Probe)
+		}
 		m.verified[f] = bodies{guard: o.guard, host: o.host}
 		return st, nil
 	}
@@ -198,6 +264,7 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 			errs = append(errs, fmt.Errorf("rebuilding %s: %w", Chain, err))
 		} else {
 			st.Rebuilt = true
+			st.RebuiltChains = append(st.RebuiltChains, Chain)
 		}
 	}
 	if reasons[ReasonHostChainMissing] || reasons[ReasonHostChainModified] {
@@ -205,6 +272,7 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 			errs = append(errs, fmt.Errorf("rebuilding %s: %w", HostChain, err))
 		} else {
 			st.Rebuilt = true
+			st.RebuiltChains = append(st.RebuiltChains, HostChain)
 		}
 	}
 	if reasons[ReasonDockerUserMissing] {
@@ -219,7 +287,7 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 	jumpErrs := fixJumps(t, o, reasons)
 
 	// Verify with a fresh read: only the kernel's word counts as enforced.
-	o, err = observe(t)
+	o, err = m.read(f)
 	if err != nil {
 		return st, errors.Join(append(append(errs, jumpErrs...), fmt.Errorf("verifying: %w", err))...)
 	}
@@ -233,7 +301,7 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 			break
 		}
 		jumpErrs = append(jumpErrs, fixJumps(t, o, rs)...)
-		if o, err = observe(t); err != nil {
+		if o, err = m.read(f); err != nil {
 			return st, errors.Join(append(append(errs, jumpErrs...), fmt.Errorf("verifying: %w", err))...)
 		}
 		left = o.problems(f, m.spec)
@@ -241,8 +309,11 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 	if len(left) > 0 {
 		errs = append(errs, jumpErrs...)
 	}
-	st.Packets, st.Bytes = o.packets, o.bytes
-	st.Enforced = len(left) == 0
+	st.judge(o)
+	st.Enforced = len(left) == 0 && st.Probe.Dropped
+	if len(left) == 0 && !st.Probe.Dropped {
+		errs = append(errs, fmt.Errorf("a new container's packet to IMDS is still not dropped: %s", st.Probe))
+	}
 	if st.Enforced {
 		m.verified[f] = bodies{guard: o.guard, host: o.host}
 	}

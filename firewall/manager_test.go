@@ -285,7 +285,7 @@ func TestCountersSummed(t *testing.T) {
 		pkts, bytes uint64
 	}{
 		{"reject: both rules", Spec{Action: ActionReject}, 5, 300},
-		{"an exemption first", Spec{Action: ActionDrop, Exempt: map[Family][]netip.Addr{IPv4: {netip.MustParseAddr("172.17.0.2")}}}, 2, 120},
+		{"an exemption first", Spec{Action: ActionDrop, Exempt: []Exemption{{Container: "c", Port: "veth2", Addrs: []netip.Addr{netip.MustParseAddr("172.17.0.2")}}}}, 2, 120},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, fakes := newFakeManager(tc.spec.Action)

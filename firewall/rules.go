@@ -67,14 +67,51 @@ const (
 // one from the running containers in every sync.
 type Spec struct {
 	Action Action
-	// Exempt are container addresses allowed to reach IMDS: one ACCEPT rule
-	// each, ahead of the block. Only /32 and /128: an exemption never covers
-	// an address that no exempt container holds.
-	Exempt map[Family][]netip.Addr
+	// Exempt are the containers allowed to reach IMDS. Each gets one
+	// ACCEPT per address, ahead of the block, that matches the address
+	// and the container's own bridge port together.
+	Exempt []Exemption
 	// Host, when set, makes OUTPUT rule 1 jump to HostChain, which blocks
 	// IMDS for sockets in these cgroup v2 paths. Nil leaves HostChain and
 	// its jump alone.
 	Host *HostSpec
+}
+
+// Exemption is one container's way through the block. It is shared by every
+// firewall layer (iptables here, the nftables table later), so it says what
+// to match, not how.
+//
+// Port is the host-side veth of the container's interface: the bridge port
+// its frames enter by. A neighbour can take the container's address, but
+// not its port, so the ACCEPT needs both: --physdev-in Port and -s Addr.
+// iptables sees the bridge port only through bridge netfilter
+// (net.bridge.bridge-nf-call-iptables=1); without it the ACCEPT never
+// matches and the container is blocked like any other (fail closed).
+type Exemption struct {
+	// Container and Name identify the container (short ID and name) for
+	// status and logs.
+	Container string `json:"container"`
+	Name      string `json:"name"`
+	// Port is the bridge port, a plain interface name (no "+" wildcard).
+	Port string `json:"port"`
+	// Addrs are the container's addresses behind Port, both families;
+	// only single hosts (/32, /128) are ever rendered.
+	Addrs []netip.Addr `json:"addrs"`
+}
+
+// ValidPort accepts a Linux interface name that iptables reads literally: at
+// most 15 characters, no "+" (a wildcard), no separators.
+func ValidPort(name string) bool {
+	if name == "" || len(name) > 15 {
+		return false
+	}
+	for _, r := range name {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.'
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // HostSpec lists the cgroup v2 paths (as in the "0::" line of
@@ -94,13 +131,22 @@ func imdsAddr(f Family) string {
 
 // Rules renders the IMDS-GUARD body for a family in the normalized form that
 // `iptables -S` prints, so the live chain can be compared line by line:
-// exemptions first, sorted, then the block.
+// exemptions first, sorted, then the block. An exemption without a valid
+// port renders nothing.
 func (s Spec) Rules(f Family) []string {
 	dst := imdsAddr(f)
 	var out []string
-	for _, a := range ExemptAddrs(f, s.Exempt[f]) {
-		out = append(out, "-A "+Chain+" -s "+netip.PrefixFrom(a, a.BitLen()).String()+" -d "+dst+" -j ACCEPT")
+	for _, e := range s.Exempt {
+		if !ValidPort(e.Port) {
+			continue
+		}
+		for _, a := range ExemptAddrs(f, e.Addrs) {
+			out = append(out, "-A "+Chain+" -s "+netip.PrefixFrom(a, a.BitLen()).String()+" -d "+dst+
+				" -m physdev --physdev-in "+e.Port+" -j ACCEPT")
+		}
 	}
+	slices.Sort(out)
+	out = slices.Compact(out)
 	return append(out, s.block(f, Chain, "")...)
 }
 
@@ -198,13 +244,22 @@ func restorePayload(chain string, rules []string) []byte {
 // jumpRule is the normalized -S form of "-A <from> -j <to>".
 func jumpRule(from, to string) string { return "-A " + from + " -j " + to }
 
-// parseSave reads `iptables-save -c -t filter` output (one table). Rules
-// come as "[pkts:bytes] -A CHAIN ...", which after the counters is the same
+// parseSave reads `iptables-save -c` output. Only the filter table's rules
+// are compared with the spec; the evaluator reads every table. Rules come as
+// "[pkts:bytes] -A CHAIN ...", which after the counters is the same
 // normalized text that Spec.Rules renders.
 func parseSave(out []byte) observed {
 	var o observed
+	table := Table // a dump of one table without its header is the filter table
 	for _, line := range strings.Split(string(out), "\n") {
 		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "*") {
+			table = line[1:]
+			continue
+		}
+		if table != Table {
+			continue
+		}
 		if strings.HasPrefix(line, ":") {
 			name, _, _ := strings.Cut(line[1:], " ")
 			o.chains = append(o.chains, name)
@@ -239,6 +294,11 @@ func parseSave(out []byte) observed {
 		if (chain == Chain || chain == HostChain) && target(line) != "ACCEPT" {
 			o.packets += pkts
 			o.bytes += bytes
+			if o.counts == nil {
+				o.counts = map[string][2]uint64{}
+			}
+			c := o.counts[chain]
+			o.counts[chain] = [2]uint64{c[0] + pkts, c[1] + bytes}
 		}
 	}
 	o.dockerUserExists = slices.Contains(o.chains, DockerUser)

@@ -17,22 +17,25 @@ func addrs(ss ...string) []netip.Addr {
 }
 
 func TestExemptRulesComeFirstSorted(t *testing.T) {
-	s := Spec{Action: ActionDrop, Exempt: map[Family][]netip.Addr{
-		IPv4: addrs("172.17.0.3", "172.17.0.10", "172.17.0.3", "::ffff:172.17.0.2", "0.0.0.0", "127.0.0.1", "fd00:ec2:d0c::2"),
-		IPv6: addrs("fd00:ec2:d0c::10", "fd00:ec2:d0c::2", "172.17.0.9", "::", "fe80::1%eth0"),
+	s := Spec{Action: ActionDrop, Exempt: []Exemption{
+		{Container: "c3", Port: "veth3", Addrs: addrs("172.17.0.3", "172.17.0.3", "0.0.0.0", "127.0.0.1", "fd00:ec2:d0c::10", "::")},
+		{Container: "c2", Port: "veth2", Addrs: addrs("::ffff:172.17.0.2", "fd00:ec2:d0c::2", "fe80::1%eth0")},
+		{Container: "c10", Port: "veth10", Addrs: addrs("172.17.0.10")},
+		{Container: "noport", Addrs: addrs("172.17.0.9")},
+		{Container: "wildcard", Port: "veth+", Addrs: addrs("172.17.0.8")},
 	}}
 	want4 := []string{
-		"-A IMDS-GUARD -s 172.17.0.2/32 -d 169.254.169.254/32 -j ACCEPT",
-		"-A IMDS-GUARD -s 172.17.0.3/32 -d 169.254.169.254/32 -j ACCEPT",
-		"-A IMDS-GUARD -s 172.17.0.10/32 -d 169.254.169.254/32 -j ACCEPT",
+		"-A IMDS-GUARD -s 172.17.0.10/32 -d 169.254.169.254/32 -m physdev --physdev-in veth10 -j ACCEPT",
+		"-A IMDS-GUARD -s 172.17.0.2/32 -d 169.254.169.254/32 -m physdev --physdev-in veth2 -j ACCEPT",
+		"-A IMDS-GUARD -s 172.17.0.3/32 -d 169.254.169.254/32 -m physdev --physdev-in veth3 -j ACCEPT",
 		"-A IMDS-GUARD -d 169.254.169.254/32 -j DROP",
 	}
 	if got := s.Rules(IPv4); !slices.Equal(got, want4) {
 		t.Errorf("ipv4:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want4, "\n"))
 	}
 	want6 := []string{
-		"-A IMDS-GUARD -s fd00:ec2:d0c::2/128 -d fd00:ec2::254/128 -j ACCEPT",
-		"-A IMDS-GUARD -s fd00:ec2:d0c::10/128 -d fd00:ec2::254/128 -j ACCEPT",
+		"-A IMDS-GUARD -s fd00:ec2:d0c::10/128 -d fd00:ec2::254/128 -m physdev --physdev-in veth3 -j ACCEPT",
+		"-A IMDS-GUARD -s fd00:ec2:d0c::2/128 -d fd00:ec2::254/128 -m physdev --physdev-in veth2 -j ACCEPT",
 		"-A IMDS-GUARD -d fd00:ec2::254/128 -j DROP",
 	}
 	if got := s.Rules(IPv6); !slices.Equal(got, want6) {
@@ -78,7 +81,7 @@ func TestExemptionChangeIsAnUpdate(t *testing.T) {
 	_, err := m.Ensure(ctx)
 	must(t, err)
 
-	m.SetSpec(Spec{Action: ActionDrop, Exempt: map[Family][]netip.Addr{IPv4: addrs("172.17.0.2")}})
+	m.SetSpec(Spec{Action: ActionDrop, Exempt: []Exemption{{Container: "c", Port: "veth2", Addrs: addrs("172.17.0.2")}}})
 	states, err := m.Ensure(ctx)
 	must(t, err)
 	if len(states[0].Problems) != 0 || len(states[0].Updates) != 1 || !states[0].Enforced || !states[0].Rebuilt {
@@ -88,7 +91,7 @@ func TestExemptionChangeIsAnUpdate(t *testing.T) {
 		t.Fatalf("ipv6 unchanged, got %+v", states[1])
 	}
 	o := parseSave(must1(f.Save(Table)))
-	if o.guard[0] != "-A IMDS-GUARD -s 172.17.0.2/32 -d 169.254.169.254/32 -j ACCEPT" || len(o.guard) != 2 {
+	if o.guard[0] != "-A IMDS-GUARD -s 172.17.0.2/32 -d 169.254.169.254/32 -m physdev --physdev-in veth2 -j ACCEPT" || len(o.guard) != 2 {
 		t.Fatalf("chain:\n%s", f.Dump())
 	}
 

@@ -27,6 +27,9 @@ const (
 	ReasonOutputJumpMissing   Reason = "output_jump_missing"
 	ReasonOutputJumpNotFirst  Reason = "output_jump_not_first"
 	ReasonOutputJumpDuplicate Reason = "output_jump_duplicate"
+	// ReasonNotDropped: the evaluator found a path by which a container's
+	// packet reaches IMDS (Check only; Ensure's problems say what to fix).
+	ReasonNotDropped Reason = "not_dropped"
 )
 
 // Reasons lists every Reason, so metrics can start each series at zero.
@@ -56,8 +59,10 @@ type observed struct {
 	guard            []string // IMDS-GUARD rules, without counters
 	output           []string // OUTPUT rules, in order
 	hostExists       bool
-	host             []string // IMDS-GUARD-HOST rules
-	packets, bytes   uint64   // summed over the blocking rules of both chains
+	host             []string             // IMDS-GUARD-HOST rules
+	packets, bytes   uint64               // summed over the blocking rules of both chains
+	rules            *Ruleset             // every table, for the evaluator
+	counts           map[string][2]uint64 // packets, bytes blocked, per owned chain
 }
 
 // indices returns the positions (0-based) of rule in rules.

@@ -107,7 +107,7 @@ func newAgentWith(cfg *agent.Config, log *logrus.Entry, hooks agent.Hooks, fw ag
 	}
 	return agent.New(agent.Options{
 		Config: *cfg, Log: log, Firewall: fw, Docker: d, Hooks: hooks,
-		Version: version, WatchNFTables: firewall.WatchNFTables,
+		Version: version, WatchNFTables: firewall.WatchNFTables, NFTables: agent.RealNFT(*cfg),
 	}), nil
 }
 
@@ -270,10 +270,10 @@ func cmdRemove(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err != nil {
 		return fail(stderr, "remove", err)
 	}
-	if err := m.Remove(ctx); err != nil {
+	if err := errors.Join(m.Remove(ctx), firewall.RemoveNFT(ctx, 0)); err != nil {
 		return fail(stderr, "remove", err)
 	}
-	log.WithField("backend", b.Mode).Info("removed the IMDS-GUARD chain and its jumps; containers can reach IMDS again")
+	log.WithField("backend", b.Mode).Info("removed the IMDS-GUARD chain, its jumps and the imdsguard nftables tables; containers can reach IMDS again")
 	fmt.Fprintln(stdout, "removed")
 	return exitOK
 }

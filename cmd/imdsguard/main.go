@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -42,9 +43,26 @@ var commands = map[string]command{
 	"userdata": {"print EC2 user data that installs imdsguard and runs it before dockerd", cmdUserdata},
 }
 
+// stopLimit is how long any command may take to return after SIGTERM or
+// SIGINT. Every read and exec has its own deadline; this is the backstop
+// for one that does not (a goroutine blocked opening a FIFO cannot be
+// cancelled). Exiting leaves every rule in place.
+const stopLimit = 4500 * time.Millisecond
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	exited := make(chan struct{})
+	go func() {
+		select {
+		case <-exited:
+		case <-ctx.Done():
+			time.Sleep(stopLimit)
+			fmt.Fprintf(os.Stderr, "imdsguard: still running %v after the stop signal; exiting (rules left in place)\n", stopLimit)
+			os.Exit(exitError)
+		}
+	}()
 	code := dispatch(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	close(exited)
 	stop()
 	os.Exit(code)
 }
