@@ -309,6 +309,14 @@ func TestBrokenECSConfig(t *testing.T) {
 			}
 			return os.Symlink("/dev/zero", cfg)
 		}, "(a character device)"},
+		// Sparse: the cap is checked on the file's size before any read.
+		{"200 MB file", func() error {
+			return writeSized(cfg, nil, 200<<20)
+		}, fmt.Sprintf("%d bytes, the limit is", 200<<20)},
+		// The 2.5 MB, 200,000-key document that once cost seconds a sync.
+		{"2.5 MB ecs.config.json with 200,000 keys", func() error {
+			return writeSized(cfg+".json", bigJSON(200000), 0)
+		}, fmt.Sprintf("%d bytes, the limit is", len(bigJSON(200000)))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := os.Remove(cfg); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -362,7 +370,7 @@ func TestBrokenECSConfig(t *testing.T) {
 		})
 	}
 	took := e.stopWithin(t, 5*time.Second)
-	t.Logf("SIGTERM with ecs.config a link to /dev/zero: exited in %v", took.Round(time.Millisecond))
+	t.Logf("SIGTERM with the last broken file in place: exited in %v", took.Round(time.Millisecond))
 }
 
 // TestOneShotStopsOnSIGTERM: a one-shot command stuck on a dockerd that
@@ -427,4 +435,30 @@ func TestOneShotStopsOnSIGTERM(t *testing.T) {
 	if !e.protectedOutside("ipv4") || !e.protectedOutside("ipv6") {
 		t.Fatal("rules gone after a stopped one-shot command")
 	}
+}
+
+// writeSized writes data to path, then extends it to size bytes (a hole)
+// when size is larger.
+func writeSized(path string, data []byte, size int64) error {
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		return err
+	}
+	if size > int64(len(data)) {
+		return os.Truncate(path, size)
+	}
+	return nil
+}
+
+// bigJSON is an ecs.config.json object of n distinct keys.
+func bigJSON(n int) []byte {
+	var b strings.Builder
+	b.WriteString("{")
+	for i := range n {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, "\"k%07d\":0", i)
+	}
+	b.WriteString("}")
+	return []byte(b.String())
 }
