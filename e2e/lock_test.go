@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/imdsguard/imdsguard/agent"
+	"github.com/imdsguard/imdsguard/agent/hostlock"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
-	"github.com/imdsguard/imdsguard/hostlock"
 )
 
 // removeLockFile deletes, at cleanup, the lock file the binary creates for the sandbox's

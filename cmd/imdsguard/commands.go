@@ -19,8 +19,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/agent"
+	"github.com/imdsguard/imdsguard/agent/hostlock"
 	"github.com/imdsguard/imdsguard/firewall"
-	"github.com/imdsguard/imdsguard/hostlock"
 )
 
 // oneShotWait is how long a command waits for a one-shot apply or remove
