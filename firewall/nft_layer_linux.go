@@ -226,7 +226,84 @@ func (l *NFTLayer) CheckNFT(ctx context.Context) (NFTState, error) {
 	if err != nil {
 		return NFTState{Flags: l.flags}, err
 	}
-	return l.state(o), nil
+	st := l.state(o)
+	if !st.Present {
+		st = l.daemonState(o, st)
+	}
+	return st, nil
+}
+
+// daemonState judges tables a running imdsguard owns by what they block,
+// for a one-shot check that does not know the daemon's settings (its
+// action, exemptions, host-network cgroups). While another live socket owns
+// the tables nobody else can have written them, so they hold when every
+// chain ends in the blocking rules imdsguard renders for either action and
+// the forward chain holds nothing else; the rules ahead of that tail in the
+// bridge chain are the daemon's exemptions and in the output chain its
+// host-network drops, as layer 2's evaluator reads an ACCEPT in IMDS-GUARD.
+// Tables that are not owned that way keep the exact comparison.
+func (l *NFTLayer) daemonState(o nftObserved, exact NFTState) NFTState {
+	for _, a := range []Action{ActionDrop, ActionReject} {
+		spec := l.spec
+		spec.Action, spec.Exempt, spec.HostCgroups = a, nil, nil
+		want, _ := spec.render(l.resolve)
+		st := exact
+		st.Present, st.Packets, st.Bytes, st.Problems = true, 0, 0, nil
+		for _, p := range exact.Problems {
+			if p.Reason != ReasonNFTTableModified {
+				st.Problems = append(st.Problems, p)
+			}
+		}
+		for _, t := range want {
+			lt := o.live[t.family]
+			if lt == nil || lt.flags&tableFlagOwn == 0 || lt.owner == 0 || lt.owner == l.k.Port() {
+				st.Present = false
+				break
+			}
+			pkts, bytes, ok := tailMatch(t, lt)
+			if !ok {
+				st.Present = false
+				break
+			}
+			st.Packets += pkts
+			st.Bytes += bytes
+		}
+		if st.Present {
+			return st
+		}
+	}
+	return exact
+}
+
+// tailMatch reports whether each chain of lt ends in t's rules (the
+// forward chain holding nothing else), and what their blocking rules
+// counted.
+func tailMatch(t nftTableSpec, lt *nftLive) (pkts, bytes uint64, ok bool) {
+	if len(lt.chains) != len(t.chains) {
+		return 0, 0, false
+	}
+	for _, c := range t.chains {
+		lc, found := lt.chains[c.name]
+		if !found || lc.hook != int64(c.hook) || lc.prio != int64(c.prio) || lc.typ != string(nftables.ChainTypeFilter) || lc.policy != int64(nftables.ChainPolicyAccept) {
+			return 0, 0, false
+		}
+		extra := len(lc.rules) - len(c.rules)
+		if extra < 0 || (extra > 0 && c.name == nftForward) {
+			return 0, 0, false
+		}
+		for i, r := range c.rules {
+			key, _, _, err := ruleKey(t.family, r.exprs)
+			lr := lc.rules[extra+i]
+			if err != nil || lr.key != key {
+				return 0, 0, false
+			}
+			if r.blocks {
+				pkts += lr.packets
+				bytes += lr.bytes
+			}
+		}
+	}
+	return pkts, bytes, true
 }
 
 // EnsureNFT rebuilds the tables when anything differs, in one transaction

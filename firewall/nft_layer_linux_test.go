@@ -246,3 +246,38 @@ func TestIntentMapping(t *testing.T) {
 		t.Fatal("nil cgroups must leave the host chain alone")
 	}
 }
+
+// TestNFTCheckJudgesTheDaemonsTables: a one-shot check knows neither the
+// daemon's action nor its exemptions or host cgroups. Tables a live daemon
+// owns are whole when they end in the blocking rules; the forward chain
+// must hold nothing else, and orphans keep the exact comparison.
+func TestNFTCheckJudgesTheDaemonsTables(t *testing.T) {
+	bare := NFTSpec{Scope: ScopeHost, Action: ActionDrop, IPv6: true}
+	for _, daemon := range []NFTSpec{hostSpec, func() NFTSpec { s := hostSpec; s.Action = ActionReject; return s }()} {
+		t.Run(string(daemon.Action), func(t *testing.T) {
+			n := NewFakeNFTNetns(ownerPersist)
+			d := fakeLayer(t, n, daemon)
+			ensureOK(t, d)
+			n.Count(inet, nftForward, 0, 3, 180)
+			c := fakeLayer(t, n, bare)
+			st := checkNFT(t, c)
+			if !st.Present || st.Packets != 3 || slices.Contains(reasons(st.Problems), ReasonNFTTableModified) {
+				t.Fatalf("check beside a daemon (%s): %+v", daemon.Action, st)
+			}
+			// A rule edited in the forward chain is not the daemon's block.
+			if err := n.EditRule(inet, nftForward, 0, d.Port()); err != nil {
+				t.Fatal(err)
+			}
+			if st := checkNFT(t, c); st.Present {
+				t.Fatalf("check after the forward chain changed: %+v", st)
+			}
+			ensureOK(t, d)
+			// Orphans: anyone may have written them, so only the exact
+			// spec counts.
+			d.Close()
+			if st := checkNFT(t, c); st.Present {
+				t.Fatalf("check of orphaned tables with the daemon's settings unknown: %+v", st)
+			}
+		})
+	}
+}
