@@ -170,6 +170,12 @@ func (l *NFTLayer) state(o nftObserved) NFTState {
 	return st
 }
 
+// sameHook: the live chain is the base chain c asks for (hook, priority,
+// filter type, accept policy).
+func sameHook(c nftChainSpec, lc nftLiveChain) bool {
+	return lc.hook == int64(c.hook) && lc.prio == int64(c.prio) && lc.typ == string(nftables.ChainTypeFilter) && lc.policy == int64(nftables.ChainPolicyAccept)
+}
+
 // diffTable says how a live table differs from the spec, or "".
 func diffTable(t nftTableSpec, lt *nftLive) string {
 	if len(lt.chains) != len(t.chains) {
@@ -180,7 +186,7 @@ func diffTable(t nftTableSpec, lt *nftLive) string {
 		if !ok {
 			return "chain " + c.name + " is missing"
 		}
-		if lc.hook != int64(c.hook) || lc.prio != int64(c.prio) || lc.typ != string(nftables.ChainTypeFilter) || lc.policy != int64(nftables.ChainPolicyAccept) {
+		if !sameHook(c, lc) {
 			return fmt.Sprintf("chain %s is hooked at %d priority %d type %q policy %d, want %d priority %d filter accept", c.name, lc.hook, lc.prio, lc.typ, lc.policy, c.hook, c.prio)
 		}
 		if len(lc.rules) != len(c.rules) {
@@ -284,7 +290,7 @@ func tailMatch(t nftTableSpec, lt *nftLive) (pkts, bytes uint64, ok bool) {
 	}
 	for _, c := range t.chains {
 		lc, found := lt.chains[c.name]
-		if !found || lc.hook != int64(c.hook) || lc.prio != int64(c.prio) || lc.typ != string(nftables.ChainTypeFilter) || lc.policy != int64(nftables.ChainPolicyAccept) {
+		if !found || !sameHook(c, lc) {
 			return 0, 0, false
 		}
 		extra := len(lc.rules) - len(c.rules)
