@@ -109,6 +109,8 @@ type Agent struct {
 	// in awsvpc task namespaces (layer1_task.go); nil: off.
 	l1     *layer1
 	tasks1 *taskLayers
+	// att reads and attributes blocked attempts (attempts.go), daemon only.
+	att *attemptsWiring
 
 	// hostCgroups are the host-network containers' cgroups the last sync
 	// blocked, by container ID: kept while a read fails (fail closed).
@@ -332,6 +334,9 @@ func (a *Agent) pass(ctx context.Context, enforce bool) (Status, error) {
 	if enforce && runCtx != nil && a.namespaces != nil && dockerErr == nil {
 		a.watchNamespaces(runCtx, watch)
 	}
+
+	a.publishOwners(containers, dockerErr == nil)
+	a.fillAttempts(&st)
 
 	st.Containers = classify(picture{enforced: enforced, containers: containers, awsvpcBlock: awsvpcBlock,
 		awsvpc: tasks, hostBlocked: hostBlocked, exempt: exempt, rules: rules})
@@ -779,6 +784,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	var wg sync.WaitGroup
+	a.startAttempts(ctx, &wg)
 	a.startECSWatch(ctx, &wg)
 	wg.Add(1)
 	go func() {

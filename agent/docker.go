@@ -25,8 +25,9 @@ type Container struct {
 	// ImageLabels are the labels of the container's image: a label the
 	// container only inherited from its image cannot exempt it.
 	ImageLabels map[string]string
-	// ImageID is the container's image, for its labels.
-	ImageID string
+	// ImageID is the container's image, for its labels; Image its name
+	// as Docker lists it.
+	ImageID, Image string
 	// Ports are the bridge ports (host-side veths) the container's
 	// addresses live behind, found through its network namespace; only
 	// for exemption candidates, and only what could be proven.
@@ -166,6 +167,7 @@ func (d *mobyDocker) Containers(ctx context.Context) ([]Container, error) {
 			NetworkMode: s.HostConfig.NetworkMode,
 			Labels:      s.Labels,
 			ImageID:     s.ImageID,
+			Image:       s.Image,
 		}
 		if len(s.Names) > 0 {
 			c.Name = strings.TrimPrefix(s.Names[0], "/")

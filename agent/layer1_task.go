@@ -41,6 +41,7 @@ func (a *Agent) taskLayer1(ctx context.Context, pauseID, path string, ipv6 bool)
 		}
 		tl.m[pauseID] = l
 	}
+	a.openTaskAttempts(pauseID, path)
 	l.SetSpec(spec)
 	st, err := l.EnsureNFT(ctx)
 	return &st, err
@@ -58,6 +59,7 @@ func (a *Agent) pruneTaskLayers(running map[string]AWSVPCTask) {
 	var errs []error
 	for id, l := range tl.m {
 		if _, ok := running[id]; !ok {
+			a.closeTaskAttempts(id)
 			errs = append(errs, l.Close())
 			delete(tl.m, id)
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/imdsguard/imdsguard/attempts"
 	"github.com/imdsguard/imdsguard/ecsconfig"
 	"github.com/imdsguard/imdsguard/firewall"
 )
@@ -43,6 +44,11 @@ type Status struct {
 	Repairs  uint64       `json:"repairs"`
 	LastSync *SyncSummary `json:"last_sync,omitempty"`
 	Version  string       `json:"version"`
+	// BlockedAttempts are the last attempts to reach IMDS that were
+	// blocked, newest first, each with its container and task (daemon
+	// only); Attempts counts them.
+	BlockedAttempts []attempts.Attempt `json:"blocked_attempts,omitempty"`
+	Attempts        *AttemptsStatus    `json:"attempts,omitempty"`
 }
 
 // FirewallStatus is the verified state of the IMDS block.
@@ -211,6 +217,7 @@ func (s *Status) WriteText(w io.Writer) {
 		}
 		fmt.Fprintln(w, line)
 	}
+	s.writeAttempts(w)
 	if s.LastSync != nil {
 		fmt.Fprintf(w, "last sync: %s, %.1f ms, repairs since start: %d\n",
 			s.LastSync.At.Format(time.RFC3339), s.LastSync.DurationMS, s.Repairs)
