@@ -129,3 +129,13 @@ bench: build tools
 # Under 5 minutes; small counts, for checking the harness, not for claims.
 bench-quick: build tools
 	GO=$(GO) $(GO) run ./bench -quick -out bench/results
+
+# bench-attempts: the blocked-attempt flood (e2e/attemptflood_test.go): a
+# container starts 10,000 connections a second to IMDS for $(ATTEMPT_FLOOD)
+# while the chain is flushed every 5 s; the agent's CPU, RSS, lost events
+# and repair times go to bench/results/attempts-flood-DATE.md.
+ATTEMPT_FLOOD ?= 60s
+.PHONY: bench-attempts
+bench-attempts: tools
+	IMDSGUARD_ATTEMPT_FLOOD=$(ATTEMPT_FLOOD) IMDSGUARD_ATTEMPT_FLOOD_OUT=$(CURDIR)/bench/results/attempts-flood-$$(date -u +%F).md \
+		$(GO) test -count=1 -v -timeout 20m -run TestAttemptFlood ./e2e/
