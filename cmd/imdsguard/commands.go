@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,8 +9,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -20,7 +17,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/agent/hostlock"
-	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // oneShotWait is how long a command waits for a one-shot apply or remove
@@ -75,40 +72,8 @@ func isTerminal(w io.Writer) bool {
 	return err == nil
 }
 
-// requireNetAdmin fails early, with one line, where iptables would fail
-// later with a confusing message. It checks the capability, not uid 0, so a
-// unit that grants only CAP_NET_ADMIN works.
-func requireNetAdmin() error {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return nil // cannot tell; let iptables speak
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "CapEff:"); ok {
-			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			if err == nil && caps&(1<<unix.CAP_NET_ADMIN) == 0 {
-				return errors.New("needs root (CAP_NET_ADMIN) to read and change iptables")
-			}
-		}
-	}
-	return nil
-}
-
 func newAgent(cfg *agent.Config, log *logrus.Entry, hooks agent.Hooks) (*agent.Agent, error) {
-	return newAgentWith(cfg, log, hooks, agent.RealFirewall(*cfg))
-}
-
-func newAgentWith(cfg *agent.Config, log *logrus.Entry, hooks agent.Hooks, fw agent.FirewallFactory) (*agent.Agent, error) {
-	d, err := agent.NewDocker(cfg.DockerHost, log.WithField("component", "docker"))
-	if err != nil {
-		return nil, err
-	}
-	return agent.New(agent.Options{
-		Config: *cfg, Log: log, Firewall: fw, Docker: d, Hooks: hooks,
-		Version: version, WatchNFTables: firewall.WatchNFTables, NFTables: agent.RealNFT(*cfg),
-	}), nil
+	return agent.ForHost(*cfg, log, hooks, version, nil)
 }
 
 func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) int {
@@ -116,7 +81,7 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) int {
 	if done {
 		return code
 	}
-	if err := requireNetAdmin(); err != nil {
+	if err := agent.RequireNetAdmin(); err != nil {
 		return fail(stderr, "run", err)
 	}
 	lock, err := hostlock.Acquire(ctx, hostlock.DefaultDir, hostlock.RoleDaemon, oneShotWait)
@@ -154,7 +119,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if done {
 		return code
 	}
-	if err := requireNetAdmin(); err != nil {
+	if err := agent.RequireNetAdmin(); err != nil {
 		return fail(stderr, "apply", err)
 	}
 	lock, err := hostlock.Acquire(ctx, hostlock.DefaultDir, "apply", oneShotWait)
@@ -168,8 +133,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	st, err := a.Once(ctx, true)
 	printStatus(stdout, st, asJSON)
-	inPlace := st.Firewall.IPv4.Enforced && (!cfg.IPv6 || st.Firewall.IPv6.Enforced)
-	if !inPlace {
+	if !st.BlockInPlace() {
 		if err == nil {
 			err = errors.New("the IMDS block is not in place")
 		}
@@ -194,14 +158,9 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if done {
 		return code
 	}
-	fw := agent.RealFirewall(*cfg)
-	capErr := requireNetAdmin()
-	if capErr != nil {
-		// Still report what can be read without privileges: the ECS
-		// configuration is often the question.
-		fw = func() (agent.Firewall, firewall.Backend, error) { return nil, firewall.Backend{}, capErr }
-	}
-	a, err := newAgentWith(cfg, log, agent.Hooks{}, fw)
+	// Without privileges, still report what can be read: the ECS
+	// configuration is often the question.
+	a, err := agent.ForHost(*cfg, log, agent.Hooks{}, version, agent.RequireNetAdmin())
 	if err != nil {
 		return fail(stderr, "check", err)
 	}
@@ -218,7 +177,7 @@ func jsonFlag(asJSON *bool) func(*flag.FlagSet) {
 	return func(fs *flag.FlagSet) { fs.BoolVar(asJSON, "json", false, "print the status as JSON") }
 }
 
-func printStatus(w io.Writer, st *agent.Status, asJSON bool) {
+func printStatus(w io.Writer, st *status.Status, asJSON bool) {
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
@@ -234,7 +193,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if done {
 		return code
 	}
-	st, err := agent.QueryStatus(ctx, cfg.StatusSocket)
+	st, err := status.QueryStatus(ctx, cfg.StatusSocket)
 	if err != nil {
 		return fail(stderr, "status", err)
 	}
@@ -247,7 +206,7 @@ func cmdRemove(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if done {
 		return code
 	}
-	if err := requireNetAdmin(); err != nil {
+	if err := agent.RequireNetAdmin(); err != nil {
 		return fail(stderr, "remove", err)
 	}
 	// A running daemon would put the rules straight back. The lock names
@@ -257,23 +216,9 @@ func cmdRemove(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return fail(stderr, "remove", fmt.Errorf("%w: stop it first (systemctl stop imdsguard)", err))
 	}
 	defer lock.Release()
-	if _, err := agent.QueryStatus(ctx, cfg.StatusSocket); err == nil {
-		return fail(stderr, "remove", fmt.Errorf("the daemon is running (it answers on %s): stop it first (systemctl stop imdsguard)", cfg.StatusSocket))
-	}
-	b, err := firewall.DetectBackend(cfg.IPTablesBackend)
-	if err != nil {
+	if err := agent.Remove(ctx, *cfg, log); err != nil {
 		return fail(stderr, "remove", err)
 	}
-	// Both families, whatever --ipv6 says now: an earlier run may have set
-	// up IPv6.
-	m, err := firewall.NewManagerFor(b, firewall.Spec{Action: cfg.Action}, firewall.IPv4, firewall.IPv6)
-	if err != nil {
-		return fail(stderr, "remove", err)
-	}
-	if err := errors.Join(m.Remove(ctx), firewall.RemoveNFT(ctx, 0)); err != nil {
-		return fail(stderr, "remove", err)
-	}
-	log.WithField("backend", b.Mode).Info("removed the IMDS-GUARD chain, its jumps and the imdsguard nftables tables; containers can reach IMDS again")
 	fmt.Fprintln(stdout, "removed")
 	return exitOK
 }
