@@ -140,6 +140,8 @@ type fixture struct {
 	ports fakePorts
 	// ipv6 is the kernel's IPv6 probe; nil: the kernel has IPv6.
 	ipv6 func() string
+	// wrap, when set, wraps the Docker the agent gets.
+	wrap func(docker.Source) docker.Source
 }
 
 // fakePorts is a PortFinder answering by pid.
@@ -200,6 +202,9 @@ func (fx *fixture) build(t testing.TB) *Agent {
 	var src docker.Source = fx.docker
 	if fx.insp != nil {
 		src = &inspectingDocker{fakeDocker: fx.docker, det: fx.insp}
+	}
+	if fx.wrap != nil {
+		src = fx.wrap(src)
 	}
 	fx.agent = New(Options{
 		Config: fx.cfg, Log: testLog(t), Docker: src, IPv6: fx.ipv6, Version: "test", Namespaces: fx.ns, System: fx.sys, Ports: fx.ports,
