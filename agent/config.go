@@ -31,13 +31,13 @@ const ExampleExemptLabel = "imdsguard.allow-imds=true"
 type Config struct {
 	// ConfigFile is the settings file read under the flags and environment
 	// (DefaultConfigFile unless --config or IMDSGUARD_CONFIG says otherwise).
-	ConfigFile      string
-	HostRoot        string
-	DockerHost      string
-	StatusSocket    string
+	ConfigFile   string
+	HostRoot     string
+	DockerHost   string
+	StatusSocket string
 	// StatusGroup may read the status socket too (mode 0660); "" root only.
-	StatusGroup string
-	MetricsAddr string
+	StatusGroup     string
+	MetricsAddr     string
 	Action          firewall.Action
 	IPv6            bool
 	ECSConfigMode   string

@@ -24,7 +24,7 @@ type View struct {
 	dirty bool          // a Docker event since the listing began
 	// canInspect is the last snapshot's CanInspect.
 	canInspect bool
-	ready chan struct{} // closed by the first listing
+	ready      chan struct{} // closed by the first listing
 }
 
 // NewView is an empty view; Get waits for its first Set.
