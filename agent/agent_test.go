@@ -196,7 +196,11 @@ func newFixture(t testing.TB) *fixture {
 
 func (fx *fixture) build(t testing.TB) *Agent {
 	tables := map[firewall.Family]firewall.Tables{firewall.IPv4: fx.fakes[firewall.IPv4], firewall.IPv6: fx.fakes[firewall.IPv6]}
-	mgr := firewall.NewManager(firewall.Spec{Action: fx.cfg.Action}, tables, fx.cfg.Families()...)
+	fams := fx.cfg.Families()
+	if fx.ipv6 != nil && fx.ipv6() != "" {
+		fams = []firewall.Family{firewall.IPv4} // as RealFirewall builds it
+	}
+	mgr := firewall.NewManager(firewall.Spec{Action: fx.cfg.Action}, tables, fams...)
 	// Bridge netfilter on, whatever the machine running the tests says.
 	mgr.SetBridgeNF(func(firewall.Family) firewall.Tri { return firewall.Yes })
 	var src docker.Source = fx.docker

@@ -20,7 +20,9 @@ import (
 
 // NFTFactory opens layer 1 in the host's namespace. It keeps the socket
 // that owns the tables until the layer is closed.
-type NFTFactory func() (*firewall.NFTLayer, error)
+// ipv6 says whether the tables hold the IPv6 rules (not on a kernel
+// without IPv6).
+type NFTFactory func(ipv6 bool) (*firewall.NFTLayer, error)
 
 // layer1 is the agent's layer-1 state.
 type layer1 struct {
@@ -55,7 +57,7 @@ func (a *Agent) syncLayer1(ctx context.Context, enforce bool, in firewall.Intent
 	defer l1.mu.Unlock()
 	st := &status.NFTStatus{Enabled: true, SurvivesFlush: "no", SurvivesStop: "no"}
 	if l1.l == nil {
-		l, err := l1.open()
+		l, err := l1.open(a.cfg.IPv6)
 		if err != nil {
 			st.Error = err.Error()
 			return st
@@ -159,9 +161,9 @@ func mergeLayers(cfg Config, enforced map[string]bool, nft *status.NFTStatus) []
 }
 
 // RealNFT is the NFTFactory for the host's own namespace.
-func RealNFT(cfg Config) NFTFactory {
-	return func() (*firewall.NFTLayer, error) {
-		return firewall.OpenNFT(0, firewall.NFTSpec{Scope: firewall.ScopeHost, Action: cfg.Action, IPv6: cfg.IPv6})
+func RealNFT(action firewall.Action) NFTFactory {
+	return func(ipv6 bool) (*firewall.NFTLayer, error) {
+		return firewall.OpenNFT(0, firewall.NFTSpec{Scope: firewall.ScopeHost, Action: action, IPv6: ipv6})
 	}
 }
 

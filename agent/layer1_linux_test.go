@@ -17,7 +17,7 @@ import (
 func withLayer1(t *testing.T, fx *fixture, ns *firewall.FakeNFTNetns) *Agent {
 	t.Helper()
 	a := fx.build(t)
-	a.l1 = &layer1{open: func() (*firewall.NFTLayer, error) {
+	a.l1 = &layer1{open: func(bool) (*firewall.NFTLayer, error) {
 		return firewall.NewFakeNFTLayer(ns, firewall.NFTSpec{Scope: firewall.ScopeHost}, nil)
 	}}
 	return a
@@ -95,7 +95,7 @@ func TestLayer1MissingIsDegraded(t *testing.T) {
 	if !st.Firewall.NFTables.Present || st.Verdict != status.VerdictDegraded {
 		t.Fatalf("orphaned tables: %s %v %+v", st.Verdict, st.Reasons, st.Firewall.NFTables)
 	}
-	a.l1.open = func() (*firewall.NFTLayer, error) { return nil, context.DeadlineExceeded }
+	a.l1.open = func(bool) (*firewall.NFTLayer, error) { return nil, context.DeadlineExceeded }
 	a.closeLayer1()
 	st = once(t, a, true)
 	if st.Verdict != status.VerdictDegraded || st.Firewall.NFTables.Error == "" {

@@ -284,7 +284,7 @@ func testAgent(t *testing.T, opts sandbox.Options) {
 	if !slices.Equal(names, []string{"onappnet", "onbridge"}) {
 		t.Errorf("containers %v", names)
 	}
-	out, code = e.cli(t, "status")
+	out, code = e.cli(t, "status", "--all")
 	if code != 0 || !strings.Contains(out, "PROTECTED") || !strings.Contains(out, "onappnet") {
 		t.Fatalf("status: exit %d\n%s", code, out)
 	}

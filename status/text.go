@@ -3,21 +3,48 @@ package status
 import (
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 
 	"github.com/imdsguard/imdsguard/firewall"
 )
 
-// WriteText prints the status for a person: the verdict, then one line per
-// container, so a whole host fits on one screen.
-func (s *Status) WriteText(w io.Writer) {
-	fmt.Fprintf(w, "imdsguard: %s\n", strings.ToUpper(s.Verdict))
-	for _, r := range s.Reasons {
-		fmt.Fprintf(w, "  ! %s\n", r)
+// summaryRows caps each list in the one-screen form: reasons, exemption
+// notes, and the containers that can reach IMDS or are exempt.
+const summaryRows = 15
+
+// WriteText prints the status for a person on one screen, whatever the
+// number of containers: the verdict and why, the firewall, the ECS
+// setting, counts of the containers by network mode and protection, then
+// only the containers that can reach IMDS or are exempt.
+func (s *Status) WriteText(w io.Writer) { s.writeText(w, false) }
+
+// WriteTextAll is WriteText with every reason, exemption and container.
+func (s *Status) WriteTextAll(w io.Writer) { s.writeText(w, true) }
+
+// capped prints at most summaryRows of n lines (all of them with all),
+// then how many it left out.
+func capped(w io.Writer, n int, all bool, what string, line func(i int)) {
+	shown := n
+	if !all {
+		shown = min(n, summaryRows)
 	}
+	for i := range shown {
+		line(i)
+	}
+	if shown < n {
+		fmt.Fprintf(w, "  … and %d more %s (--all lists them)\n", n-shown, what)
+	}
+}
+
+func (s *Status) writeText(w io.Writer, all bool) {
+	fmt.Fprintf(w, "imdsguard: %s\n", strings.ToUpper(s.Verdict))
+	capped(w, len(s.Reasons), all, "reasons", func(i int) { fmt.Fprintf(w, "  ! %s\n", s.Reasons[i]) })
 	fam := func(name string, f FamilyStatus) string {
 		switch {
+		case f.NotApplicable != "":
+			return name + " not applicable (" + f.NotApplicable + ")"
 		case !f.Enabled:
 			return name + " off"
 		case f.Enforced:
@@ -61,7 +88,8 @@ func (s *Status) WriteText(w io.Writer) {
 	if h := s.HostNetwork; h != nil && (h.Block || len(h.Containers) > 0) {
 		fmt.Fprintf(w, "host network: blocking %s\n", h.Enforcement)
 	}
-	for _, e := range s.Exemptions {
+	capped(w, len(s.Exemptions), all, "exemptions", func(i int) {
+		e := s.Exemptions[i]
 		state := "exempt"
 		if !e.Applied {
 			state = "not exempt"
@@ -77,28 +105,77 @@ func (s *Status) WriteText(w io.Writer) {
 			line += "; " + e.Note
 		}
 		fmt.Fprintln(w, line)
-	}
+	})
 	if s.LastSync != nil {
 		fmt.Fprintf(w, "last sync: %s, %.1f ms, repairs since start: %d\n",
 			s.LastSync.At.Format(time.RFC3339), s.LastSync.DurationMS, s.Repairs)
 	}
-	if len(s.Containers) > 0 {
-		fmt.Fprintf(w, "\n%-14s %-28s %-13s %-9s %s\n", "CONTAINER", "NAME", "NETWORK", "IMDS", "WHY")
-		for _, c := range s.Containers {
-			imds := "blocked"
-			if !c.Protected {
-				imds = "REACHABLE"
-				if c.Expected {
-					imds = "allowed"
-				}
-			}
-			name := c.Name
-			if c.ECSContainer != "" && c.ECSContainer != c.Name {
-				name += " (" + c.ECSContainer + ")"
-			}
-			fmt.Fprintf(w, "%-14s %-28s %-13s %-9s %s\n", c.ID, trunc(name, 28), c.NetworkMode, imds, c.Reason)
+	s.writeContainers(w, all)
+}
+
+// imdsState is a container's IMDS column.
+func imdsState(c ContainerStatus) string {
+	switch {
+	case c.Protected:
+		return "blocked"
+	case c.Expected:
+		return "allowed"
+	}
+	return "REACHABLE"
+}
+
+// writeContainers prints the counts by network mode, then the containers
+// that can reach IMDS or are exempt (every one with all).
+func (s *Status) writeContainers(w io.Writer, all bool) {
+	if len(s.Containers) == 0 {
+		return
+	}
+	type count struct{ total, blocked, allowed, reachable int }
+	byMode := map[string]*count{}
+	var modes []string
+	var shown []ContainerStatus
+	for _, c := range s.Containers {
+		n := byMode[c.NetworkMode]
+		if n == nil {
+			n = &count{}
+			byMode[c.NetworkMode] = n
+			modes = append(modes, c.NetworkMode)
+		}
+		n.total++
+		switch imdsState(c) {
+		case "blocked":
+			n.blocked++
+		case "allowed":
+			n.allowed++
+		default:
+			n.reachable++
+		}
+		if all || !c.Protected {
+			shown = append(shown, c)
 		}
 	}
+	sort.Strings(modes)
+	fmt.Fprintf(w, "\n%-13s %6s %8s %8s %10s\n", "NETWORK", "TOTAL", "BLOCKED", "ALLOWED", "REACHABLE")
+	for _, m := range modes {
+		n := byMode[m]
+		fmt.Fprintf(w, "%-13s %6d %8d %8d %10d\n", m, n.total, n.blocked, n.allowed, n.reachable)
+	}
+	if len(shown) == 0 {
+		fmt.Fprintf(w, "\nno container can reach IMDS\n")
+		return
+	}
+	if !all {
+		fmt.Fprintf(w, "\ncontainers that can reach IMDS or are allowed to:\n")
+	}
+	fmt.Fprintf(w, "\n%-14s %-28s %-13s %-9s %s\n", "CONTAINER", "NAME", "NETWORK", "IMDS", "WHY")
+	capped(w, len(shown), all, "containers", func(i int) {
+		c := shown[i]
+		name := c.Name
+		if c.ECSContainer != "" && c.ECSContainer != c.Name {
+			name += " (" + c.ECSContainer + ")"
+		}
+		fmt.Fprintf(w, "%-14s %-28s %-13s %-9s %s\n", c.ID, trunc(name, 28), c.NetworkMode, imdsState(c), c.Reason)
+	})
 }
 
 func trunc(s string, n int) string {

@@ -24,13 +24,14 @@ import (
 // that holds the lock; a daemon holding it is refused at once.
 const oneShotWait = 30 * time.Second
 
-// setup parses the shared flags plus the command's own and builds the
-// logger. extra registers command-specific flags.
-func setup(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*agent.Config, *logrus.Entry, bool, int) {
+// setup parses the settings the command reads (only: all of them when
+// empty) plus the command's own, and builds the logger. extra registers
+// command-specific flags.
+func setup(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet), only ...string) (*agent.Config, *logrus.Entry, bool, int) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := &agent.Config{}
-	cfg.Bind(fs)
+	cfg.Bind(fs, only...)
 	if extra != nil {
 		extra(fs)
 	}
@@ -114,8 +115,8 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) int {
 }
 
 func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var asJSON bool
-	cfg, log, done, code := setup("apply", args, stderr, jsonFlag(&asJSON))
+	var out printFlags
+	cfg, log, done, code := setup("apply", args, stderr, out.bind, agent.OneShotFlags...)
 	if done {
 		return code
 	}
@@ -132,7 +133,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return fail(stderr, "apply", err)
 	}
 	st, err := a.Once(ctx, true)
-	printStatus(stdout, st, asJSON)
+	out.print(stdout, st)
 	if !st.BlockInPlace() {
 		if err == nil {
 			err = errors.New("the IMDS block is not in place")
@@ -153,8 +154,8 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 }
 
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var asJSON bool
-	cfg, log, done, code := setup("check", args, stderr, jsonFlag(&asJSON))
+	var out printFlags
+	cfg, log, done, code := setup("check", args, stderr, out.bind, agent.OneShotFlags...)
 	if done {
 		return code
 	}
@@ -165,31 +166,40 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return fail(stderr, "check", err)
 	}
 	st, err := a.Once(ctx, false)
-	printStatus(stdout, st, asJSON)
+	out.print(stdout, st)
 	if err != nil {
 		return fail(stderr, "check", err)
 	}
 	return st.ExitCode()
 }
 
-// jsonFlag registers --json for the commands that print a status.
-func jsonFlag(asJSON *bool) func(*flag.FlagSet) {
-	return func(fs *flag.FlagSet) { fs.BoolVar(asJSON, "json", false, "print the status as JSON") }
+// printFlags are the flags of the commands that print a status.
+type printFlags struct{ json, all bool }
+
+func (p *printFlags) bind(fs *flag.FlagSet) {
+	fs.BoolVar(&p.json, "json", false, "print the status as JSON")
+	fs.BoolVar(&p.all, "all", false, "list every container, reason and exemption (the default fits one screen)")
 }
 
-func printStatus(w io.Writer, st *status.Status, asJSON bool) {
-	if asJSON {
+func (p *printFlags) print(w io.Writer, st *status.Status) {
+	switch {
+	case p.json:
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(st)
-		return
+	case p.all:
+		st.WriteTextAll(w)
+	default:
+		st.WriteText(w)
 	}
-	st.WriteText(w)
 }
 
+// cmdStatus asks the daemon. Its exit code is check's, or ExitStale when
+// the daemon has not verified everything recently (a hung or failing loop
+// still serves its last status, which may no longer hold).
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var asJSON bool
-	cfg, _, done, code := setup("status", args, stderr, jsonFlag(&asJSON))
+	var out printFlags
+	cfg, _, done, code := setup("status", args, stderr, out.bind, agent.StatusFlags...)
 	if done {
 		return code
 	}
@@ -197,12 +207,16 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err != nil {
 		return fail(stderr, "status", err)
 	}
-	printStatus(stdout, st, asJSON)
+	out.print(stdout, st)
+	if stale, why := st.Stale(time.Now()); stale {
+		fmt.Fprintf(stderr, "imdsguard status: the daemon's status is stale: %s\n", why)
+		return status.ExitStale
+	}
 	return st.ExitCode()
 }
 
 func cmdRemove(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cfg, log, done, code := setup("remove", args, stderr, nil)
+	cfg, log, done, code := setup("remove", args, stderr, nil, agent.RemoveFlags...)
 	if done {
 		return code
 	}
