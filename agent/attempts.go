@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -13,6 +11,9 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/imdsguard/imdsguard/attempts"
+	"github.com/imdsguard/imdsguard/docker"
+	"github.com/imdsguard/imdsguard/status"
+	"github.com/imdsguard/imdsguard/tasknet"
 )
 
 // Blocked attempts in the daemon (package attempts): the host's NFLOG
@@ -25,18 +26,6 @@ import (
 // LabelTaskRevision is the ECS label of the task definition's revision.
 const LabelTaskRevision = "com.amazonaws.ecs.task-definition-version"
 
-// AttemptsStatus is the attempt pipeline in status.
-type AttemptsStatus struct {
-	Total uint64 `json:"total"`
-	// Lost: events that never reached the recorder (queue full, socket
-	// buffer overflowed); packets over the kernel's rate limit are blocked
-	// without being logged and are not counted.
-	Lost     uint64 `json:"events_lost"`
-	Error    string `json:"error,omitempty"`
-	AuditLog string `json:"audit_log,omitempty"`
-	AuditErr string `json:"audit_log_error,omitempty"`
-}
-
 type attemptsWiring struct {
 	guard *attempts.Guard
 	rec   *attempts.Recorder
@@ -47,10 +36,10 @@ type attemptsWiring struct {
 	err     string
 	host    *attempts.Reader
 	tasks   map[string]*attempts.Reader // by pause container ID
-	ports   map[string]map[netip.Addr]BridgePort
+	ports   map[string]map[netip.Addr]docker.BridgePort
 	tried   map[string]bool // containers the resolver has asked about
 	last    attempts.Table  // the last published, without resolved ports
-	resolve chan []Container
+	resolve chan []docker.Container
 	refresh func()
 }
 
@@ -59,7 +48,7 @@ type attemptsWiring struct {
 // process bound the group) is an error in the status, never a failed sync.
 func (a *Agent) startAttempts(ctx context.Context, wg *sync.WaitGroup) {
 	w := &attemptsWiring{log: a.log.WithField("component", "attempts"), tasks: map[string]*attempts.Reader{},
-		ports: map[string]map[netip.Addr]BridgePort{}, tried: map[string]bool{}, resolve: make(chan []Container, 1)}
+		ports: map[string]map[netip.Addr]docker.BridgePort{}, tried: map[string]bool{}, resolve: make(chan []docker.Container, 1)}
 	if a.cfg.AuditLog != "" {
 		l, err := attempts.OpenAuditLog(a.cfg.AuditLog, 0)
 		if err != nil {
@@ -69,8 +58,8 @@ func (a *Agent) startAttempts(ctx context.Context, wg *sync.WaitGroup) {
 			w.audit = l
 		}
 	}
-	var reg = a.metrics.reg
-	w.rec = attempts.NewRecorder(w.log, reg, w.audit)
+	w.rec = attempts.NewRecorder(w.log, w.audit)
+	a.pub.AddCollector(w.rec)
 	w.guard = attempts.NewGuard(w.rec, portName)
 	w.refresh = throttle(time.Second, a.refreshAttempts)
 	if r, err := attempts.Open(0, "", w.guard); err != nil {
@@ -152,16 +141,9 @@ func (a *Agent) openTaskAttempts(pauseID, path string) {
 	if w.tasks[pauseID] != nil {
 		return
 	}
-	h, self, err := foreignNetns(path)
+	r, err := tasknet.OpenAttempts(path, pauseID, w.guard)
 	if err != nil {
-		w.log.WithError(err).Warn("blocked attempts: task namespace")
-		return
-	}
-	defer h.Close()
-	self.Close()
-	r, err := attempts.Open(int(h), pauseID, w.guard)
-	if err != nil {
-		w.log.WithError(err).WithField("task", short(pauseID)).Warn("blocked attempts: no reader in the task's namespace")
+		w.log.WithError(err).WithField("task", docker.Short(pauseID)).Warn("blocked attempts: no reader in the task's namespace")
 		return
 	}
 	w.tasks[pauseID] = r
@@ -183,7 +165,7 @@ func (a *Agent) closeTaskAttempts(pauseID string) {
 }
 
 // publishOwners hands the attempt pipeline who owned what in this pass.
-func (a *Agent) publishOwners(containers []Container, listed bool) {
+func (a *Agent) publishOwners(containers []docker.Container, listed bool) {
 	w := a.attemptsOf()
 	if w == nil || !listed {
 		return
@@ -235,31 +217,31 @@ func (w *attemptsWiring) publish() {
 
 // ownerTable is who owned what, from one listing and the host-network
 // cgroups of the same pass.
-func ownerTable(containers []Container, cgroups map[string]hostCgroup) attempts.Table {
+func ownerTable(containers []docker.Container, cgroups map[string]hostCgroup) attempts.Table {
 	t := attempts.Table{Addrs: map[netip.Addr]attempts.Owner{}, Cgroups: map[uint64]attempts.Owner{}, Tasks: map[string]attempts.Owner{}}
-	ix := newIndex(containers)
-	members := map[string][]Container{}
+	ix := docker.NewIndex(containers)
+	members := map[string][]docker.Container{}
 	for _, c := range containers {
-		if o, ok := ix.owner(c); ok && o.ID != c.ID {
-			if class, _ := modeClass(o); class == ModeAWSVPC {
+		if o, ok := ix.Owner(c); ok && o.ID != c.ID {
+			if class, _ := docker.ModeClass(o); class == docker.ModeAWSVPC {
 				members[o.ID] = append(members[o.ID], c)
 			}
 		}
 	}
 	for _, c := range containers {
-		class, _ := modeClass(c)
+		class, _ := docker.ModeClass(c)
 		o := ownerOf(c, class)
 		switch class {
-		case ModeBridge, ModeUserNet:
+		case docker.ModeBridge, docker.ModeUserNet:
 			for _, ad := range append(append([]netip.Addr{}, c.IPv4...), c.IPv6...) {
 				t.Addrs[ad.Unmap()] = o
 			}
-		case ModeAWSVPC:
+		case docker.ModeAWSVPC:
 			// The task's namespace is shared by its containers: the one
 			// container besides the pause is named, several are listed.
 			var names, ecsNames, images []string
 			for _, m := range members[c.ID] {
-				names, ecsNames, images = append(names, m.Name), append(ecsNames, m.Labels[LabelContainerName]), append(images, m.Image)
+				names, ecsNames, images = append(names, m.Name), append(ecsNames, m.Labels[docker.LabelContainerName]), append(images, m.Image)
 			}
 			if len(names) > 0 {
 				o.Name, o.ECSContainer, o.Image = strings.Join(names, ","), strings.Join(ecsNames, ","), strings.Join(images, ",")
@@ -276,18 +258,22 @@ func ownerTable(containers []Container, cgroups map[string]hostCgroup) attempts.
 	return t
 }
 
-func ownerOf(c Container, class string) attempts.Owner {
+func ownerOf(c docker.Container, class string) attempts.Owner {
 	return attempts.Owner{ContainerID: c.ID, Name: c.Name, Image: c.Image, NetworkMode: class,
-		TaskARN: c.Labels[LabelTaskARN], TaskFamily: c.Labels[LabelTaskFamily],
-		TaskRevision: c.Labels[LabelTaskRevision], ECSContainer: c.Labels[LabelContainerName]}
+		TaskARN: c.Labels[docker.LabelTaskARN], TaskFamily: c.Labels[docker.LabelTaskFamily],
+		TaskRevision: c.Labels[LabelTaskRevision], ECSContainer: c.Labels[docker.LabelContainerName]}
 }
 
 // resolvePorts finds each bridged container's bridge ports once, outside
 // the sync: its pid by an inspect, then its veths' peers.
 func (a *Agent) resolvePorts(ctx context.Context, w *attemptsWiring) {
-	insp, _ := a.docker.(Inspector)
+	insp, _ := a.source.(docker.Inspector)
+	var finder docker.PortFinder
+	if a.lister != nil {
+		finder = a.lister.Ports
+	}
 	for {
-		var cs []Container
+		var cs []docker.Container
 		select {
 		case <-ctx.Done():
 			return
@@ -297,8 +283,8 @@ func (a *Agent) resolvePorts(ctx context.Context, w *attemptsWiring) {
 		live := map[string]bool{}
 		for _, c := range cs {
 			live[c.ID] = true
-			class, _ := modeClass(c)
-			if class != ModeBridge && class != ModeUserNet {
+			class, _ := docker.ModeClass(c)
+			if class != docker.ModeBridge && class != docker.ModeUserNet {
 				continue
 			}
 			w.mu.Lock()
@@ -309,10 +295,10 @@ func (a *Agent) resolvePorts(ctx context.Context, w *attemptsWiring) {
 				continue
 			}
 			ports := c.Ports
-			if len(ports) == 0 && insp != nil {
+			if len(ports) == 0 && insp != nil && finder != nil {
 				det, err := insp.Inspect(ctx, c.ID)
 				if err == nil {
-					ports, _ = a.ports.Ports(det.Pid)
+					ports, _ = finder.Ports(det.Pid)
 				}
 			}
 			w.mu.Lock()
@@ -339,49 +325,20 @@ func (a *Agent) resolvePorts(ctx context.Context, w *attemptsWiring) {
 
 // refreshAttempts puts the recorder's last attempts into the published
 // status between syncs.
-func (a *Agent) refreshAttempts() {
-	a.mu.Lock()
-	st := a.status
-	a.mu.Unlock()
-	a.fillAttempts(&st)
-	body := encodeStatus(&st)
-	a.mu.Lock()
-	if a.status.CheckedAt.Equal(st.CheckedAt) { // no sync published meanwhile
-		a.status, a.statusJSON = st, body
-	}
-	a.mu.Unlock()
-}
+func (a *Agent) refreshAttempts() { a.pub.Update(a.fillAttempts) }
 
 // fillAttempts sets the status's attempt fields.
-func (a *Agent) fillAttempts(st *Status) {
+func (a *Agent) fillAttempts(st *status.Status) {
 	w := a.attemptsOf()
 	if w == nil {
 		return
 	}
 	snap := w.rec.Snapshot()
 	w.mu.Lock()
-	as := &AttemptsStatus{Total: snap.Total, Lost: snap.Lost, Error: w.err, AuditLog: a.cfg.AuditLog, AuditErr: snap.AuditErr}
+	as := &status.AttemptsStatus{Total: snap.Total, Lost: snap.Lost, Error: w.err, AuditLog: a.cfg.AuditLog, AuditErr: snap.AuditErr}
 	w.mu.Unlock()
 	st.Attempts, st.BlockedAttempts = as, snap.Last
 	if st.BlockedAttempts == nil {
 		st.BlockedAttempts = []attempts.Attempt{}
-	}
-}
-
-// writeAttempts is the last attempts in `imdsguard status`.
-func (s *Status) writeAttempts(w io.Writer) {
-	if s.Attempts == nil {
-		return
-	}
-	fmt.Fprintf(w, "blocked attempts: %d since start, %d events lost\n", s.Attempts.Total, s.Attempts.Lost)
-	if s.Attempts.Error != "" {
-		fmt.Fprintf(w, "  ! attempts: %s\n", s.Attempts.Error)
-	}
-	for i, at := range s.BlockedAttempts {
-		if i == 10 {
-			fmt.Fprintf(w, "  … %d more in status --json\n", len(s.BlockedAttempts)-i)
-			break
-		}
-		fmt.Fprintf(w, "  %s %s to %s %s/%d by %s\n", at.At.Format(time.RFC3339), at.Describe(), at.Dst, at.Proto, at.DstPort, at.By)
 	}
 }

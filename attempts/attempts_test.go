@@ -116,7 +116,7 @@ func TestAttribute(t *testing.T) {
 // are B's.
 func TestAddressReuse(t *testing.T) {
 	log, hook := test.NewNullLogger()
-	rec := NewRecorder(logrus.NewEntry(log), nil, nil)
+	rec := NewRecorder(logrus.NewEntry(log), nil)
 	ports := map[int]string{10: "vethA", 11: "vethB"}
 	g := NewGuard(rec, func(i int) string { return ports[i] })
 	g.Publish(Table{Ports: map[string]Owner{"vethA": ownerA}, Addrs: map[netip.Addr]Owner{addr: ownerA}})
@@ -147,7 +147,7 @@ func TestAddressReuse(t *testing.T) {
 // waited, even though the address had an owner with another port.
 func TestPendingExpires(t *testing.T) {
 	log, _ := test.NewNullLogger()
-	rec := NewRecorder(logrus.NewEntry(log), nil, nil)
+	rec := NewRecorder(logrus.NewEntry(log), nil)
 	g := NewGuard(rec, func(int) string { return "vethX" })
 	g.Publish(Table{Ports: map[string]Owner{"vethA": ownerA}, Addrs: map[netip.Addr]Owner{addr: ownerA}})
 	at := time.Now()
@@ -165,8 +165,7 @@ func TestPendingExpires(t *testing.T) {
 
 func TestQueueNeverBlocks(t *testing.T) {
 	log, _ := test.NewNullLogger()
-	reg := prometheus.NewRegistry()
-	rec := NewRecorder(logrus.NewEntry(log), reg, nil)
+	rec := NewRecorder(logrus.NewEntry(log), nil)
 	g := NewGuard(rec, nil)
 	for range QueueSize + 10 {
 		g.Offer(Event{})
@@ -184,8 +183,7 @@ func TestQueueNeverBlocks(t *testing.T) {
 
 func TestRecorderAggregatesAndCaps(t *testing.T) {
 	log, hook := test.NewNullLogger()
-	reg := prometheus.NewRegistry()
-	rec := NewRecorder(logrus.NewEntry(log), reg, nil)
+	rec := NewRecorder(logrus.NewEntry(log), nil)
 	a := Attempt{Owner: ownerA, Attributed: true, Family: "ipv4", Proto: "tcp", Dst: "169.254.169.254", DstPort: 80}
 	for range 12 {
 		rec.record(a)

@@ -51,9 +51,9 @@ type aggregate struct {
 	dsts  map[string]bool
 }
 
-// NewRecorder registers its metrics on reg (nil: none) and writes to audit
-// (nil: no audit log).
-func NewRecorder(log *logrus.Entry, reg prometheus.Registerer, audit *AuditLog) *Recorder {
+// NewRecorder writes to audit (nil: no audit log). It is the Collector of
+// its metrics.
+func NewRecorder(log *logrus.Entry, audit *AuditLog) *Recorder {
 	r := &Recorder{log: log, audit: audit, interval: Interval, agg: map[string]*aggregate{}, seen: map[string]bool{},
 		labels: map[[3]string]bool{}, last: time.Now()}
 	r.counter = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imdsguard_blocked_attempts_total",
@@ -61,10 +61,19 @@ func NewRecorder(log *logrus.Entry, reg prometheus.Registerer, audit *AuditLog) 
 		[]string{"task_family", "container_name", "family"})
 	r.lostCtr = prometheus.NewCounter(prometheus.CounterOpts{Name: "imdsguard_attempt_events_lost_total",
 		Help: "Blocked-attempt events that were not recorded: the queue was full, the netlink socket's buffer overflowed (a gap in the kernel's sequence numbers) or a message could not be read. Packets over the kernel's rate limit are blocked but never logged, and not counted here."})
-	if reg != nil {
-		reg.MustRegister(r.counter, r.lostCtr)
-	}
 	return r
+}
+
+// Describe and Collect make the recorder a prometheus.Collector of
+// imdsguard_blocked_attempts_total and imdsguard_attempt_events_lost_total.
+func (r *Recorder) Describe(ch chan<- *prometheus.Desc) {
+	r.counter.Describe(ch)
+	r.lostCtr.Describe(ch)
+}
+
+func (r *Recorder) Collect(ch chan<- prometheus.Metric) {
+	r.counter.Collect(ch)
+	r.lostCtr.Collect(ch)
 }
 
 func (r *Recorder) lost(n uint64) {

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // TestAttemptFlood is the blocked-attempt benchmark, not part of make test:
@@ -100,7 +100,7 @@ loop:
 	floodCPU := float64(cpuTicks(t, apid)-cpu0) / clockTicks / elapsed.Seconds() * 100
 	peak := smp.end()
 
-	var st *agent.Status
+	var st *status.Status
 	waitFor(t, "the recorder caught up", 30*time.Second, func() bool {
 		st = e.status(t)
 		return st.Attempts != nil && st.Attempts.Total > 0

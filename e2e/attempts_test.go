@@ -14,7 +14,9 @@ import (
 
 	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/attempts"
+	"github.com/imdsguard/imdsguard/docker"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // TestBlockedAttempts: a bridge task container, a container on a
@@ -54,8 +56,8 @@ func TestBlockedAttempts(t *testing.T) {
 	audit := filepath.Join(s.Dir, "attempts.json")
 	e.startAgent(t, "--block-host-network", "--awsvpc-mode", "enforce", "--audit-log", audit)
 	waitFor(t, "protected, with the task's table and the host container blocked", 60*time.Second, func() bool {
-		st, err := agent.QueryStatus(t.Context(), e.socket)
-		if err != nil || st.Verdict != agent.VerdictProtected || st.AWSVPC == nil || len(st.AWSVPC.Tasks) != 1 {
+		st, err := status.QueryStatus(t.Context(), e.socket)
+		if err != nil || st.Verdict != status.VerdictProtected || st.AWSVPC == nil || len(st.AWSVPC.Tasks) != 1 {
 			return false
 		}
 		n := st.AWSVPC.Tasks[0].NFTables
@@ -63,10 +65,10 @@ func TestBlockedAttempts(t *testing.T) {
 	})
 
 	wants := map[string]want{
-		"brtask":    {"brtask", acct + "brtask", "web", "7", "app", agent.ModeBridge, "bridge port "},
-		"onnet":     {"onnet", "", "", "", "", agent.ModeUserNet, "bridge port "},
-		"hostc":     {"hostc", acct + "hostc", "mon", "7", "collector", agent.ModeHost, "cgroup "},
-		"atask-app": {"atask-app", acct + "atask", "atask", "", "app", agent.ModeAWSVPC, "task namespace"},
+		"brtask":    {"brtask", acct + "brtask", "web", "7", "app", docker.ModeBridge, "bridge port "},
+		"onnet":     {"onnet", "", "", "", "", docker.ModeUserNet, "bridge port "},
+		"hostc":     {"hostc", acct + "hostc", "mon", "7", "collector", docker.ModeHost, "cgroup "},
+		"atask-app": {"atask-app", acct + "atask", "atask", "", "app", docker.ModeAWSVPC, "task namespace"},
 	}
 	for c := range wants {
 		if c == "atask-app" {
@@ -97,7 +99,7 @@ func TestBlockedAttempts(t *testing.T) {
 	if !errors.Is(err, sandbox.ErrTimeout) {
 		t.Fatalf("routed around inside the task: want the table's drop, got %v", err)
 	}
-	var st *agent.Status
+	var st *status.Status
 	defer func() {
 		if t.Failed() && st != nil {
 			tables, _ := s.HostRun("nft", "list", "table", "inet", "imdsguard")
@@ -120,7 +122,7 @@ func TestBlockedAttempts(t *testing.T) {
 			t.Fatalf("an attempt nobody made: %+v", a)
 		}
 		rev := a.TaskRevision
-		if a.NetworkMode == agent.ModeAWSVPC {
+		if a.NetworkMode == docker.ModeAWSVPC {
 			rev = "" // the pause container's labels carry no revision here
 		}
 		if a.TaskARN != w.arn || a.TaskFamily != w.family || rev != w.rev || a.ECSContainer != w.ecsName ||
@@ -223,7 +225,7 @@ func TestBlockedAttempts(t *testing.T) {
 	})
 }
 
-func containerListed(st *agent.Status, name string) bool {
+func containerListed(st *status.Status, name string) bool {
 	for _, c := range st.Containers {
 		if c.Name == name {
 			return true
@@ -232,7 +234,7 @@ func containerListed(st *agent.Status, name string) bool {
 	return false
 }
 
-func countBy(st *agent.Status, name string) int {
+func countBy(st *status.Status, name string) int {
 	n := 0
 	for _, a := range st.BlockedAttempts {
 		if a.Name == name {
