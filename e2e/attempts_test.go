@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -114,7 +115,7 @@ func TestBlockedAttempts(t *testing.T) {
 		}
 		return len(seen) >= len(wants)
 	})
-	out, _ := e.cli(t, "status")
+	out := e.statusText(t)
 	t.Logf("imdsguard status:\n%s", out)
 	for _, a := range st.BlockedAttempts {
 		w, ok := wants[a.Name]
@@ -271,4 +272,16 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return fmt.Sprint(strings.Join(out, "\n"))
+}
+
+// statusText is `imdsguard status` (which reads only --status-socket).
+func (e *env) statusText(t *testing.T) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	out, err := e.s.HostCommand(ctx, agentBin, "status", "--status-socket", e.socket).CombinedOutput()
+	if err != nil {
+		t.Fatalf("imdsguard status: %v\n%s", err, out)
+	}
+	return string(out)
 }
