@@ -231,8 +231,10 @@ func (d *Client) Watch(ctx context.Context, changed func(), connected func(error
 		if err != nil {
 			connected(fmt.Errorf("docker daemon unreachable: %w", err))
 			changed()
-			if !sleep(ctx, backoff) {
+			select {
+			case <-ctx.Done():
 				return
+			case <-time.After(backoff):
 			}
 			backoff = min(backoff*2, 5*time.Second)
 			continue
@@ -272,16 +274,5 @@ func (d *Client) Watch(ctx context.Context, changed func(), connected func(error
 			}
 		}
 		cancel()
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
