@@ -2,7 +2,7 @@
 // runners, and one pass — snapshot, desired state, apply, verify, publish.
 // The desired state is computed from the full picture (firewall, ECS
 // configuration, the running containers' snapshot) by pure functions
-// (desired.go); events and timers only trigger a sync, and no event is
+// (desired.go, exempt.go); events and timers only trigger a sync, and no event is
 // ever trusted to carry state. It must not call Docker in a sync (the
 // docker package's lister takes the snapshot in its own loop), and it
 // speaks neither iptables (firewall/), netlink (tasknet/) nor HTTP

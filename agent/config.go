@@ -63,7 +63,9 @@ type Config struct {
 // DefaultStatusSocket is where `imdsguard status` finds the daemon.
 const DefaultStatusSocket = "/run/imdsguard/status.sock"
 
-// Flags a command reads besides --config; run reads them all.
+// Flags a command reads besides --config; run reads them all. Each
+// command accepts every settings flag (so one set can be passed to all of
+// them, as the settings file is read by all) but its -h lists only these.
 var (
 	// OneShotFlags are what apply and check read: a pass's settings,
 	// without the daemon's endpoints and period.
@@ -75,28 +77,8 @@ var (
 	RemoveFlags = []string{"status-socket", "iptables-backend", "log-format", "log-level"}
 )
 
-// Bind registers the flags on fs: all of them, or --config and those
-// named in only, so each command's --help lists only what it reads. Call
-// Finish after fs.Parse.
-func (c *Config) Bind(fs *flag.FlagSet, only ...string) {
-	if len(only) == 0 {
-		c.bind(fs)
-		return
-	}
-	all := flag.NewFlagSet("", flag.ContinueOnError)
-	c.bind(all)
-	want := map[string]bool{"config": true}
-	for _, n := range only {
-		want[n] = true
-	}
-	all.VisitAll(func(f *flag.Flag) {
-		if want[f.Name] {
-			fs.Var(f.Value, f.Name, f.Usage)
-		}
-	})
-}
-
-func (c *Config) bind(fs *flag.FlagSet) {
+// Bind registers every settings flag on fs. Call Finish after fs.Parse.
+func (c *Config) Bind(fs *flag.FlagSet) {
 	dockerHost := os.Getenv("DOCKER_HOST")
 	if dockerHost == "" {
 		dockerHost = "unix:///var/run/docker.sock"

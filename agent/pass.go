@@ -105,7 +105,12 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 			hard = append(hard, fwErr)
 		}
 	}
-	if !a.cfg.IPv6 {
+	// Enabled follows the configuration, not the states returned: a
+	// family with no state is enabled and not enforced (BlockInPlace).
+	st.Firewall.IPv4.Enabled = true
+	if a.cfg.IPv6 {
+		st.Firewall.IPv6.Enabled = true
+	} else {
 		st.Firewall.IPv6 = status.FamilyStatus{Enabled: a.ipv6NA != "", NotApplicable: a.ipv6NA}
 	}
 	// Layer 1 (layer1.go): either layer whole blocks every bridged container.

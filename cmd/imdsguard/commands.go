@@ -24,17 +24,29 @@ import (
 // that holds the lock; a daemon holding it is refused at once.
 const oneShotWait = 30 * time.Second
 
-// setup parses the settings the command reads (only: all of them when
-// empty) plus the command's own, and builds the logger. extra registers
-// command-specific flags.
-func setup(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet), only ...string) (*agent.Config, *logrus.Entry, bool, int) {
+// setup parses the settings flags plus the command's own, and builds the
+// logger. extra registers command-specific flags. Every settings flag is
+// accepted; -h lists only those in reads (all when empty), --config and
+// the command's own.
+func setup(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet), reads ...string) (*agent.Config, *logrus.Entry, bool, int) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := &agent.Config{}
-	cfg.Bind(fs, only...)
+	cfg.Bind(fs)
+	shown := map[string]bool{"config": true}
+	for _, n := range reads {
+		shown[n] = true
+	}
+	fs.VisitAll(func(f *flag.Flag) { shown[f.Name] = shown[f.Name] || len(reads) == 0 })
 	if extra != nil {
 		extra(fs)
 	}
+	fs.VisitAll(func(f *flag.Flag) {
+		if _, ok := shown[f.Name]; !ok {
+			shown[f.Name] = true // the command's own
+		}
+	})
+	fs.Usage = func() { usageOf(fs, shown) }
 	if done, code := parse(fs, args); done {
 		return nil, nil, true, code
 	}
@@ -46,6 +58,19 @@ func setup(name string, args []string, stderr io.Writer, extra func(*flag.FlagSe
 		return nil, nil, true, fail(stderr, name, err)
 	}
 	return cfg, log.WithField("cmd", name), false, 0
+}
+
+// usageOf prints the flags of fs that shown marks.
+func usageOf(fs *flag.FlagSet, shown map[string]bool) {
+	vis := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
+	vis.SetOutput(fs.Output())
+	fs.VisitAll(func(f *flag.Flag) {
+		if shown[f.Name] {
+			vis.Var(f.Value, f.Name, f.Usage)
+		}
+	})
+	fmt.Fprintf(fs.Output(), "Usage of imdsguard %s:\n", fs.Name())
+	vis.PrintDefaults()
 }
 
 func newLogger(format, level string, out io.Writer) (*logrus.Logger, error) {

@@ -10,6 +10,11 @@ import (
 	"github.com/imdsguard/imdsguard/status"
 )
 
+// The pure part of a pass: no I/O, table-tested (verdict_test.go,
+// TestClassify, TestExemptions). exemptions (exempt.go) turns the snapshot
+// into the firewall spec's exemptions; classify turns the picture into each
+// container's status; verdict sums up the host.
+
 // picture is everything one sync learned; classify turns it into a verdict.
 type picture struct {
 	// enforced per family; a missing key means the family is disabled.
