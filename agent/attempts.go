@@ -71,7 +71,7 @@ func (a *Agent) startAttempts(ctx context.Context, wg *sync.WaitGroup) {
 	a.mu.Lock()
 	a.att = w
 	a.mu.Unlock()
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		w.guard.Run(ctx)
@@ -82,6 +82,7 @@ func (a *Agent) startAttempts(ctx context.Context, wg *sync.WaitGroup) {
 		a.resolvePorts(ctx, w)
 	}()
 	go func() { // status follows attempts, at most once a second
+		defer wg.Done()
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		var seen uint64

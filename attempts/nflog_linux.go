@@ -104,9 +104,11 @@ func (r *Reader) loop() {
 			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || errors.Is(err, unix.EBADF) {
 				return
 			}
-			// Anything else: the socket is gone for good; stop rather
-			// than spin. The agent reopens on its next pass.
-			return
+			// Anything else is counted and read past, paced so that a
+			// socket that keeps failing cannot spin.
+			r.sink.Lost(1)
+			time.Sleep(100 * time.Millisecond)
+			continue
 		}
 		now := time.Now()
 		for _, m := range msgs {
