@@ -66,6 +66,8 @@ type Agent struct {
 	view     *containerView
 	lister   *runner
 	watchNFT func(ctx context.Context, changed func()) error
+	// watchFirewalld follows firewalld's reloads (firewalld.go).
+	watchFirewalld func(ctx context.Context, changed func()) error
 	// The ECS configuration's own loop (ecsloop.go), daemon only:
 	// one-shot commands read the files themselves, with the same deadline.
 	ecsView   *ecsView
@@ -129,6 +131,8 @@ type Options struct {
 	Version string
 	// WatchNFTables subscribes to nf_tables changes; nil disables it.
 	WatchNFTables func(ctx context.Context, changed func()) error
+	// WatchFirewalld follows firewalld's reloads on D-Bus; nil disables it.
+	WatchFirewalld func(ctx context.Context, changed func()) error
 	// Namespaces reaches awsvpc tasks' network namespaces; nil reports
 	// their routes as unknown.
 	Namespaces Namespaces
@@ -149,6 +153,7 @@ func New(o Options) *Agent {
 		namespaces: o.Namespaces, sys: o.System, routesSeen: map[string]bool{}, watches: map[string]nsWatch{},
 		ports: o.Ports,
 	}
+	a.watchFirewalld = o.WatchFirewalld
 	if a.ports == nil {
 		a.ports = netlinkPorts{}
 	}
@@ -799,6 +804,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.docker.Watch(ctx, throttle(dockerSyncInterval, a.dockerChanged), a.setDockerErr)
 		}()
 	}
+	a.startFirewalldWatch(ctx, &wg)
 	if a.watchNFT != nil {
 		wg.Add(1)
 		go func() {

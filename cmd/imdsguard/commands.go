@@ -107,7 +107,7 @@ func newAgentWith(cfg *agent.Config, log *logrus.Entry, hooks agent.Hooks, fw ag
 	}
 	return agent.New(agent.Options{
 		Config: *cfg, Log: log, Firewall: fw, Docker: d, Hooks: hooks,
-		Version: version, WatchNFTables: firewall.WatchNFTables, NFTables: agent.RealNFT(*cfg),
+		Version: version, WatchNFTables: firewall.WatchNFTables, WatchFirewalld: firewall.WatchFirewalld, NFTables: agent.RealNFT(*cfg),
 	}), nil
 }
 
