@@ -8,6 +8,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // TestExemptWithoutBridgeNetfilter: Docker 27.3 and later no longer load
@@ -45,10 +46,10 @@ cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo absent`
 			t.Fatal(err)
 		}
 		e.startAgent(t, "--exempt-label", agent.ExampleExemptLabel)
-		var st *agent.Status
+		var st *status.Status
 		waitFor(t, "protected with the exemption applied", 30*time.Second, func() bool {
-			s, err := agent.QueryStatus(context.Background(), e.socket)
-			if err != nil || s.Verdict != agent.VerdictProtected || len(s.Exemptions) != 1 || !s.Exemptions[0].Applied {
+			s, err := status.QueryStatus(context.Background(), e.socket)
+			if err != nil || s.Verdict != status.VerdictProtected || len(s.Exemptions) != 1 || !s.Exemptions[0].Applied {
 				return false
 			}
 			st = s

@@ -18,6 +18,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // TestSoak is the chaos soak: for IMDSGUARD_SOAK (default 40s; `make soak`
@@ -468,13 +469,13 @@ func (so *soak) judge(at float64, v4, v6 string) {
 // the agent's.
 func (so *soak) waitEnforced(kind string, at time.Time) {
 	deadline := time.Now().Add(30 * time.Second)
-	var last *agent.Status
+	var last *status.Status
 	for {
-		st, err := agent.QueryStatus(context.Background(), so.e.socket)
+		st, err := status.QueryStatus(context.Background(), so.e.socket)
 		if err == nil {
 			last = st
 		}
-		if err == nil && st.Verdict == agent.VerdictProtected && st.LastSync != nil && st.LastSync.At.After(at) {
+		if err == nil && st.Verdict == status.VerdictProtected && st.LastSync != nil && st.LastSync.At.After(at) {
 			so.mu.Lock()
 			so.restarts[kind] = append(so.restarts[kind], time.Since(at))
 			so.mu.Unlock()
@@ -494,7 +495,7 @@ func (so *soak) waitEnforced(kind string, at time.Time) {
 
 // statusLine says why a status is not the verified protection waitEnforced
 // waits for: its verdict, reasons and last sync.
-func statusLine(st *agent.Status) string {
+func statusLine(st *status.Status) string {
 	if st == nil {
 		return "none"
 	}
