@@ -42,8 +42,10 @@ type contender struct {
 	docker  *dockerAPI
 	resync  time.Duration
 	logf    func(string, ...any)
-	logDir  string      // where the agent's log is kept after Close
-	warned  atomic.Bool // iptables-save's stderr was logged once
+	logDir  string // where the agent's log is kept after Close
+	// agentArgv starts imdsguard again (scenario 7's restarts).
+	agentArgv []string
+	warned    atomic.Bool // iptables-save's stderr was logged once
 }
 
 func (c *contender) label() string { return fmt.Sprintf("%s (%s)", c.kind, c.backend) }
@@ -97,11 +99,11 @@ func newContender(ctx context.Context, kind string, backend sandbox.Backend, bin
 			return nil, err
 		}
 		sock := filepath.Join(sb.Dir, "s.sock")
-		c.agent, err = sb.StartProcess("imdsguard", bin, "run",
+		c.agentArgv = []string{bin, "run",
 			"--docker-host", sb.DockerHost, "--status-socket", sock, "--metrics-addr", "",
 			"--host-root", hostRoot, "--resync-interval", resync.String(), "--log-format", "json",
-			"--exempt-label", agent.ExampleExemptLabel)
-		if err != nil {
+			"--exempt-label", agent.ExampleExemptLabel, "--awsvpc-mode", "enforce"}
+		if err := c.startAgent(); err != nil {
 			return nil, err
 		}
 		c.status = newStatusClient(sock)
@@ -123,6 +125,12 @@ func newContender(ctx context.Context, kind string, backend sandbox.Backend, bin
 		return nil, fmt.Errorf("%s: block not in place after setup:\n%s", c.label(), save)
 	}
 	return c, nil
+}
+
+// startAgent starts imdsguard; its log is appended to the last one's.
+func (c *contender) startAgent() (err error) {
+	c.agent, err = c.sb.StartProcess("imdsguard", c.agentArgv[0], c.agentArgv[1:]...)
+	return err
 }
 
 func (c *contender) waitProtected(ctx context.Context, limit time.Duration) error {

@@ -23,9 +23,10 @@ type exposureResult struct {
 }
 
 // probeScript loops n times: every 10 ms a background HTTP GET to IMDS;
-// answered probes print "A <uptime>". Only builtins run in the loop itself,
-// so the spacing holds; /proc/uptime has 10 ms resolution.
-func probeScript(n int) string {
+// answered probes print "A <uptime>", and every `every` probes it prints
+// "I <count> <uptime>". Only builtins run in the loop itself, so the
+// spacing holds; /proc/uptime has 10 ms resolution.
+func probeScript(n, every int) string {
 	return fmt.Sprintf(`printf 'GET /latest/meta-data/instance-id HTTP/1.0\r\nHost: %[1]s\r\n\r\n' > /tmp/req
 read up x < /proc/uptime; echo "S $up"
 i=0
@@ -33,10 +34,10 @@ while [ $i -lt %[2]d ]; do
   ( nc -w 1 %[1]s 80 < /tmp/req 2>/dev/null | grep -q %[3]s && read u x < /proc/uptime && echo "A $u" ) &
   usleep 10000
   i=$((i+1))
-  if [ $((i %% 100)) -eq 0 ]; then read up x < /proc/uptime; echo "I $i $up"; fi
+  if [ $((i %% %[4]d)) -eq 0 ]; then read up x < /proc/uptime; echo "I $i $up"; fi
 done
 wait
-echo "DONE $i"`, sandbox.IMDSv4, n, sandbox.InstanceID)
+echo "DONE $i"`, sandbox.IMDSv4, n, sandbox.InstanceID, every)
 }
 
 type probeLog struct {
@@ -44,12 +45,21 @@ type probeLog struct {
 	issued   int
 	answered int
 	spacing  time.Duration
+	// The first run's timeline, in uptime seconds: when each answer came
+	// back, and the probes sent so far at each "I" line.
+	answers []float64
+	marks   []probeMark
+}
+
+type probeMark struct {
+	up     float64
+	issued int
 }
 
 func parseProbeLog(out string) probeLog {
 	var p probeLog
-	var s0, lastUp float64
-	runs, firstRunIssued := 0, 0
+	var s0 float64
+	runs, lastI := 0, 0
 	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
@@ -57,32 +67,61 @@ func parseProbeLog(out string) probeLog {
 			continue
 		}
 		switch f[0] {
-		case "S": // a (re)started prober
+		case "S": // a (re)started prober counts from 0 again
 			runs++
+			lastI = 0
 			if runs == 1 {
 				s0, _ = strconv.ParseFloat(f[1], 64)
+				p.marks = append(p.marks, probeMark{up: s0})
 			}
 			p.started = true
 		case "A":
 			p.answered++
-		case "I": // every 100 probes
-			p.issued += 100
+			if runs == 1 {
+				u, _ := strconv.ParseFloat(f[1], 64)
+				p.answers = append(p.answers, u)
+			}
+		case "I":
+			i, _ := strconv.Atoi(f[1])
+			p.issued += i - lastI
+			lastI = i
 			if runs == 1 && len(f) > 2 {
-				firstRunIssued += 100
-				lastUp, _ = strconv.ParseFloat(f[2], 64)
+				u, _ := strconv.ParseFloat(f[2], 64)
+				p.marks = append(p.marks, probeMark{up: u, issued: i})
 			}
 		}
 	}
-	if firstRunIssued > 0 && lastUp > s0 {
-		p.spacing = time.Duration((lastUp - s0) / float64(firstRunIssued) * float64(time.Second))
+	if n := len(p.marks); n > 1 && p.marks[n-1].up > s0 {
+		p.spacing = time.Duration((p.marks[n-1].up - s0) / float64(p.marks[n-1].issued) * float64(time.Second))
 	}
 	return p
 }
 
+// sentBy interpolates the probes sent by uptime u from the "I" lines.
+func (p probeLog) sentBy(u float64) float64 {
+	m := p.marks
+	if len(m) == 0 || u <= m[0].up {
+		return 0
+	}
+	for i := 1; i < len(m); i++ {
+		if u <= m[i].up {
+			a, b := m[i-1], m[i]
+			return float64(a.issued) + float64(b.issued-a.issued)*(u-a.up)/(b.up-a.up)
+		}
+	}
+	return float64(m[len(m)-1].issued)
+}
+
 func (c *contender) startProber(ctx context.Context, name string, maxDur time.Duration, extra ...string) error {
+	return c.startProberEvery(ctx, name, maxDur, 100, extra...)
+}
+
+// startProberEvery starts a prober that reports its count every `every`
+// probes.
+func (c *contender) startProberEvery(ctx context.Context, name string, maxDur time.Duration, every int, extra ...string) error {
 	n := int(maxDur / (10 * time.Millisecond))
 	args := append([]string{"run", "-d", "--init", "--name", name}, extra...)
-	args = append(args, sandbox.Image, "sh", "-c", probeScript(n))
+	args = append(args, sandbox.Image, "sh", "-c", probeScript(n, every))
 	if _, err := c.sb.Docker(args...); err != nil {
 		return err
 	}

@@ -22,6 +22,9 @@ func writeReport(res *results, dir string) ([]string, error) {
 	if res.cfg.quick {
 		base += "-quick"
 	}
+	if res.cfg.scenarios != nil {
+		base += "-" + strings.Join(slices.Sorted(maps.Keys(res.cfg.scenarios)), "+")
+	}
 	mdPath := filepath.Join(dir, base+".md")
 	pngPath := filepath.Join(dir, base+".png")
 	csvPath := filepath.Join(dir, base+".csv")
@@ -34,8 +37,12 @@ func writeReport(res *results, dir string) ([]string, error) {
 		s.ProfileTop = pprofTop(s.ProfilePath)
 		files = append(files, s.ProfilePath)
 	}
-	if err := writeChart(res, pngPath); err != nil {
-		return nil, fmt.Errorf("chart: %w", err)
+	if len(groups(res.samples, "repair", false)) > 0 {
+		if err := writeChart(res, pngPath); err != nil {
+			return nil, fmt.Errorf("chart: %w", err)
+		}
+	} else {
+		files = slices.DeleteFunc(files, func(f string) bool { return f == pngPath })
 	}
 	if err := writeCSV(res, csvPath); err != nil {
 		return nil, err
@@ -121,11 +128,12 @@ func evalTargets(res *results) []target {
 		ts = append(ts, target{"dockerd restart → resynced, " + r.Label, "< 1 s", "max " + fmtMS(st.max), st.max < 1000, true})
 	}
 	for _, f := range res.footprint {
-		switch f.Phase {
-		case "idle":
-			ts = append(ts, target{"idle CPU, " + f.Label, "< 0.5 % of one core", fmt.Sprintf("%.3f %% (agent alone %.3f %%)", f.CPUAll, f.CPUOwn), f.CPUAll < 0.5, true})
-			ts = append(ts, target{"RSS idle, " + f.Label, "< 30 MiB", fmt.Sprintf("max %.1f MiB", f.RSSMax), f.RSSMax < 30, true})
-		case "churn":
+		switch {
+		case strings.HasPrefix(f.Phase, "idle"):
+			what := f.Label + strings.TrimPrefix(f.Phase, "idle")
+			ts = append(ts, target{"idle CPU, " + what, "< 0.5 % of one core", fmt.Sprintf("%.3f %% (agent alone %.3f %%)", f.CPUAll, f.CPUOwn), f.CPUAll < 0.5, true})
+			ts = append(ts, target{"RSS idle, " + what, "< 30 MiB", fmt.Sprintf("max %.1f MiB", f.RSSMax), f.RSSMax < 30, true})
+		case f.Phase == "churn":
 			ts = append(ts, target{"RSS under churn, " + f.Label, "< 30 MiB", fmt.Sprintf("max %.1f MiB", f.RSSMax), f.RSSMax < 30, true})
 		}
 	}
@@ -133,7 +141,7 @@ func evalTargets(res *results) []target {
 		st := summarize(s.SyncMS)
 		ts = append(ts, target{fmt.Sprintf("sync with %d containers, %d exempt (agent-reported)", s.Containers, s.Exempt), "< 200 ms", fmt.Sprintf("median %s, max %s", fmtMS(st.med), fmtMS(st.max)), st.n > 0 && st.max < 200, true})
 	}
-	return ts
+	return append(ts, layerTargets(res)...)
 }
 
 func markdown(res *results, png, csvName string) string {
@@ -142,6 +150,9 @@ func markdown(res *results, png, csvName string) string {
 	mode := "full"
 	if res.cfg.quick {
 		mode = "quick (`make bench-quick`: small counts, not for claims)"
+	}
+	if res.cfg.scenarios != nil {
+		mode += ", scenarios " + strings.Join(slices.Sorted(maps.Keys(res.cfg.scenarios)), ", ") + " only"
 	}
 	p("# imdsguard benchmark, %s", res.started.UTC().Format("2006-01-02 15:04 MST"))
 	p("")
@@ -167,12 +178,40 @@ func markdown(res *results, png, csvName string) string {
 	p("|---|---|---|---|")
 	for _, t := range evalTargets(res) {
 		v := "met"
-		if !t.met {
+		switch {
+		case !t.known:
+			v = "n/a"
+		case !t.met:
 			v = "**missed**"
 		}
 		p("| %s | %s | %s | %s |", t.what, t.goal, t.got, v)
 	}
 	p("")
+	if len(groups(res.samples, "repair", false)) > 0 {
+		repairSection(p, res, png)
+	}
+	if len(res.exposure) > 0 {
+		exposureSection(p, res)
+	}
+	if len(res.restarts) > 0 {
+		restartSection(p, res)
+	}
+	if len(res.footprint) > 0 {
+		footprintSection(p, res)
+	}
+	if res.scale != nil {
+		scaleSection(p, res.scale)
+	}
+	if len(res.layers) > 0 {
+		layersSection(p, res)
+	}
+	if len(res.micro) > 0 {
+		microSection(p, res)
+	}
+	return b.String()
+}
+
+func repairSection(p func(string, ...any), res *results, png string) {
 	p("## 1. Drift repair latency")
 	p("")
 	p("Time from the drift's commit to the block verified back in the kernel's ruleset. Not repaired: drifts still open when the window closed (the harness then restored the ruleset itself).")
@@ -194,6 +233,9 @@ func markdown(res *results, png, csvName string) string {
 		p("%s", latencyRow(c+" | "+k, g))
 	}
 	p("")
+}
+
+func exposureSection(p func(string, ...any), res *results) {
 	p("## 2. Exposure")
 	p("")
 	p("A container sends an HTTP GET for instance-id to 169.254.169.254 every 10 ms (background busybox `nc -w 1`, so a dropped probe does not delay the next); a probe counts as answered when the instance ID came back. Each drift's window closes when the block is verified back or after %v, when the harness restores the ruleset itself.", res.cfg.expWindow)
@@ -206,6 +248,9 @@ func markdown(res *results, png, csvName string) string {
 			fmtMS(per*ms(e.Spacing)), e.Spacing.Round(100*time.Microsecond))
 	}
 	p("")
+}
+
+func restartSection(p func(string, ...any), res *results) {
 	p("## 3. dockerd restart")
 	p("")
 	p("dockerd is stopped (its containers with it) and started again. Resynced: the first `/status` (polled every 5 ms) after dockerd answers `/_ping` (polled every 5 ms) that shows Docker reachable, a sync begun after the stop, and IPv4 enforced. A prober container with `--restart always` probes IMDS every 10 ms whenever it runs; the ruleset is also read every 20 ms throughout.")
@@ -224,6 +269,9 @@ func markdown(res *results, png, csvName string) string {
 		p("| %s | %d | %s | %d | %d | %d of %d |", r.Label, r.Restarts, rs, r.Issued, r.Answered, r.Unblocked, r.Checks)
 	}
 	p("")
+}
+
+func footprintSection(p func(string, ...any), res *results) {
 	p("## 4. Footprint")
 	p("")
 	p("CPU from /proc/PID/stat (utime+stime; \"with children\" adds the iptables-save/-restore processes the agent waits for), as %% of one core over the phase. RSS = VmRSS sampled every second.")
@@ -234,9 +282,12 @@ func markdown(res *results, png, csvName string) string {
 		p("| %s | %s | %v | %.3f %% | %.3f %% | %.1f MiB | %.1f MiB | %s |", f.Label, f.Phase, f.Duration.Round(time.Second), f.CPUOwn, f.CPUAll, f.RSSMed, f.RSSMax, cmp.Or(f.Note, "none"))
 	}
 	p("")
+}
+
+func scaleSection(p func(string, ...any), s *scaleResult) {
 	p("## 5. Scale")
 	p("")
-	if s := res.scale; s != nil {
+	{
 		var rep []float64
 		nr := 0
 		for _, x := range s.Repair {
@@ -273,10 +324,11 @@ func markdown(res *results, png, csvName string) string {
 			p("%s", s.ProfileTop)
 			p("```")
 		}
-	} else {
-		p("Not run.")
 	}
 	p("")
+}
+
+func microSection(p func(string, ...any), res *results) {
 	p("## 6. Micro-benchmarks")
 	p("")
 	p("`go test -run '^$' -bench . -benchmem ./ecsconfig/ ./firewall/ ./bench/`")
@@ -286,5 +338,5 @@ func markdown(res *results, png, csvName string) string {
 	for _, m := range res.micro {
 		p("| %s | %.0f | %.0f | %.0f |", m.Name, m.NsOp, m.BytesOp, m.Allocs)
 	}
-	return b.String()
+	p("")
 }
