@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"archive/tar"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -167,75 +165,6 @@ func (s *Sandbox) dockerCtx(ctx context.Context, timeout time.Duration, args ...
 	return strings.TrimSpace(string(out)), nil
 }
 
-// importImage builds a rootfs tarball from the static busybox (plus applet
-// symlinks) and docker-imports it: no registry is needed.
-func (s *Sandbox) importImage(ctx context.Context) error {
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		return fmt.Errorf("sandbox: busybox: %w", err)
-	}
-	out, err := exec.CommandContext(ctx, bb, "--list").Output()
-	if err != nil {
-		return fmt.Errorf("sandbox: busybox --list: %w", err)
-	}
-	tarPath := filepath.Join(s.Dir, "busybox.tar")
-	if err := writeRootfs(tarPath, bb, strings.Fields(string(out))); err != nil {
-		return err
-	}
-	if _, err := s.dockerCtx(ctx, 60*time.Second, "import", "--change", `CMD ["sh"]`, tarPath, Image); err != nil {
-		return err
-	}
-	return nil
-}
-
-func writeRootfs(path, busybox string, applets []string) error {
-	bin, err := os.ReadFile(busybox)
-	if err != nil {
-		return err
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	tw := tar.NewWriter(f)
-	now := time.Now()
-	for _, d := range []string{"bin/", "etc/", "tmp/", "proc/", "sys/", "dev/", "root/"} {
-		mode := int64(0o755)
-		if d == "tmp/" {
-			mode = 0o1777
-		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: mode, ModTime: now}); err != nil {
-			return err
-		}
-	}
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(bin)), ModTime: now}); err != nil {
-		return err
-	}
-	if _, err := tw.Write(bin); err != nil {
-		return err
-	}
-	for _, a := range applets {
-		if a == "busybox" || strings.Contains(a, "/") {
-			continue
-		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + a, Linkname: "busybox", ModTime: now}); err != nil {
-			return err
-		}
-	}
-	passwd := "root:x:0:0:root:/root:/bin/sh\n"
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "etc/passwd", Mode: 0o644, Size: int64(len(passwd)), ModTime: now}); err != nil {
-		return err
-	}
-	if _, err := tw.Write([]byte(passwd)); err != nil {
-		return err
-	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	return f.Close()
-}
-
 // RunContainer starts a detached busybox container running sleep, named
 // name, with extra `docker run` flags (e.g. "--network", "v6net"). It
 // returns once the container's IPv6 addresses (if any) can reach their
@@ -307,83 +236,6 @@ func (s *Sandbox) CreateNetwork(name, v4subnet, v6subnet string) error {
 	}
 	_, err := s.Docker(append(args, name)...)
 	return err
-}
-
-// Probe errors, matched with errors.Is.
-var (
-	ErrRefused     = errors.New("connection refused")
-	ErrTimeout     = errors.New("connection timed out")
-	ErrUnreachable = errors.New("unreachable")
-)
-
-// Probe opens a TCP connection from inside container to addr:port
-// (addr an IP literal, IPv6 without brackets) with busybox nc. It returns
-// nil when the connection is established, or an error wrapping ErrRefused,
-// ErrTimeout or ErrUnreachable when it can tell which.
-func (s *Sandbox) Probe(container, addr string, port int, timeout time.Duration) error {
-	secs := int((timeout + time.Second - 1) / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
-	addr = strings.Trim(addr, "[]")
-	ctx, cancel := context.WithTimeout(context.Background(), timeout+10*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, s.dockerCLI, "exec", container, "nc", "-w", strconv.Itoa(secs), addr, strconv.Itoa(port))
-	cmd.Env = s.Env()
-	cmd.WaitDelay = 2 * time.Second
-	out, err := cmd.CombinedOutput()
-	if err == nil {
-		return nil
-	}
-	return fmt.Errorf("probe %s -> [%s]:%d: %w", container, addr, port, classify(string(out)+" "+err.Error(), ctx.Err() != nil))
-}
-
-func classify(msg string, timedOut bool) error {
-	l := strings.ToLower(msg)
-	switch {
-	case strings.Contains(l, "refused"):
-		return fmt.Errorf("%w: %s", ErrRefused, strings.TrimSpace(msg))
-	case timedOut || strings.Contains(l, "timed out") || strings.Contains(l, "timeout"):
-		return fmt.Errorf("%w: %s", ErrTimeout, strings.TrimSpace(msg))
-	case strings.Contains(l, "unreachable") || strings.Contains(l, "no route"):
-		return fmt.Errorf("%w: %s", ErrUnreachable, strings.TrimSpace(msg))
-	}
-	return errors.New(strings.TrimSpace(msg))
-}
-
-// HTTPGet sends an HTTP/1.0 GET for path to addr:port from inside
-// container (busybox nc) and returns the body of a 200 answer.
-func (s *Sandbox) HTTPGet(container, addr string, port int, path string) (string, error) {
-	addr = strings.Trim(addr, "[]")
-	host := addr
-	if strings.Contains(addr, ":") {
-		host = "[" + addr + "]"
-	}
-	req := fmt.Sprintf(`GET %s HTTP/1.0\r\nHost: %s\r\n\r\n`, path, host)
-	script := fmt.Sprintf(`printf '%s' | nc -w 3 %s %d`, req, addr, port)
-	out, err := s.dockerCtx(context.Background(), 15*time.Second, "exec", container, "sh", "-c", script)
-	if err != nil {
-		return "", classify(err.Error(), false)
-	}
-	head, body, ok := strings.Cut(out, "\r\n\r\n")
-	if !ok {
-		return "", fmt.Errorf("GET %s from %s: malformed answer %q", path, container, out)
-	}
-	if status, _, _ := strings.Cut(head, "\r\n"); !strings.Contains(status, " 200 ") {
-		return "", fmt.Errorf("GET %s from %s: %s", path, container, status)
-	}
-	return body, nil
-}
-
-// ReadIMDS reads instance-id from IMDS over IPv4 inside container, as an
-// SDK in a task would.
-func (s *Sandbox) ReadIMDS(container string) (string, error) {
-	return s.HTTPGet(container, IMDSv4, 80, "/latest/meta-data/instance-id")
-}
-
-// ReadIMDSv6 is ReadIMDS over IPv6 (fd00:ec2::254).
-func (s *Sandbox) ReadIMDSv6(container string) (string, error) {
-	return s.HTTPGet(container, IMDSv6, 80, "/latest/meta-data/instance-id")
 }
 
 func readFileString(p string) string {
