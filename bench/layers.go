@@ -55,6 +55,14 @@ type layersResult struct {
 	Duration time.Duration
 }
 
+// idleProfile is the agent's CPU profile, idle with the tasks.
+type idleProfile struct {
+	Label     string
+	Data      []byte
+	For       time.Duration
+	Path, Top string // set by writeReport
+}
+
 // uptime is CLOCK_BOOTTIME in seconds: the clock of /proc/uptime, which
 // the probers read inside their containers.
 func uptime() float64 {
@@ -136,6 +144,17 @@ func scenarioLayers(ctx context.Context, c *contender, cfg *config, res *results
 			return err
 		}
 		res.addFootprint(r)
+		// Where that idle CPU goes, profiled after the window so the
+		// profiler's own cost is not in the figure.
+		d := min(cfg.idleTasks, 30*time.Second)
+		prof, err := c.status.profile(d)
+		if err != nil {
+			res.fail(c.label()+": idle profile", err)
+		} else {
+			res.mu.Lock()
+			res.idleProfiles = append(res.idleProfiles, idleProfile{Label: c.label(), Data: prof, For: d})
+			res.mu.Unlock()
+		}
 	}
 	// Commit times: the host's monitor, and one in the task.
 	hmon := c.mon

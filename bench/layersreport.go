@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -92,6 +93,16 @@ func layersSection(p func(string, ...any), res *results) {
 	p("")
 	if len(res.orphans) > 0 {
 		orphanSection(p, res)
+	}
+	for _, ip := range res.idleProfiles {
+		p("### Idle with %d tasks: %s's CPU profile", ls[0].Tasks, ip.Label)
+		p("")
+		p("Taken over %v right after the idle window ([%s](%s), `go tool pprof -top -cum`):", ip.For, filepath.Base(ip.Path), filepath.Base(ip.Path))
+		p("")
+		p("```")
+		p("%s", ip.Top)
+		p("```")
+		p("")
 	}
 }
 

@@ -73,21 +73,22 @@ func quickConfig() *config {
 }
 
 type results struct {
-	mu        sync.Mutex
-	cfg       *config
-	started   time.Time
-	took      time.Duration
-	samples   []sample
-	exposure  []exposureResult
-	layers    []layersResult
-	orphans   []orphanResult
-	restarts  []restartResult
-	footprint []footprintResult
-	scale     *scaleResult
-	micro     []microResult
-	errors    []string
-	machine   [][2]string
-	logDir    string
+	mu           sync.Mutex
+	cfg          *config
+	started      time.Time
+	took         time.Duration
+	samples      []sample
+	exposure     []exposureResult
+	layers       []layersResult
+	orphans      []orphanResult
+	idleProfiles []idleProfile
+	restarts     []restartResult
+	footprint    []footprintResult
+	scale        *scaleResult
+	micro        []microResult
+	errors       []string
+	machine      [][2]string
+	logDir       string
 }
 
 func (r *results) add(s sample) {
@@ -114,6 +115,7 @@ func main() {
 	bin := flag.String("bin", "bin/imdsguard", "agent binary")
 	noMicro := flag.Bool("no-micro", false, "skip the go test -bench micro-benchmarks")
 	only := flag.String("only", "", "comma-separated contenders to run (imdsguard-nft,imdsguard-legacy,static,poll); empty: all")
+	tasks := flag.Int("tasks", 0, "awsvpc tasks in scenario 7 (0: 50, 5 with -quick)")
 	scen := flag.String("scenarios", "", "comma-separated scenarios to run ("+strings.Join(scenarioNames, ",")+"); empty: all")
 	flag.Parse()
 
@@ -135,6 +137,9 @@ func main() {
 	cfg := fullConfig()
 	if *quick {
 		cfg = quickConfig()
+	}
+	if *tasks > 0 {
+		cfg.tasks = *tasks
 	}
 	if *scen != "" {
 		cfg.scenarios = map[string]bool{}

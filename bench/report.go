@@ -37,6 +37,15 @@ func writeReport(res *results, dir string) ([]string, error) {
 		s.ProfileTop = pprofTop(s.ProfilePath)
 		files = append(files, s.ProfilePath)
 	}
+	for i := range res.idleProfiles {
+		ip := &res.idleProfiles[i]
+		ip.Path = filepath.Join(dir, base+"-idle-"+strings.NewReplacer(" ", "-", "(", "", ")", "").Replace(ip.Label)+"-cpu.pprof")
+		if err := os.WriteFile(ip.Path, ip.Data, 0o644); err != nil {
+			return nil, err
+		}
+		ip.Top = pprofTop(ip.Path)
+		files = append(files, ip.Path)
+	}
 	if len(groups(res.samples, "repair", false)) > 0 {
 		if err := writeChart(res, pngPath); err != nil {
 			return nil, fmt.Errorf("chart: %w", err)
