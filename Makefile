@@ -41,7 +41,7 @@ vet:
 
 # -v: a root-only test that skips says why in CI's output.
 test-unit:
-	$(GO) test -count=1 -v ./agent/... ./firewall/... ./ecsconfig/... ./cmd/... ./packaging/...
+	$(GO) test -count=1 -v ./agent/... ./docker/... ./tasknet/... ./status/... ./firewall/... ./ecsconfig/... ./cmd/... ./packaging/...
 
 # tools: what the e2e sandbox (e2e/sandbox) needs. Apt packages are
 # installed only when missing; the metadata mock is pinned. firewalld is

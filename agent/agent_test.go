@@ -6,8 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,13 +20,15 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/imdsguard/imdsguard/docker"
 	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // fakeDocker is a Docker whose containers and reachability tests set.
 type fakeDocker struct {
 	mu         sync.Mutex
-	containers []Container
+	containers []docker.Container
 	env        map[string][]string
 	images     map[string]map[string]string
 	err        error
@@ -37,9 +39,10 @@ type fakeDocker struct {
 	changed   func()
 	connected func(error)
 	lists     int // calls of Containers
+	envReads  map[string]int
 }
 
-func (d *fakeDocker) Containers(ctx context.Context) ([]Container, error) {
+func (d *fakeDocker) Containers(ctx context.Context) ([]docker.Container, error) {
 	d.mu.Lock()
 	hang := d.hang
 	d.mu.Unlock()
@@ -53,7 +56,7 @@ func (d *fakeDocker) Containers(ctx context.Context) ([]Container, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.lists++
-	return append([]Container(nil), d.containers...), d.err
+	return append([]docker.Container(nil), d.containers...), d.err
 }
 
 // ImageLabels: the fake's images carry the labels in images, by image ID.
@@ -66,6 +69,10 @@ func (d *fakeDocker) ImageLabels(_ context.Context, image string) (map[string]st
 func (d *fakeDocker) Env(_ context.Context, id string) ([]string, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.envReads == nil {
+		d.envReads = map[string]int{}
+	}
+	d.envReads[id]++
 	return d.env[id], nil
 }
 
@@ -128,15 +135,19 @@ type fixture struct {
 	// tests; nil keeps the defaults.
 	ns   Namespaces
 	sys  System
-	insp map[string]Details // makes the Docker an Inspector when set
+	insp map[string]docker.Details // makes the Docker an docker.Inspector when set
 	// ports answers bridge-port lookups by pid (see exemptable).
 	ports fakePorts
+	// ipv6 is the kernel's IPv6 probe; nil: the kernel has IPv6.
+	ipv6 func() string
+	// wrap, when set, wraps the Docker the agent gets.
+	wrap func(docker.Source) docker.Source
 }
 
 // fakePorts is a PortFinder answering by pid.
-type fakePorts map[int]map[netip.Addr]BridgePort
+type fakePorts map[int]map[netip.Addr]docker.BridgePort
 
-func (f fakePorts) Ports(pid int) (map[netip.Addr]BridgePort, error) {
+func (f fakePorts) Ports(pid int) (map[netip.Addr]docker.BridgePort, error) {
 	p, ok := f[pid]
 	if !ok {
 		return nil, fmt.Errorf("no network namespace for pid %d", pid)
@@ -147,18 +158,18 @@ func (f fakePorts) Ports(pid int) (map[netip.Addr]BridgePort, error) {
 // exemptable gives c a process and, for each address, the bridge port
 // veth<pid>, as the lister would find them; it returns that port's ACCEPT
 // for c's first IPv4 address.
-func (fx *fixture) exemptable(c Container, pid int) string {
+func (fx *fixture) exemptable(c docker.Container, pid int) string {
 	if fx.insp == nil {
-		fx.insp = map[string]Details{}
+		fx.insp = map[string]docker.Details{}
 	}
 	if fx.ports == nil {
 		fx.ports = fakePorts{}
 	}
-	fx.insp[c.ID] = Details{Pid: pid}
+	fx.insp[c.ID] = docker.Details{Pid: pid}
 	port := fmt.Sprintf("veth%d", pid)
-	ports := map[netip.Addr]BridgePort{}
+	ports := map[netip.Addr]docker.BridgePort{}
 	for _, a := range slices.Concat(c.IPv4, c.IPv6) {
-		ports[a] = BridgePort{Name: port, Bridge: "br-test"}
+		ports[a] = docker.BridgePort{Name: port, Bridge: "br-test"}
 	}
 	fx.ports[pid] = ports
 	if len(c.IPv4) == 0 {
@@ -171,6 +182,7 @@ func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	fx := &fixture{
+		ipv6:   func() string { return "" },
 		fakes:  map[firewall.Family]*firewall.Fake{firewall.IPv4: firewall.NewFake(), firewall.IPv6: firewall.NewFake()},
 		docker: &fakeDocker{env: map[string][]string{}},
 		nft:    make(chan func(), 1),
@@ -184,15 +196,22 @@ func newFixture(t testing.TB) *fixture {
 
 func (fx *fixture) build(t testing.TB) *Agent {
 	tables := map[firewall.Family]firewall.Tables{firewall.IPv4: fx.fakes[firewall.IPv4], firewall.IPv6: fx.fakes[firewall.IPv6]}
-	mgr := firewall.NewManager(firewall.Spec{Action: fx.cfg.Action}, tables, fx.cfg.Families()...)
+	fams := fx.cfg.Families()
+	if fx.ipv6 != nil && fx.ipv6() != "" {
+		fams = []firewall.Family{firewall.IPv4} // as RealFirewall builds it
+	}
+	mgr := firewall.NewManager(firewall.Spec{Action: fx.cfg.Action}, tables, fams...)
 	// Bridge netfilter on, whatever the machine running the tests says.
 	mgr.SetBridgeNF(func(firewall.Family) firewall.Tri { return firewall.Yes })
-	var docker Docker = fx.docker
+	var src docker.Source = fx.docker
 	if fx.insp != nil {
-		docker = &inspectingDocker{fakeDocker: fx.docker, det: fx.insp}
+		src = &inspectingDocker{fakeDocker: fx.docker, det: fx.insp}
+	}
+	if fx.wrap != nil {
+		src = fx.wrap(src)
 	}
 	fx.agent = New(Options{
-		Config: fx.cfg, Log: testLog(t), Docker: docker, Version: "test", Namespaces: fx.ns, System: fx.sys, Ports: fx.ports,
+		Config: fx.cfg, Log: testLog(t), Docker: src, IPv6: fx.ipv6, Version: "test", Namespaces: fx.ns, System: fx.sys, Ports: fx.ports,
 		Firewall: func() (Firewall, firewall.Backend, error) {
 			return mgr, firewall.Backend{Mode: "nft", Why: "test"}, nil
 		},
@@ -249,9 +268,9 @@ func eventually(t *testing.T, what string, cond func() bool) {
 
 func TestLoopEnforcesAndRepairsDrift(t *testing.T) {
 	fx := newFixture(t)
-	fx.docker.containers = []Container{{ID: "aaaaaaaaaaaaaaaa", Name: "web", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.2")}}}
+	fx.docker.containers = []docker.Container{{ID: "aaaaaaaaaaaaaaaa", Name: "web", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.2")}}}
 	fx.start(t)
-	eventually(t, "first sync", func() bool { return fx.agent.Status().Verdict == VerdictProtected })
+	eventually(t, "first sync", func() bool { return fx.agent.Status().Verdict == status.VerdictProtected })
 	// The hook runs just after the status is published.
 	eventually(t, "Ready", func() bool { return fx.ready.Load() >= 1 })
 	if fx.ready.Load() != 1 {
@@ -263,7 +282,7 @@ func TestLoopEnforcesAndRepairsDrift(t *testing.T) {
 	changed := fx.watcher(t)
 	// Served (and kept encoded) before the drift: the answer after it
 	// must not be that copy.
-	if qs, err := QueryStatus(context.Background(), fx.cfg.StatusSocket); err != nil || qs.Repairs != 0 {
+	if qs, err := status.QueryStatus(context.Background(), fx.cfg.StatusSocket); err != nil || qs.Repairs != 0 {
 		t.Fatalf("status before the drift: %v %+v", err, qs)
 	}
 
@@ -272,7 +291,7 @@ func TestLoopEnforcesAndRepairsDrift(t *testing.T) {
 	changed()
 	eventually(t, "repair", func() bool { return fx.agent.Status().Repairs == 1 })
 	st := fx.agent.Status()
-	if st.Verdict != VerdictProtected || !st.Firewall.IPv4.Enforced {
+	if st.Verdict != status.VerdictProtected || !st.Firewall.IPv4.Enforced {
 		t.Fatalf("after repair: %+v", st)
 	}
 	if !strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-A DOCKER-USER -j IMDS-GUARD") {
@@ -283,11 +302,11 @@ func TestLoopEnforcesAndRepairsDrift(t *testing.T) {
 	}
 
 	// The status socket tells the same story.
-	qs, err := QueryStatus(context.Background(), fx.cfg.StatusSocket)
+	qs, err := status.QueryStatus(context.Background(), fx.cfg.StatusSocket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if qs.Verdict != VerdictProtected || qs.Repairs != 1 || len(qs.Containers) != 1 || !qs.Containers[0].Protected {
+	if qs.Verdict != status.VerdictProtected || qs.Repairs != 1 || len(qs.Containers) != 1 || !qs.Containers[0].Protected {
 		t.Fatalf("status over the socket: %+v", qs)
 	}
 }
@@ -295,7 +314,7 @@ func TestLoopEnforcesAndRepairsDrift(t *testing.T) {
 func TestHungDockerDoesNotDelayRepair(t *testing.T) {
 	fx := newFixture(t)
 	fx.start(t)
-	eventually(t, "first sync", func() bool { return fx.agent.Status().Verdict == VerdictProtected })
+	eventually(t, "first sync", func() bool { return fx.agent.Status().Verdict == status.VerdictProtected })
 	changed := fx.watcher(t)
 
 	hang := make(chan struct{})
@@ -320,7 +339,7 @@ func TestNothingProtectedBeforeFirstEnforcement(t *testing.T) {
 	fx.watcher(t)
 	eventually(t, "a sync", func() bool { return fx.agent.Status().LastSync != nil })
 	st := fx.agent.Status()
-	if st.Verdict != VerdictExposed {
+	if st.Verdict != status.VerdictExposed {
 		t.Fatalf("verdict %s with IPv6 never enforced", st.Verdict)
 	}
 	if fx.ready.Load() != 0 {
@@ -347,7 +366,7 @@ func TestDockerDownStillEnforces(t *testing.T) {
 	if !st.Firewall.IPv4.Enforced || !st.Firewall.IPv6.Enforced {
 		t.Fatal("firewall not enforced while Docker is down")
 	}
-	if st.Verdict != VerdictDegraded || st.Docker.Reachable {
+	if st.Verdict != status.VerdictDegraded || st.Docker.Reachable {
 		t.Fatalf("verdict %s, docker %+v", st.Verdict, st.Docker)
 	}
 }
@@ -359,7 +378,7 @@ func TestCheckChangesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Verdict != VerdictExposed {
+	if st.Verdict != status.VerdictExposed {
 		t.Fatalf("verdict %s on an empty firewall", st.Verdict)
 	}
 	if fx.fakes[firewall.IPv4].Calls != 0 {
@@ -375,12 +394,12 @@ func TestECSSettingAndRunningAgent(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(fx.cfg.HostRoot, "etc/ecs/ecs.config"), []byte("ECS_CLUSTER=demo\nECS_AWSVPC_BLOCK_IMDS=true\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	fx.docker.containers = []Container{
-		{ID: "agent000000000000", Name: ECSAgentName, NetworkMode: "host"},
+	fx.docker.containers = []docker.Container{
+		{ID: "agent000000000000", Name: docker.ECSAgentName, NetworkMode: "host"},
 		{ID: "pause000000000000", Name: "ecs-task-1-internalecspause", NetworkMode: "none",
-			Labels: map[string]string{LabelTaskARN: "arn:aws:ecs:us-east-1:1:task/c/1", LabelContainerName: PauseContainerName}},
+			Labels: map[string]string{docker.LabelTaskARN: "arn:aws:ecs:us-east-1:1:task/c/1", docker.LabelContainerName: docker.PauseContainerName}},
 		{ID: "app00000000000000", Name: "ecs-task-1-app", NetworkMode: "container:pause000000000000",
-			Labels: map[string]string{LabelTaskARN: "arn:aws:ecs:us-east-1:1:task/c/1", LabelContainerName: "app"}},
+			Labels: map[string]string{docker.LabelTaskARN: "arn:aws:ecs:us-east-1:1:task/c/1", docker.LabelContainerName: "app"}},
 	}
 	// The running agent was started before the file said true.
 	fx.docker.env["agent000000000000"] = []string{"ECS_CLUSTER=demo"}
@@ -392,24 +411,25 @@ func TestECSSettingAndRunningAgent(t *testing.T) {
 	if !st.ECSConfig.AWSVPCBlockIMDS || !st.ECSConfig.RestartNeeded {
 		t.Fatalf("ecs %+v", st.ECSConfig)
 	}
-	if st.Verdict != VerdictDegraded {
+	if st.Verdict != status.VerdictDegraded {
 		t.Fatalf("verdict %s", st.Verdict)
 	}
-	byName := map[string]ContainerStatus{}
+	byName := map[string]status.ContainerStatus{}
 	for _, c := range st.Containers {
 		byName[c.Name] = c
 	}
 	if c := byName["ecs-task-1-app"]; c.Protected || !strings.Contains(c.Reason, "shares the network of ecs-task-1-internalecspause") {
 		t.Fatalf("app container: %+v", c)
 	}
-	if c := byName[ECSAgentName]; c.Protected || !c.Expected {
+	if c := byName[docker.ECSAgentName]; c.Protected || !c.Expected {
 		t.Fatalf("ecs-agent: %+v", c)
 	}
-	// After the agent restarts with the setting, the task is protected and
-	// the host is too.
-	fx.docker.env["agent000000000000"] = []string{"ECS_CLUSTER=demo", "ECS_AWSVPC_BLOCK_IMDS=true"}
+	// After the agent restarts with the setting (ecs-init creates a new
+	// container), the task is protected and the host is too.
+	fx.docker.containers[0].ID = "agent111111111111"
+	fx.docker.env["agent111111111111"] = []string{"ECS_CLUSTER=demo", "ECS_AWSVPC_BLOCK_IMDS=true"}
 	st, _ = a.Once(context.Background(), true)
-	if st.Verdict != VerdictProtected || st.ECSConfig.RestartNeeded {
+	if st.Verdict != status.VerdictProtected || st.ECSConfig.RestartNeeded {
 		t.Fatalf("after restart: %s %v", st.Verdict, st.Reasons)
 	}
 }
@@ -455,7 +475,7 @@ func TestMalformedECSJSONIsReportedNotFatal(t *testing.T) {
 	if !st.Firewall.IPv4.Enforced {
 		t.Fatal("bad ECS config stopped enforcement")
 	}
-	if st.Verdict != VerdictDegraded || st.ECSConfig.Error == "" {
+	if st.Verdict != status.VerdictDegraded || st.ECSConfig.Error == "" {
 		t.Fatalf("verdict %s, ecs %+v", st.Verdict, st.ECSConfig)
 	}
 }
@@ -468,21 +488,21 @@ func TestClassify(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		p         func(p *picture)
-		c         Container
+		c         docker.Container
 		protected bool
 		reason    string
 	}{
-		{"default bridge", nil, Container{NetworkMode: "default"}, true, "bridged"},
-		{"named network", nil, Container{NetworkMode: "appnet"}, true, "bridged"},
-		{"host", nil, Container{NetworkMode: "host"}, false, "host network"},
-		{"none without ECS", nil, Container{NetworkMode: "none"}, true, "no network"},
-		{"awsvpc with the setting", nil, Container{NetworkMode: "none", Labels: map[string]string{LabelTaskARN: "x"}}, true, "in effect"},
-		{"awsvpc without the setting", func(p *picture) { p.awsvpcBlock = false }, Container{NetworkMode: "none", Labels: map[string]string{LabelTaskARN: "x"}}, false, "not in effect"},
-		{"bridge, v4 not enforced", func(p *picture) { p.enforced["ipv4"] = false }, Container{NetworkMode: "bridge"}, false, "IPv4 block is not in place"},
-		{"bridge with v6, v6 not enforced", func(p *picture) { p.enforced["ipv6"] = false }, Container{NetworkMode: "bridge", IPv6: v6}, false, "IPv6 block is not in place"},
-		{"bridge with v6, v6 disabled", func(p *picture) { delete(p.enforced, "ipv6") }, Container{NetworkMode: "bridge", IPv6: v6}, false, "--ipv6=false"},
-		{"bridge v4 only, v6 not enforced", func(p *picture) { p.enforced["ipv6"] = false }, Container{NetworkMode: "bridge"}, true, "bridged"},
-		{"container: of a missing one", nil, Container{NetworkMode: "container:deadbeef"}, false, "not running"},
+		{"default bridge", nil, docker.Container{NetworkMode: "default"}, true, "bridged"},
+		{"named network", nil, docker.Container{NetworkMode: "appnet"}, true, "bridged"},
+		{"host", nil, docker.Container{NetworkMode: "host"}, false, "host network"},
+		{"none without ECS", nil, docker.Container{NetworkMode: "none"}, true, "no network"},
+		{"awsvpc with the setting", nil, docker.Container{NetworkMode: "none", Labels: map[string]string{docker.LabelTaskARN: "x"}}, true, "in effect"},
+		{"awsvpc without the setting", func(p *picture) { p.awsvpcBlock = false }, docker.Container{NetworkMode: "none", Labels: map[string]string{docker.LabelTaskARN: "x"}}, false, "not in effect"},
+		{"bridge, v4 not enforced", func(p *picture) { p.enforced["ipv4"] = false }, docker.Container{NetworkMode: "bridge"}, false, "IPv4 block is not in place"},
+		{"bridge with v6, v6 not enforced", func(p *picture) { p.enforced["ipv6"] = false }, docker.Container{NetworkMode: "bridge", IPv6: v6}, false, "IPv6 block is not in place"},
+		{"bridge with v6, v6 disabled", func(p *picture) { delete(p.enforced, "ipv6") }, docker.Container{NetworkMode: "bridge", IPv6: v6}, false, "--ipv6=false"},
+		{"bridge v4 only, v6 not enforced", func(p *picture) { p.enforced["ipv6"] = false }, docker.Container{NetworkMode: "bridge"}, true, "bridged"},
+		{"container: of a missing one", nil, docker.Container{NetworkMode: "container:deadbeef"}, false, "not running"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := base()
@@ -490,7 +510,7 @@ func TestClassify(t *testing.T) {
 				tc.p(&p)
 			}
 			tc.c.ID, tc.c.Name = "cccccccccccccccc", "c"
-			p.containers = []Container{tc.c}
+			p.containers = []docker.Container{tc.c}
 			got := classify(p)[0]
 			if got.Protected != tc.protected || !strings.Contains(got.Reason, tc.reason) {
 				t.Errorf("got %v %q, want %v and a reason with %q", got.Protected, got.Reason, tc.protected, tc.reason)
@@ -500,7 +520,7 @@ func TestClassify(t *testing.T) {
 }
 
 func TestContainerModeFollowsOwner(t *testing.T) {
-	p := picture{enforced: map[string]bool{"ipv4": true}, containers: []Container{
+	p := picture{enforced: map[string]bool{"ipv4": true}, containers: []docker.Container{
 		{ID: "1111111111111111", Name: "hostly", NetworkMode: "host"},
 		{ID: "2222222222222222", Name: "sidecar", NetworkMode: "container:hostly"},
 		{ID: "3333333333333333", Name: "bridged", NetworkMode: "bridge"},
@@ -516,26 +536,26 @@ func TestContainerModeFollowsOwner(t *testing.T) {
 }
 
 func TestVerdict(t *testing.T) {
-	ok := []ContainerStatus{{Name: "a", Protected: true}}
+	ok := []status.ContainerStatus{{Name: "a", Protected: true}}
 	for _, tc := range []struct {
 		name       string
 		enforced   map[string]bool
-		containers []ContainerStatus
+		containers []status.ContainerStatus
 		issues     []string
 		want       string
 	}{
-		{"all good", map[string]bool{"ipv4": true, "ipv6": true}, ok, nil, VerdictProtected},
-		{"v6 missing", map[string]bool{"ipv4": true, "ipv6": false}, ok, nil, VerdictExposed},
-		{"host container", map[string]bool{"ipv4": true}, []ContainerStatus{{Name: "h", Reason: "host network"}}, nil, VerdictDegraded},
-		{"ecs agent is expected", map[string]bool{"ipv4": true}, []ContainerStatus{{Name: "ecs-agent", Expected: true}}, nil, VerdictProtected},
-		{"docker down", map[string]bool{"ipv4": true}, nil, []string{"Docker cannot be asked"}, VerdictDegraded},
+		{"all good", map[string]bool{"ipv4": true, "ipv6": true}, ok, nil, status.VerdictProtected},
+		{"v6 missing", map[string]bool{"ipv4": true, "ipv6": false}, ok, nil, status.VerdictExposed},
+		{"host container", map[string]bool{"ipv4": true}, []status.ContainerStatus{{Name: "h", Reason: "host network"}}, nil, status.VerdictDegraded},
+		{"ecs agent is expected", map[string]bool{"ipv4": true}, []status.ContainerStatus{{Name: "ecs-agent", Expected: true}}, nil, status.VerdictProtected},
+		{"docker down", map[string]bool{"ipv4": true}, nil, []string{"Docker cannot be asked"}, status.VerdictDegraded},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, reasons := verdict(tc.enforced, tc.containers, tc.issues)
 			if got != tc.want {
 				t.Errorf("verdict %s (%v), want %s", got, reasons, tc.want)
 			}
-			if (got == VerdictProtected) != (len(reasons) == 0) {
+			if (got == status.VerdictProtected) != (len(reasons) == 0) {
 				t.Errorf("reasons %v with verdict %s", reasons, got)
 			}
 		})
@@ -656,10 +676,18 @@ func TestConfigEnvAndFlags(t *testing.T) {
 func TestHealthzFollowsSyncs(t *testing.T) {
 	fx := newFixture(t)
 	fx.start(t)
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", fx.cfg.StatusSocket)
+	}}}
 	get := func() (int, string) {
-		rec := httptest.NewRecorder()
-		fx.agent.serveHealthz(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
-		return rec.Code, strings.TrimSpace(rec.Body.String())
+		resp, err := hc.Get("http://imdsguard/healthz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
 	}
 	eventually(t, "first sync", func() bool { ok, _ := fx.agent.healthy(); return ok })
 	if code, body := get(); code != http.StatusOK || body != "ok" {
@@ -701,3 +729,6 @@ func TestThrottleFiresFirstAndLast(t *testing.T) {
 	}
 	eventually(t, "the trailing call", func() bool { return m.Load() == 2 })
 }
+
+// healthy is /healthz's answer.
+func (a *Agent) healthy() (bool, string) { return a.pub.Healthy() }

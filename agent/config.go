@@ -31,10 +31,12 @@ const ExampleExemptLabel = "imdsguard.allow-imds=true"
 type Config struct {
 	// ConfigFile is the settings file read under the flags and environment
 	// (DefaultConfigFile unless --config or IMDSGUARD_CONFIG says otherwise).
-	ConfigFile      string
-	HostRoot        string
-	DockerHost      string
-	StatusSocket    string
+	ConfigFile   string
+	HostRoot     string
+	DockerHost   string
+	StatusSocket string
+	// StatusGroup may read the status socket too (mode 0660); "" root only.
+	StatusGroup     string
 	MetricsAddr     string
 	Action          firewall.Action
 	IPv6            bool
@@ -59,7 +61,21 @@ type Config struct {
 // DefaultStatusSocket is where `imdsguard status` finds the daemon.
 const DefaultStatusSocket = "/run/imdsguard/status.sock"
 
-// Bind registers the flags on fs. Call Finish after fs.Parse.
+// Flags a command reads besides --config; run reads them all. Each
+// command accepts every settings flag (so one set can be passed to all of
+// them, as the settings file is read by all) but its -h lists only these.
+var (
+	// OneShotFlags are what apply and check read: a pass's settings,
+	// without the daemon's endpoints and period.
+	OneShotFlags = []string{"host-root", "docker-host", "action", "ipv6", "ecs-config-mode", "iptables-backend",
+		"log-format", "log-level", "awsvpc-mode", "block-host-network", "exempt-label", "exempt-task-family"}
+	// StatusFlags are what status reads.
+	StatusFlags = []string{"status-socket"}
+	// RemoveFlags are what remove reads.
+	RemoveFlags = []string{"status-socket", "iptables-backend", "log-format", "log-level"}
+)
+
+// Bind registers every settings flag on fs. Call Finish after fs.Parse.
 func (c *Config) Bind(fs *flag.FlagSet) {
 	dockerHost := os.Getenv("DOCKER_HOST")
 	if dockerHost == "" {
@@ -68,7 +84,8 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.ConfigFile, "config", DefaultConfigFile, "settings file of IMDSGUARD_* lines (the unit's EnvironmentFile); flags, then the environment, then this file")
 	fs.StringVar(&c.HostRoot, "host-root", "/", "directory holding the host's /etc/ecs and /var/lib/ecs (the host's / when run in a container)")
 	fs.StringVar(&c.DockerHost, "docker-host", dockerHost, "Docker daemon address")
-	fs.StringVar(&c.StatusSocket, "status-socket", DefaultStatusSocket, "unix socket serving /status and /healthz (root only)")
+	fs.StringVar(&c.StatusSocket, "status-socket", DefaultStatusSocket, "unix socket serving /status and /healthz (root only, unless --status-group)")
+	fs.StringVar(&c.StatusGroup, "status-group", "", "group that may also read the status socket (mode 0660); empty: root only")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "127.0.0.1:9721", "address serving Prometheus /metrics; empty disables")
 	fs.Func("action", "what IMDS-GUARD does with IMDS traffic: drop or reject (default drop)", func(s string) error {
 		a, err := firewall.ParseAction(s)

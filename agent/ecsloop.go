@@ -130,25 +130,17 @@ func (r *boundedReader) blocked() error {
 		r.since.Format(time.RFC3339), r.timeout)
 }
 
-// envRead is the running ECS agent container's environment.
-type envRead struct {
-	env []string
-	err error
-}
-
-// ecsView is the daemon's last read of the ECS configuration: the files
-// and the running ECS agent's environment, which is fixed for the life of
-// its container and so read once per container ID.
+// ecsView is the daemon's last read of the ECS configuration files. (The
+// running ECS agent's environment comes with the container snapshot.)
 type ecsView struct {
 	mu    sync.Mutex
-	last  ecsFiles // the newest read, failed or not
-	good  ecsFiles // the newest read that succeeded; at is zero before one
-	env   map[string]envRead
+	last  ecsFiles      // the newest read, failed or not
+	good  ecsFiles      // the newest read that succeeded; at is zero before one
 	ready chan struct{} // closed by the first read
 }
 
 func newECSView() *ecsView {
-	return &ecsView{env: map[string]envRead{}, ready: make(chan struct{})}
+	return &ecsView{ready: make(chan struct{})}
 }
 
 // set stores a read and reports whether a sync would see a difference.
@@ -185,36 +177,7 @@ func (v *ecsView) get(ctx context.Context, maxAge time.Duration) (last, good ecs
 	return last, good
 }
 
-// agentEnv returns the cached environment of container id, if read.
-func (v *ecsView) agentEnv(id string) (envRead, bool) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	e, ok := v.env[id]
-	return e, ok
-}
-
-// keepEnv stores id's environment and forgets every container but id.
-func (v *ecsView) keepEnv(id string, e envRead) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	clear(v.env)
-	if id != "" {
-		v.env[id] = e
-	}
-}
-
-// ecsAgentID finds the ECS agent's container in a listing.
-func ecsAgentID(containers []Container) string {
-	for _, c := range containers {
-		if c.Name == ECSAgentName {
-			return c.ID
-		}
-	}
-	return ""
-}
-
-// rereadECS is the ECS loop's body: read the files, read the running ECS
-// agent's environment if its container is new, and sync when either
+// rereadECS is the ECS loop's body: read the files, and sync when they
 // changed.
 func (a *Agent) rereadECS(ctx context.Context) error {
 	a.watchECSDirs()
@@ -223,19 +186,6 @@ func (a *Agent) rereadECS(ctx context.Context) error {
 	a.noteECSError(f)
 	if f.wrote {
 		a.log.Warn("wrote ECS_AWSVPC_BLOCK_IMDS=true to /etc/ecs/ecs.config; the ECS agent applies it after a restart")
-	}
-	if a.view != nil {
-		l := a.view.get(ctx, a.maxListingAge())
-		id := ecsAgentID(l.containers)
-		// Read once per container; a failed read is tried again.
-		if e, ok := a.ecsView.agentEnv(id); l.err == nil && (!ok || e.err != nil) {
-			var e envRead
-			if id != "" {
-				e.env, e.err = a.docker.Env(ctx, id)
-			}
-			a.ecsView.keepEnv(id, e)
-			changed = changed || id != ""
-		}
 	}
 	if changed && a.runner != nil {
 		a.runner.Trigger()
@@ -277,7 +227,7 @@ func (a *Agent) newECSReader(enforce bool) *boundedReader {
 // the loop reads every resync interval, each read and the ECS agent's
 // environment bounded; only a stuck loop reaches this.
 func (a *Agent) maxECSAge() time.Duration {
-	return 2*a.cfg.ResyncInterval + 2*(ecsReadTimeout+dockerTimeout)
+	return 2*a.cfg.ResyncInterval + 2*ecsReadTimeout
 }
 
 // ecsDirs are watched for changes to the three files.

@@ -12,8 +12,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/imdsguard/imdsguard/docker"
 	"github.com/imdsguard/imdsguard/ecsconfig"
 	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // blockingRead is a read that answers at once, or blocks until released.
@@ -235,24 +237,24 @@ func TestFIFOConfigDoesNotStallRepair(t *testing.T) {
 		st := fx.agent.Status()
 		return st.Repairs >= 1 && st.Firewall.IPv4.Enforced
 	})
-	if st := fx.agent.Status(); st.Verdict != VerdictDegraded {
+	if st := fx.agent.Status(); st.Verdict != status.VerdictDegraded {
 		t.Fatalf("verdict %s with an unreadable ecs.config", st.Verdict)
 	}
 }
 
 // TestDaemonReadsAgentEnvOncePerContainer: the daemon reads the running ECS
-// agent's environment in the ECS loop, once per agent container, and a new
+// agent's environment in the lister, once per agent container, and a new
 // agent container is read afresh.
 func TestDaemonReadsAgentEnvOncePerContainer(t *testing.T) {
 	fx := newFixture(t)
 	blockingECSConfig(t, fx.cfg.HostRoot)
-	fx.docker.containers = []Container{{ID: "agent1", Name: ECSAgentName, NetworkMode: "host"}}
+	fx.docker.containers = []docker.Container{{ID: "agent1", Name: docker.ECSAgentName, NetworkMode: "host"}}
 	fx.docker.env["agent1"] = []string{"ECS_CLUSTER=demo"}
 	fx.start(t)
 	eventually(t, "the restart asked for", func() bool { return fx.agent.Status().ECSConfig.RestartNeeded })
 	// ecs-init restarts the agent: a new container with the setting.
 	fx.docker.mu.Lock()
-	fx.docker.containers = []Container{{ID: "agent2", Name: ECSAgentName, NetworkMode: "host"}}
+	fx.docker.containers = []docker.Container{{ID: "agent2", Name: docker.ECSAgentName, NetworkMode: "host"}}
 	fx.docker.env["agent2"] = []string{"ECS_CLUSTER=demo", "ECS_AWSVPC_BLOCK_IMDS=true"}
 	fx.docker.mu.Unlock()
 	fx.docker.event(t)
@@ -260,8 +262,12 @@ func TestDaemonReadsAgentEnvOncePerContainer(t *testing.T) {
 		st := fx.agent.Status()
 		return st.ECSConfig.RunningAgent != nil && st.ECSConfig.RunningAgent.AWSVPCBlockIMDS && !st.ECSConfig.RestartNeeded
 	})
-	if e, ok := fx.agent.ecsView.agentEnv("agent1"); ok {
-		t.Fatalf("the old agent's environment is still kept: %v", e)
+	fx.docker.event(t) // another listing: no new read
+	eventually(t, "the listing", func() bool { return fx.docker.listCalls() >= 3 })
+	fx.docker.mu.Lock()
+	defer fx.docker.mu.Unlock()
+	if fx.docker.envReads["agent1"] != 1 || fx.docker.envReads["agent2"] != 1 {
+		t.Fatalf("environment reads by container: %v, want one each", fx.docker.envReads)
 	}
 }
 

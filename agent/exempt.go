@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"maps"
 	"net/netip"
 	"slices"
@@ -10,7 +9,9 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/imdsguard/imdsguard/docker"
 	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // Exemptions let chosen containers reach IMDS. For bridged containers an
@@ -41,19 +42,6 @@ import (
 //   - Docker being unreachable drops every exemption: without a list
 //     nothing can be shown to be running.
 
-// Exemption is one container allowed to reach IMDS, and why.
-type Exemption struct {
-	ID          string   `json:"id"`
-	Name        string   `json:"name"`
-	NetworkMode string   `json:"network_mode"`
-	Why         string   `json:"why"`
-	Applied     bool     `json:"applied"`
-	Addresses   []string `json:"addresses,omitempty"`
-	// Ports are the bridge ports (host-side veths) the ACCEPTs match.
-	Ports []string `json:"ports,omitempty"`
-	Note  string   `json:"note,omitempty"`
-}
-
 // labelMatches reports whether labels carry the configured exempt label.
 func labelMatches(cfg Config, labels map[string]string) (string, bool) {
 	if cfg.ExemptLabel == "" {
@@ -66,11 +54,11 @@ func labelMatches(cfg Config, labels map[string]string) (string, bool) {
 
 // exemptCandidate: c carries what could exempt it, before its image's labels
 // are known. The lister reads image labels and bridge ports only for these.
-func exemptCandidate(cfg Config, c Container) bool {
+func exemptCandidate(cfg Config, c docker.Container) bool {
 	if _, ok := labelMatches(cfg, c.Labels); ok {
 		return true
 	}
-	fam := c.Labels[LabelTaskFamily]
+	fam := c.Labels[docker.LabelTaskFamily]
 	return fam != "" && slices.Contains(cfg.ExemptTaskFamilies, fam)
 }
 
@@ -81,7 +69,7 @@ func exemptCandidate(cfg Config, c Container) bool {
 // it. (For ECS containers the agent writes the family label after the task
 // definition's dockerLabels; the image check is for containers started by
 // other means.)
-func exemptWhy(cfg Config, c Container) (why, refused string) {
+func exemptWhy(cfg Config, c docker.Container) (why, refused string) {
 	inherited := func(key string) (bool, string) {
 		if c.ImageLabels == nil {
 			return true, "the image's labels could not be read, so the label cannot be shown to be the container's own"
@@ -98,8 +86,8 @@ func exemptWhy(cfg Config, c Container) (why, refused string) {
 			return "label " + cfg.ExemptLabel, ""
 		}
 	}
-	if fam := c.Labels[LabelTaskFamily]; fam != "" && slices.Contains(cfg.ExemptTaskFamilies, fam) {
-		if inh, msg := inherited(LabelTaskFamily); inh {
+	if fam := c.Labels[docker.LabelTaskFamily]; fam != "" && slices.Contains(cfg.ExemptTaskFamilies, fam) {
+		if inh, msg := inherited(docker.LabelTaskFamily); inh {
 			refused = strings.TrimPrefix(refused+"; ", "; ") + "ECS task family " + fam + " ignored: " + msg
 		} else {
 			return "ECS task family " + fam, ""
@@ -108,7 +96,7 @@ func exemptWhy(cfg Config, c Container) (why, refused string) {
 	return "", refused
 }
 
-func isExempt(cfg Config, c Container) bool {
+func isExempt(cfg Config, c docker.Container) bool {
 	w, _ := exemptWhy(cfg, c)
 	return w != ""
 }
@@ -116,9 +104,9 @@ func isExempt(cfg Config, c Container) bool {
 // exemptions decides which running containers may reach IMDS. It returns
 // the reasons by container ID (only for exemptions in force), the list for
 // status, and what the firewall must let through.
-func exemptions(cfg Config, containers []Container) (map[string]string, []Exemption, []firewall.Exemption) {
+func exemptions(cfg Config, containers []docker.Container) (map[string]string, []status.Exemption, []firewall.Exemption) {
 	why := map[string]string{}
-	list := []Exemption{}
+	list := []status.Exemption{}
 	var spec []firewall.Exemption
 	holders := map[netip.Addr][]string{}
 	for _, c := range containers {
@@ -126,26 +114,26 @@ func exemptions(cfg Config, containers []Container) (map[string]string, []Exempt
 			holders[a.Unmap()] = append(holders[a.Unmap()], c.Name)
 		}
 	}
-	ix := newIndex(containers)
+	ix := docker.NewIndex(containers)
 	for _, c := range containers {
-		if !exemptCandidate(cfg, c) || c.Name == ECSAgentName {
+		if !exemptCandidate(cfg, c) || c.Name == docker.ECSAgentName {
 			continue
 		}
-		class, _ := modeClass(c)
+		class, _ := docker.ModeClass(c)
 		w, refused := exemptWhy(cfg, c)
-		e := Exemption{ID: short(c.ID), Name: c.Name, NetworkMode: class, Why: w}
+		e := status.Exemption{ID: docker.Short(c.ID), Name: c.Name, NetworkMode: class, Why: w}
 		if w == "" {
-			if class != ModeNone {
+			if class != docker.ModeNone {
 				e.Why, e.Note = "not exempt", refused
 				list = append(list, e)
 			}
 			continue
 		}
 		switch class {
-		case ModeNone:
+		case docker.ModeNone:
 			continue // nothing to reach IMDS with
-		case ModeContainer:
-			o, ok := ix.owner(c)
+		case docker.ModeContainer:
+			o, ok := ix.Owner(c)
 			switch {
 			case !ok:
 				e.Note = "ignored: the container whose network it shares is not running"
@@ -154,7 +142,7 @@ func exemptions(cfg Config, containers []Container) (map[string]string, []Exempt
 			default:
 				e.Note = "shares the network of " + o.Name + ", which is exempt"
 			}
-		case ModeHost, ModeAWSVPC:
+		case docker.ModeHost, docker.ModeAWSVPC:
 			// Host: not blocked by cgroup. awsvpc: no route is added, and
 			// one ECS added is left alone.
 			e.Applied = true
@@ -191,7 +179,7 @@ func exemptions(cfg Config, containers []Container) (map[string]string, []Exempt
 				e.Addresses = append(e.Addresses, a.String())
 			}
 			for _, port := range slices.Sorted(maps.Keys(byPort)) {
-				spec = append(spec, firewall.Exemption{Container: short(c.ID), Name: c.Name, Port: port, Addrs: byPort[port]})
+				spec = append(spec, firewall.Exemption{Container: docker.Short(c.ID), Name: c.Name, Port: port, Addrs: byPort[port]})
 				e.Ports = append(e.Ports, port)
 			}
 			e.Note = strings.Join(notes, "; ")
@@ -208,65 +196,11 @@ func exemptions(cfg Config, containers []Container) (map[string]string, []Exempt
 	return why, list, spec
 }
 
-// ImageLabeler is implemented by Docker clients that can read an image's
-// labels.
-type ImageLabeler interface {
-	ImageLabels(ctx context.Context, image string) (map[string]string, error)
-}
-
-// PortFinder finds the bridge ports behind a container's addresses, given
-// the pid of a process in its network namespace.
-type PortFinder interface {
-	Ports(pid int) (map[netip.Addr]BridgePort, error)
-}
-
-// enrich reads, for exemption candidates only, their image's labels and
-// their bridge ports. It runs in the lister (or a one-shot command's own
-// listing), never in a sync. Whatever fails is left empty, which withholds
-// the exemption, and noted.
-func (a *Agent) enrich(ctx context.Context, list []Container) {
-	il, _ := a.docker.(ImageLabeler)
-	insp, _ := a.docker.(Inspector)
-	for i := range list {
-		c := &list[i]
-		if !exemptCandidate(a.cfg, *c) || c.Name == ECSAgentName {
-			continue
-		}
-		if il != nil {
-			if labels, err := il.ImageLabels(ctx, c.ImageID); err == nil {
-				if labels == nil {
-					labels = map[string]string{}
-				}
-				c.ImageLabels = labels
-			}
-		}
-		if class, _ := modeClass(*c); class != ModeBridge && class != ModeUserNet {
-			continue
-		}
-		switch {
-		case insp == nil || a.ports == nil:
-			c.PortErr = "bridge ports cannot be looked up here"
-		default:
-			det, err := insp.Inspect(ctx, c.ID)
-			if err != nil {
-				c.PortErr = err.Error()
-				break
-			}
-			ports, err := a.ports.Ports(det.Pid)
-			if err != nil {
-				c.PortErr = err.Error()
-				break
-			}
-			c.Ports = ports
-		}
-	}
-}
-
 // logExemptions writes one warning for every exemption granted or
 // withdrawn since the last pass that applied one: an exemption opens the
 // path to the instance role's credentials.
-func (a *Agent) logExemptions(list []Exemption, containers []Container, dockerErr error) {
-	now := map[string]Exemption{}
+func (a *Agent) logExemptions(list []status.Exemption, containers []docker.Container, dockerErr error) {
+	now := map[string]status.Exemption{}
 	for _, e := range list {
 		if e.Applied {
 			now[e.ID] = e
@@ -274,7 +208,7 @@ func (a *Agent) logExemptions(list []Exemption, containers []Container, dockerEr
 	}
 	tasks := map[string]string{}
 	for _, c := range containers {
-		tasks[short(c.ID)] = c.Labels[LabelTaskARN]
+		tasks[docker.Short(c.ID)] = c.Labels[docker.LabelTaskARN]
 	}
 	a.mu.Lock()
 	prev := a.granted

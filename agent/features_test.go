@@ -12,22 +12,25 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/imdsguard/imdsguard/docker"
 	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/status"
+	"github.com/imdsguard/imdsguard/tasknet"
 )
 
 // inspectingDocker adds Inspect to fakeDocker; a container without details
 // is not running.
 type inspectingDocker struct {
 	*fakeDocker
-	det map[string]Details
+	det map[string]docker.Details
 }
 
-func (d *inspectingDocker) Inspect(_ context.Context, id string) (Details, error) {
+func (d *inspectingDocker) Inspect(_ context.Context, id string) (docker.Details, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	det, ok := d.det[id]
 	if !ok {
-		return Details{}, fmt.Errorf("container %s is not running", id)
+		return docker.Details{}, fmt.Errorf("container %s is not running", id)
 	}
 	return det, nil
 }
@@ -38,7 +41,7 @@ func (d *inspectingDocker) Inspect(_ context.Context, id string) (Details, error
 // route in another table that go around the main table's blackhole.
 type fakeNS struct {
 	mu       sync.Mutex
-	routes   map[string]*NSRoutes
+	routes   map[string]*tasknet.NSRoutes
 	host     map[string]bool
 	bypassed map[string]bool
 	added    []string // "path family", in order
@@ -46,18 +49,18 @@ type fakeNS struct {
 }
 
 func newFakeNS() *fakeNS {
-	return &fakeNS{routes: map[string]*NSRoutes{}, host: map[string]bool{}, bypassed: map[string]bool{}, watches: map[string]func(){}}
+	return &fakeNS{routes: map[string]*tasknet.NSRoutes{}, host: map[string]bool{}, bypassed: map[string]bool{}, watches: map[string]func(){}}
 }
 
-func (n *fakeNS) Routes(path string) (NSRoutes, error) {
+func (n *fakeNS) Routes(path string) (tasknet.NSRoutes, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.host[path] {
-		return NSRoutes{}, fmt.Errorf("%s: %w", path, ErrHostNamespace)
+		return tasknet.NSRoutes{}, fmt.Errorf("%s: %w", path, tasknet.ErrHostNamespace)
 	}
 	r, ok := n.routes[path]
 	if !ok {
-		return NSRoutes{}, fmt.Errorf("opening network namespace %s: %w", path, fs.ErrNotExist)
+		return tasknet.NSRoutes{}, fmt.Errorf("opening network namespace %s: %w", path, fs.ErrNotExist)
 	}
 	out := *r
 	// What a lookup honouring the policy rules finds.
@@ -98,7 +101,7 @@ func (n *fakeNS) Blackhole(path string, fams []firewall.Family) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.host[path] {
-		return ErrHostNamespace
+		return tasknet.ErrHostNamespace
 	}
 	for _, f := range fams {
 		n.added = append(n.added, path+" "+string(f))
@@ -157,18 +160,18 @@ const (
 func awsvpcFixture(t *testing.T, mode string, appNetAdmin bool) *fixture {
 	fx := newFixture(t)
 	fx.cfg.AWSVPCMode = mode
-	fx.docker.containers = []Container{
+	fx.docker.containers = []docker.Container{
 		{ID: pauseID, Name: "ecs-t-1-internalecspause", NetworkMode: "none", Labels: map[string]string{
-			LabelTaskARN: taskARN, LabelContainerName: PauseContainerName, LabelTaskFamily: "t"}},
+			docker.LabelTaskARN: taskARN, docker.LabelContainerName: docker.PauseContainerName, docker.LabelTaskFamily: "t"}},
 		{ID: appID, Name: "ecs-t-1-app", NetworkMode: "container:" + pauseID, Labels: map[string]string{
-			LabelTaskARN: taskARN, LabelContainerName: "app", LabelTaskFamily: "t"}},
+			docker.LabelTaskARN: taskARN, docker.LabelContainerName: "app", docker.LabelTaskFamily: "t"}},
 	}
-	fx.insp = map[string]Details{
+	fx.insp = map[string]docker.Details{
 		pauseID: {Pid: 4242, SandboxKey: "/var/run/docker/netns/pause"},
 		appID:   {Pid: 4243, NetAdmin: appNetAdmin},
 	}
 	ns := newFakeNS()
-	ns.routes["/var/run/docker/netns/pause"] = &NSRoutes{}
+	ns.routes["/var/run/docker/netns/pause"] = &tasknet.NSRoutes{}
 	fx.ns = ns
 	return fx
 }
@@ -189,7 +192,7 @@ func TestAWSVPCCheckReportsExposedAndNetAdmin(t *testing.T) {
 	if added := fx.ns.(*fakeNS).addedRoutes(); len(added) != 0 {
 		t.Fatalf("check mode added routes: %v", added)
 	}
-	if st.Verdict != VerdictDegraded {
+	if st.Verdict != status.VerdictDegraded {
 		t.Fatalf("verdict %s", st.Verdict)
 	}
 	for _, c := range st.Containers {
@@ -201,7 +204,7 @@ func TestAWSVPCCheckReportsExposedAndNetAdmin(t *testing.T) {
 	// the host degraded in check mode: nothing would put the route back.
 	fx.ns.(*fakeNS).routes["/var/run/docker/netns/pause"].V4Blackhole = true
 	st, _ = fx.agent.Once(context.Background(), true)
-	if !st.AWSVPC.Tasks[0].Protected || st.Verdict != VerdictDegraded || !strings.Contains(strings.Join(st.Reasons, "\n"), "NET_ADMIN") && !strings.Contains(strings.Join(st.Reasons, "\n"), "can delete") {
+	if !st.AWSVPC.Tasks[0].Protected || st.Verdict != status.VerdictDegraded || !strings.Contains(strings.Join(st.Reasons, "\n"), "NET_ADMIN") && !strings.Contains(strings.Join(st.Reasons, "\n"), "can delete") {
 		t.Fatalf("verdict %s reasons %v task %+v", st.Verdict, st.Reasons, st.AWSVPC.Tasks[0])
 	}
 }
@@ -211,7 +214,7 @@ func TestAWSVPCEnforceRetrofitsAndRepairs(t *testing.T) {
 	ns := fx.ns.(*fakeNS)
 	path := "/var/run/docker/netns/pause"
 	fx.start(t)
-	eventually(t, "protected", func() bool { return fx.agent.Status().Verdict == VerdictProtected })
+	eventually(t, "protected", func() bool { return fx.agent.Status().Verdict == status.VerdictProtected })
 	if got := ns.addedRoutes(); !slices.Equal(got, []string{path + " ipv4"}) {
 		t.Fatalf("added %v: a v4-only namespace gets exactly the IPv4 blackhole", got)
 	}
@@ -227,7 +230,7 @@ func TestAWSVPCEnforceRetrofitsAndRepairs(t *testing.T) {
 		t.Fatalf("added %v", got)
 	}
 	st := fx.agent.Status()
-	if !st.AWSVPC.Tasks[0].Protected || st.Verdict != VerdictProtected {
+	if !st.AWSVPC.Tasks[0].Protected || st.Verdict != status.VerdictProtected {
 		t.Fatalf("after repair: %s %+v", st.Verdict, st.AWSVPC.Tasks[0])
 	}
 
@@ -261,7 +264,7 @@ func TestAWSVPCPolicyRuleBypass(t *testing.T) {
 	if task.Protected || !task.IPv4Route || !strings.Contains(task.Reason, "despite the blackhole") || !strings.Contains(task.Escape, "table 100") {
 		t.Fatalf("check mode, bypassed task: %+v", task)
 	}
-	if st.Verdict != VerdictDegraded || !strings.Contains(strings.Join(st.Reasons, "\n"), "table 100") {
+	if st.Verdict != status.VerdictDegraded || !strings.Contains(strings.Join(st.Reasons, "\n"), "table 100") {
 		t.Fatalf("verdict %s %v", st.Verdict, st.Reasons)
 	}
 	if len(ns.addedRoutes()) != 0 {
@@ -273,14 +276,14 @@ func TestAWSVPCPolicyRuleBypass(t *testing.T) {
 	ns.routes[path].V4Blackhole = true
 	ns.bypass(path, false)
 	fx.start(t)
-	eventually(t, "protected", func() bool { return fx.agent.Status().Verdict == VerdictProtected })
+	eventually(t, "protected", func() bool { return fx.agent.Status().Verdict == status.VerdictProtected })
 	if task := fx.agent.Status().AWSVPC.Tasks[0]; !task.IPv4Guard || task.Escape != "" {
 		t.Fatalf("enforce mode: %+v", task)
 	}
 	eventually(t, "watching the namespace", func() bool { return ns.watching(path) })
 	ns.bypass(path, true)
 	eventually(t, "guard repaired", func() bool { return fx.agent.Status().Repairs == 1 })
-	if st := fx.agent.Status(); st.Verdict != VerdictProtected || !st.AWSVPC.Tasks[0].IPv4Guard {
+	if st := fx.agent.Status(); st.Verdict != status.VerdictProtected || !st.AWSVPC.Tasks[0].IPv4Guard {
 		t.Fatalf("after the repair: %s %+v", st.Verdict, st.AWSVPC.Tasks[0])
 	}
 }
@@ -296,10 +299,6 @@ func TestAWSVPCNeverTouchesTheHost(t *testing.T) {
 	if task := st.AWSVPC.Tasks[0]; task.Protected || !strings.Contains(task.Error, "host's own network namespace") {
 		t.Fatalf("task %+v", task)
 	}
-	// Docker's key for host mode names the host: the pid's namespace is used.
-	if p := nsPath(Details{Pid: 7, SandboxKey: "/var/run/docker/netns/default"}); p != "/proc/7/ns/net" {
-		t.Fatalf("nsPath %q", p)
-	}
 }
 
 func TestAWSVPCExemptFamilyNotEnforced(t *testing.T) {
@@ -309,31 +308,8 @@ func TestAWSVPCExemptFamilyNotEnforced(t *testing.T) {
 	if len(fx.ns.(*fakeNS).addedRoutes()) != 0 {
 		t.Fatal("route added to an exempt task")
 	}
-	if st.Verdict != VerdictProtected || st.AWSVPC.Tasks[0].Exempt == "" {
+	if st.Verdict != status.VerdictProtected || st.AWSVPC.Tasks[0].Exempt == "" {
 		t.Fatalf("verdict %s (%v), task %+v", st.Verdict, st.Reasons, st.AWSVPC.Tasks[0])
-	}
-}
-
-func TestBlackholedAndHasIPv6(t *testing.T) {
-	imds := imdsNet(firewall.IPv4)
-	other := imdsNet(firewall.IPv6)
-	if !blackholed([]routeInfo{{dst: imds, blackhole: true}}, imds) {
-		t.Error("plain blackhole")
-	}
-	if blackholed([]routeInfo{{dst: imds, blackhole: true, priority: 100}, {dst: imds, priority: 10}}, imds) {
-		t.Error("a better-metric route wins over the blackhole")
-	}
-	if blackholed([]routeInfo{{dst: other, blackhole: true}}, imds) {
-		t.Error("wrong destination")
-	}
-	if hasIPv6([]routeInfo{{dst: linkLocal6}, {dst: loopback6}, {dst: imdsNet6, blackhole: true}}, []addrInfo{{ip: netip.MustParseAddr("::1").AsSlice(), global: true}}) {
-		t.Error("link-local, loopback and our blackhole are no IPv6")
-	}
-	if !hasIPv6(nil, []addrInfo{{ip: netip.MustParseAddr("2600:1f18::5").AsSlice(), global: true}}) {
-		t.Error("a global address is IPv6")
-	}
-	if !hasIPv6([]routeInfo{{dst: nil}}, nil) {
-		t.Error("a default route is IPv6")
 	}
 }
 
@@ -342,21 +318,21 @@ func TestExemptions(t *testing.T) {
 	cfg := Config{ExemptLabel: ExampleExemptLabel, ExemptTaskFamilies: []string{"xray"}}
 	label := map[string]string{"imdsguard.allow-imds": "true"}
 	x4 := netip.MustParseAddr("172.30.0.5")
-	port := func(name string, as ...netip.Addr) map[netip.Addr]BridgePort {
-		m := map[netip.Addr]BridgePort{}
+	port := func(name string, as ...netip.Addr) map[netip.Addr]docker.BridgePort {
+		m := map[netip.Addr]docker.BridgePort{}
 		for _, a := range as {
-			m[a] = BridgePort{Name: name, Bridge: "docker0"}
+			m[a] = docker.BridgePort{Name: name, Bridge: "docker0"}
 		}
 		return m
 	}
 	none := map[string]string{}
-	cs := []Container{
+	cs := []docker.Container{
 		{ID: "1", Name: "cwagent", NetworkMode: "bridge", IPv4: []netip.Addr{a4}, IPv6: []netip.Addr{a6}, Labels: label, ImageLabels: none, Ports: port("veth1", a4, a6)},
 		{ID: "2", Name: "app", NetworkMode: "bridge", IPv4: []netip.Addr{b4}},
-		{ID: "3", Name: "xray", NetworkMode: "appnet", IPv4: []netip.Addr{x4}, Labels: map[string]string{LabelTaskFamily: "xray"}, ImageLabels: none, Ports: port("veth3", x4)},
+		{ID: "3", Name: "xray", NetworkMode: "appnet", IPv4: []netip.Addr{x4}, Labels: map[string]string{docker.LabelTaskFamily: "xray"}, ImageLabels: none, Ports: port("veth3", x4)},
 		{ID: "4", Name: "sidecar", NetworkMode: "container:app", Labels: label, ImageLabels: none},
 		{ID: "5", Name: "falselabel", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.9")}, Labels: map[string]string{"imdsguard.allow-imds": "false"}},
-		{ID: "6", Name: ECSAgentName, NetworkMode: "host", Labels: label},
+		{ID: "6", Name: docker.ECSAgentName, NetworkMode: "host", Labels: label},
 		{ID: "7", Name: "fromimage", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.7")}, Labels: label, ImageLabels: label, Ports: port("veth7", netip.MustParseAddr("172.17.0.7"))},
 		{ID: "8", Name: "unreadimage", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.8")}, Labels: label, Ports: port("veth8", netip.MustParseAddr("172.17.0.8"))},
 		{ID: "9", Name: "noport", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.10")}, Labels: label, ImageLabels: none, PortErr: "inspect failed"},
@@ -415,9 +391,9 @@ func TestExemptionFollowsTheContainer(t *testing.T) {
 	fx := newFixture(t)
 	fx.cfg.ExemptLabel = ExampleExemptLabel
 	ip := netip.MustParseAddr("172.30.0.10")
-	cw := Container{ID: "aaaaaaaaaaaaaaaa", Name: "cw", NetworkMode: "appnet", IPv4: []netip.Addr{ip},
+	cw := docker.Container{ID: "aaaaaaaaaaaaaaaa", Name: "cw", NetworkMode: "appnet", IPv4: []netip.Addr{ip},
 		Labels: map[string]string{"imdsguard.allow-imds": "true"}}
-	fx.docker.containers = []Container{cw}
+	fx.docker.containers = []docker.Container{cw}
 	accept := fx.exemptable(cw, 7)
 	a := fx.build(t)
 	ctx := context.Background()
@@ -425,7 +401,7 @@ func TestExemptionFollowsTheContainer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(fx.fakes[firewall.IPv4].Dump(), accept) || st.Verdict != VerdictProtected || len(st.Exemptions) != 1 {
+	if !strings.Contains(fx.fakes[firewall.IPv4].Dump(), accept) || st.Verdict != status.VerdictProtected || len(st.Exemptions) != 1 {
 		t.Fatalf("verdict %s %v\n%s", st.Verdict, st.Reasons, fx.fakes[firewall.IPv4].Dump())
 	}
 	if c := st.Containers[0]; c.Protected || !c.Expected || !strings.Contains(c.Reason, "exempt") {
@@ -434,7 +410,7 @@ func TestExemptionFollowsTheContainer(t *testing.T) {
 	a.ready = true // past the initial setup: now only drift counts as repairs
 
 	// Stopped; another container starts with the same address.
-	fx.docker.containers = []Container{{ID: "bbbbbbbbbbbbbbbb", Name: "other", NetworkMode: "appnet", IPv4: []netip.Addr{ip}}}
+	fx.docker.containers = []docker.Container{{ID: "bbbbbbbbbbbbbbbb", Name: "other", NetworkMode: "appnet", IPv4: []netip.Addr{ip}}}
 	st, err = a.Once(ctx, true)
 	if err != nil {
 		t.Fatal(err)
@@ -447,7 +423,7 @@ func TestExemptionFollowsTheContainer(t *testing.T) {
 	}
 
 	// Docker unreachable: no exemption survives.
-	fx.docker.containers = []Container{{ID: "aaaaaaaaaaaaaaaa", Name: "cw", NetworkMode: "appnet", IPv4: []netip.Addr{ip},
+	fx.docker.containers = []docker.Container{{ID: "aaaaaaaaaaaaaaaa", Name: "cw", NetworkMode: "appnet", IPv4: []netip.Addr{ip},
 		Labels: map[string]string{"imdsguard.allow-imds": "true"}}}
 	if _, err := a.Once(ctx, true); err != nil {
 		t.Fatal(err)
@@ -486,13 +462,13 @@ func (s fakeSys) ReadFile(p string) ([]byte, error) {
 func hostFixture(t *testing.T, unified error) *fixture {
 	fx := newFixture(t)
 	fx.cfg.BlockHostNetwork = true
-	fx.docker.containers = []Container{
-		{ID: "agentagentagent0", Name: ECSAgentName, NetworkMode: "host"},
-		{ID: "daemondaemondae0", Name: "ecs-mon-1-collector", NetworkMode: "host", Labels: map[string]string{LabelTaskARN: taskARN, LabelContainerName: "collector"}},
+	fx.docker.containers = []docker.Container{
+		{ID: "agentagentagent0", Name: docker.ECSAgentName, NetworkMode: "host"},
+		{ID: "daemondaemondae0", Name: "ecs-mon-1-collector", NetworkMode: "host", Labels: map[string]string{docker.LabelTaskARN: taskARN, docker.LabelContainerName: "collector"}},
 		{ID: "rootrootrootroo0", Name: "inroot", NetworkMode: "host"},
 		{ID: "parentparentpar0", Name: "parent", NetworkMode: "host"},
 	}
-	fx.insp = map[string]Details{
+	fx.insp = map[string]docker.Details{
 		"agentagentagent0": {Pid: 10}, "daemondaemondae0": {Pid: 20}, "rootrootrootroo0": {Pid: 30}, "parentparentpar0": {Pid: 40},
 	}
 	fx.sys = fakeSys{unified: unified, ids: map[string]uint64{}, files: map[string]string{
@@ -516,7 +492,7 @@ func TestHostNetworkBlockedByCgroup(t *testing.T) {
 	for _, c := range st.HostNetwork.Containers {
 		got[c.Name] = c.Blocked
 	}
-	want := map[string]bool{ECSAgentName: false, "ecs-mon-1-collector": true, "inroot": false, "parent": false}
+	want := map[string]bool{docker.ECSAgentName: false, "ecs-mon-1-collector": true, "inroot": false, "parent": false}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("blocked %v, want %v", got, want)
 	}
@@ -527,7 +503,7 @@ func TestHostNetworkBlockedByCgroup(t *testing.T) {
 	}
 	// inroot (the root cgroup) and parent (an ancestor of the agent's own
 	// cgroup) stay reachable and degrade the verdict.
-	if st.Verdict != VerdictDegraded || !strings.Contains(strings.Join(st.Reasons, "\n"), "container parent can reach IMDS") {
+	if st.Verdict != status.VerdictDegraded || !strings.Contains(strings.Join(st.Reasons, "\n"), "container parent can reach IMDS") {
 		t.Fatalf("verdict %s %v", st.Verdict, st.Reasons)
 	}
 
@@ -551,21 +527,21 @@ func TestHostNetworkFailsClosed(t *testing.T) {
 	if _, err := a.Once(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	collector := func(st *Status) HostContainer {
+	collector := func(st *status.Status) status.HostContainer {
 		for _, c := range st.HostNetwork.Containers {
 			if c.Name == "ecs-mon-1-collector" {
 				return c
 			}
 		}
 		t.Fatal("collector not in the status")
-		return HostContainer{}
+		return status.HostContainer{}
 	}
-	docker := a.docker.(*inspectingDocker)
+	insp := a.source.(*inspectingDocker)
 	for _, fail := range []struct {
 		name         string
 		break_, heal func()
 	}{
-		{"inspect fails", func() { delete(docker.det, "daemondaemondae0") }, func() { docker.det["daemondaemondae0"] = Details{Pid: 20} }},
+		{"inspect fails", func() { delete(insp.det, "daemondaemondae0") }, func() { insp.det["daemondaemondae0"] = docker.Details{Pid: 20} }},
 		{"cgroup read fails", func() { delete(fx.sys.(fakeSys).files, "/proc/20/cgroup") }, func() {
 			fx.sys.(fakeSys).files["/proc/20/cgroup"] = "0::/ecstasks-0123.slice/docker-collector.scope\n"
 		}},
@@ -596,8 +572,8 @@ func TestHostNetworkFailsClosed(t *testing.T) {
 	}
 
 	// Gone from the listing, while its inspect fails: the rule goes.
-	delete(docker.det, "daemondaemondae0")
-	fx.docker.containers = slices.DeleteFunc(fx.docker.containers, func(c Container) bool { return c.ID == "daemondaemondae0" })
+	delete(insp.det, "daemondaemondae0")
+	fx.docker.containers = slices.DeleteFunc(fx.docker.containers, func(c docker.Container) bool { return c.ID == "daemondaemondae0" })
 	if _, err := a.Once(ctx, true); err != nil {
 		t.Fatal(err)
 	}
@@ -611,8 +587,8 @@ func TestHostNetworkFailsClosed(t *testing.T) {
 // cgroup, not reported blocked on its owner's.
 func TestHostNetworkJoinerHasItsOwnRule(t *testing.T) {
 	fx := hostFixture(t, nil)
-	fx.docker.containers = append(fx.docker.containers, Container{ID: "sidecarsidecar00", Name: "sidecar", NetworkMode: "container:daemondaemondae0"})
-	fx.insp["sidecarsidecar00"] = Details{Pid: 50}
+	fx.docker.containers = append(fx.docker.containers, docker.Container{ID: "sidecarsidecar00", Name: "sidecar", NetworkMode: "container:daemondaemondae0"})
+	fx.insp["sidecarsidecar00"] = docker.Details{Pid: 50}
 	fx.sys.(fakeSys).files["/proc/50/cgroup"] = "0::/ecstasks-0123.slice/docker-sidecar.scope\n"
 	st, _ := fx.build(t).Once(context.Background(), true)
 	if !strings.Contains(fx.fakes[firewall.IPv4].Dump(), `--path "/ecstasks-0123.slice/docker-sidecar.scope"`) {
@@ -626,7 +602,7 @@ func TestHostNetworkJoinerHasItsOwnRule(t *testing.T) {
 	// Without its own rule (its cgroup unreadable from the start) it is
 	// not blocked, whatever its owner is.
 	fx = hostFixture(t, nil)
-	fx.docker.containers = append(fx.docker.containers, Container{ID: "sidecarsidecar00", Name: "sidecar", NetworkMode: "container:daemondaemondae0"})
+	fx.docker.containers = append(fx.docker.containers, docker.Container{ID: "sidecarsidecar00", Name: "sidecar", NetworkMode: "container:daemondaemondae0"})
 	st, _ = fx.build(t).Once(context.Background(), true)
 	for _, c := range st.Containers {
 		if c.Name == "sidecar" && (c.Protected || !strings.Contains(c.Reason, "no rule of its own")) {
@@ -664,7 +640,7 @@ func TestHostNetworkOffRemovesTheChain(t *testing.T) {
 			t.Fatalf("%s: host chain left after apply with blocking off:\n%s", f, d)
 		}
 	}
-	if strings.Contains(st.HostNetwork.Enforcement, "still in place") || st.Verdict == VerdictExposed {
+	if strings.Contains(st.HostNetwork.Enforcement, "still in place") || st.Verdict == status.VerdictExposed {
 		t.Fatalf("after removal: %q %s", st.HostNetwork.Enforcement, st.Verdict)
 	}
 }
@@ -749,9 +725,9 @@ func BenchmarkPass500(b *testing.B) {
 	fx.cfg.AWSVPCMode, fx.cfg.BlockHostNetwork, fx.cfg.ExemptLabel = ECSModeEnforce, true, ExampleExemptLabel
 	ns := newFakeNS()
 	sys := fakeSys{files: map[string]string{"/proc/self/cgroup": "0::/system.slice/imdsguard.service\n", "/proc/1/cgroup": "0::/init.scope\n"}}
-	fx.insp = map[string]Details{}
+	fx.insp = map[string]docker.Details{}
 	for i := range 400 {
-		c := Container{ID: fmt.Sprintf("%064x", i), Name: fmt.Sprintf("web-%d", i), NetworkMode: "bridge",
+		c := docker.Container{ID: fmt.Sprintf("%064x", i), Name: fmt.Sprintf("web-%d", i), NetworkMode: "bridge",
 			IPv4: []netip.Addr{netip.AddrFrom4([4]byte{172, 17, byte(i / 250), byte(i%250 + 2)})}}
 		if i%40 == 0 {
 			c.Labels = map[string]string{"imdsguard.allow-imds": "true"}
@@ -759,18 +735,18 @@ func BenchmarkPass500(b *testing.B) {
 		fx.docker.containers = append(fx.docker.containers, c)
 	}
 	for i := range 40 {
-		pause := Container{ID: fmt.Sprintf("p%063x", i), Name: fmt.Sprintf("task-%d-pause", i), NetworkMode: "none",
-			Labels: map[string]string{LabelTaskARN: fmt.Sprint("arn:task/", i)}}
-		app := Container{ID: fmt.Sprintf("a%063x", i), Name: fmt.Sprintf("task-%d-app", i), NetworkMode: "container:" + pause.ID}
+		pause := docker.Container{ID: fmt.Sprintf("p%063x", i), Name: fmt.Sprintf("task-%d-pause", i), NetworkMode: "none",
+			Labels: map[string]string{docker.LabelTaskARN: fmt.Sprint("arn:task/", i)}}
+		app := docker.Container{ID: fmt.Sprintf("a%063x", i), Name: fmt.Sprintf("task-%d-app", i), NetworkMode: "container:" + pause.ID}
 		path := fmt.Sprintf("/var/run/docker/netns/%d", i)
-		ns.routes[path] = &NSRoutes{V4Blackhole: true}
-		fx.insp[pause.ID] = Details{Pid: 1000 + i, SandboxKey: path}
-		fx.insp[app.ID] = Details{Pid: 2000 + i}
+		ns.routes[path] = &tasknet.NSRoutes{V4Blackhole: true}
+		fx.insp[pause.ID] = docker.Details{Pid: 1000 + i, SandboxKey: path}
+		fx.insp[app.ID] = docker.Details{Pid: 2000 + i}
 		fx.docker.containers = append(fx.docker.containers, pause, app)
 	}
 	for i := range 20 {
-		c := Container{ID: fmt.Sprintf("h%063x", i), Name: fmt.Sprintf("hostd-%d", i), NetworkMode: "host"}
-		fx.insp[c.ID] = Details{Pid: 3000 + i}
+		c := docker.Container{ID: fmt.Sprintf("h%063x", i), Name: fmt.Sprintf("hostd-%d", i), NetworkMode: "host"}
+		fx.insp[c.ID] = docker.Details{Pid: 3000 + i}
 		sys.files[fmt.Sprintf("/proc/%d/cgroup", 3000+i)] = fmt.Sprintf("0::/system.slice/docker-%d.scope\n", i)
 		fx.docker.containers = append(fx.docker.containers, c)
 	}
@@ -784,38 +760,5 @@ func BenchmarkPass500(b *testing.B) {
 		if _, err := a.Once(ctx, true); err != nil {
 			b.Fatal(err)
 		}
-	}
-}
-
-func TestJudgePath(t *testing.T) {
-	guard := policyRule{Pref: 0, Action: frActBlackhole, Protocol: guardProtocol, Dst: imdsNet4}
-	local := policyRule{Pref: 0, Action: frActToTbl, Table: 255}
-	main := policyRule{Pref: 32766, Action: frActToTbl, Table: 254}
-	mark := policyRule{Pref: 100, Action: frActToTbl, Table: 100, Selectors: "fwmark"}
-	forged := guard
-	forged.Action = 3 // nop: passes everything on
-	for _, tc := range []struct {
-		name    string
-		rules   []policyRule
-		escapes []string
-		tos     string
-		guard   bool
-		escape  string
-	}{
-		{"defaults, lookups refused", []policyRule{local, main}, nil, "", false, ""},
-		{"a lookup leaves", []policyRule{local, main}, []string{"routed via 192.0.2.1 (table 100) from any source"}, "", false, "table 100"},
-		{"a lookup leaves despite the guard", []policyRule{guard, local, main}, []string{"routed"}, "", true, "routed"},
-		{"guard first", []policyRule{guard, local, mark, main}, nil, "tos route", true, ""},
-		{"fwmark rule ahead of main", []policyRule{local, mark, main}, nil, "", false, "fwmark"},
-		{"fwmark rule behind the main blackhole", []policyRule{local, main, mark}, nil, "", false, ""},
-		{"a nop copy of the guard is no guard", []policyRule{forged, local, mark, main}, nil, "", false, "fwmark"},
-		{"tos route", []policyRule{local, main}, nil, "route to 169.254.0.0/16 tos 0x10", false, "tos"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			p := judgePath(tc.rules, tc.escapes, true, tc.tos)
-			if p.Guard != tc.guard || (tc.escape == "") != (p.Escape == "") || !strings.Contains(p.Escape, tc.escape) {
-				t.Errorf("got %+v, want guard %v and an escape with %q", p, tc.guard, tc.escape)
-			}
-		})
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/imdsguard/imdsguard/docker"
 	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // Host-network containers share the host's namespace: only OUTPUT sees
@@ -31,25 +33,6 @@ type System interface {
 type hostCgroup struct {
 	path string
 	id   uint64
-}
-
-// HostNetworkStatus is every host-network container and whether it is blocked.
-type HostNetworkStatus struct {
-	Block bool `json:"block"`
-	// Enforcement is "active", "off: ..." or "unavailable: ...".
-	Enforcement string          `json:"enforcement"`
-	Containers  []HostContainer `json:"containers"`
-}
-
-// HostContainer is one host-network container.
-type HostContainer struct {
-	ID           string `json:"id"`
-	Name         string `json:"name"`
-	TaskARN      string `json:"task_arn,omitempty"`
-	ECSContainer string `json:"ecs_container,omitempty"`
-	Blocked      bool   `json:"blocked"`
-	Cgroup       string `json:"cgroup,omitempty"`
-	Reason       string `json:"reason"`
 }
 
 // cgroupV2Path returns the path of the "0::" line of /proc/PID/cgroup.
@@ -79,20 +62,19 @@ func within(p, q string) bool {
 // the error is returned so the sync is retried. stale lists the paths
 // whose cgroup was recreated (docker restart) since the rule went in: the
 // kernel resolved the old one, so the rule must be put in again.
-func (a *Agent) hostNetwork(ctx context.Context, containers []Container, exempt map[string]string, listed bool) (st HostNetworkStatus, spec *firewall.HostSpec, blocked map[string]string, stale []string, err error) {
-	st = HostNetworkStatus{Block: a.cfg.BlockHostNetwork, Containers: []HostContainer{}}
-	var hosts []Container
-	ix := newIndex(containers)
+func (a *Agent) hostNetwork(containers []docker.Container, exempt map[string]string, listed, canInspect bool) (st status.HostNetworkStatus, spec *firewall.HostSpec, blocked map[string]string, stale []string, err error) {
+	st = status.HostNetworkStatus{Block: a.cfg.BlockHostNetwork, Containers: []status.HostContainer{}}
+	var hosts []docker.Container
+	ix := docker.NewIndex(containers)
 	for _, c := range containers {
-		if o, ok := ix.owner(c); ok {
-			if class, _ := modeClass(o); class == ModeHost {
+		if o, ok := ix.Owner(c); ok {
+			if class, _ := docker.ModeClass(o); class == docker.ModeHost {
 				hosts = append(hosts, c)
 			}
 		}
 	}
 	blocked = map[string]string{}
 	var forbidden []string
-	insp, _ := a.docker.(Inspector)
 	var cgErr error
 	if a.cfg.BlockHostNetwork {
 		cgErr = a.sys.CgroupV2Unified()
@@ -102,11 +84,11 @@ func (a *Agent) hostNetwork(ctx context.Context, containers []Container, exempt 
 		st.Enforcement = "off: --block-host-network is not set"
 	case cgErr != nil:
 		st.Enforcement = "unavailable: " + cgErr.Error()
-	case insp == nil:
+	case !canInspect:
 		st.Enforcement = "unavailable: containers cannot be inspected"
 	default:
 		var err error
-		forbidden, err = a.forbiddenCgroups(ctx, insp, hosts)
+		forbidden, err = a.forbiddenCgroups(hosts)
 		if err != nil {
 			st.Enforcement = "unavailable: " + err.Error()
 			break
@@ -120,16 +102,16 @@ func (a *Agent) hostNetwork(ctx context.Context, containers []Container, exempt 
 	known := map[string]hostCgroup{}
 	var errs []error
 	for _, c := range hosts {
-		hc := HostContainer{ID: short(c.ID), Name: c.Name, TaskARN: c.Labels[LabelTaskARN], ECSContainer: c.Labels[LabelContainerName]}
+		hc := status.HostContainer{ID: docker.Short(c.ID), Name: c.Name, TaskARN: c.Labels[docker.LabelTaskARN], ECSContainer: c.Labels[docker.LabelContainerName]}
 		switch {
-		case c.Name == ECSAgentName:
+		case c.Name == docker.ECSAgentName:
 			hc.Reason = "the ECS agent needs IMDS: never blocked"
 		case exempt[c.ID] != "":
 			hc.Reason = "exempt (" + exempt[c.ID] + ")"
 		case spec == nil:
 			hc.Reason = "can reach IMDS: host network blocking is " + st.Enforcement
 		default:
-			path, err := a.containerCgroup(ctx, insp, c.ID)
+			path, err := a.containerCgroup(c)
 			var id uint64
 			if err == nil {
 				if cerr := checkCgroup(path, forbidden); cerr != nil {
@@ -204,7 +186,7 @@ func checkCgroup(path string, forbidden []string) error {
 
 // forbiddenCgroups are the cgroups that must never be matched: the agent's,
 // PID 1's and the ECS agent container's.
-func (a *Agent) forbiddenCgroups(ctx context.Context, insp Inspector, hosts []Container) ([]string, error) {
+func (a *Agent) forbiddenCgroups(hosts []docker.Container) ([]string, error) {
 	var out []string
 	var errs []error
 	for _, pid := range []string{"self", "1"} {
@@ -216,10 +198,10 @@ func (a *Agent) forbiddenCgroups(ctx context.Context, insp Inspector, hosts []Co
 		out = append(out, p)
 	}
 	for _, c := range hosts {
-		if c.Name != ECSAgentName {
+		if c.Name != docker.ECSAgentName {
 			continue
 		}
-		p, err := a.containerCgroup(ctx, insp, c.ID)
+		p, err := a.containerCgroup(c)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("the ECS agent's cgroup: %w", err))
 			continue
@@ -229,13 +211,14 @@ func (a *Agent) forbiddenCgroups(ctx context.Context, insp Inspector, hosts []Co
 	return out, errors.Join(errs...)
 }
 
-func (a *Agent) containerCgroup(ctx context.Context, insp Inspector, id string) (string, error) {
-	d, err := insp.Inspect(ctx, id)
+// containerCgroup reads the cgroup of the pid the snapshot's inspect found.
+func (a *Agent) containerCgroup(c docker.Container) (string, error) {
+	d, err := details(c)
 	if err != nil {
 		return "", err
 	}
 	if d.Pid <= 0 {
-		return "", fmt.Errorf("container %s has no pid", short(id))
+		return "", fmt.Errorf("container %s has no pid", docker.Short(c.ID))
 	}
 	return a.pidCgroup(fmt.Sprint(d.Pid))
 }
@@ -277,7 +260,7 @@ type hostChainRemover interface {
 // hostChainOff: with --block-host-network off, the daemon and `apply`
 // delete IMDS-GUARD-HOST and its OUTPUT jump; when that fails, or `check`
 // only looks, the status says the chain is still there.
-func (a *Agent) hostChainOff(ctx context.Context, enforce bool, st *HostNetworkStatus) error {
+func (a *Agent) hostChainOff(ctx context.Context, enforce bool, st *status.HostNetworkStatus) error {
 	if a.cfg.BlockHostNetwork {
 		return nil
 	}

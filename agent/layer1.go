@@ -3,14 +3,13 @@ package agent
 import (
 	"context"
 	"fmt"
-	"io"
 	"strings"
 	"sync"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
 	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // Layer 1 in the loop: imdsguard's own nftables tables on the host, beside
@@ -21,39 +20,9 @@ import (
 
 // NFTFactory opens layer 1 in the host's namespace. It keeps the socket
 // that owns the tables until the layer is closed.
-type NFTFactory func() (*firewall.NFTLayer, error)
-
-// NFTStatus is layer 1 in status.
-type NFTStatus struct {
-	Enabled bool `json:"enabled"`
-	// Present: both tables read back whole.
-	Present bool `json:"present"`
-	// Owner: the flags in use and which socket owns the tables.
-	Owner     bool   `json:"owner"`
-	Persist   bool   `json:"persist"`
-	Owned     bool   `json:"owned_by_this_agent"`
-	OwnerPort uint32 `json:"owner_port,omitempty"`
-	// SurvivesFlush and SurvivesStop say which guarantee the kernel gives:
-	// "yes" or "no".
-	SurvivesFlush  string   `json:"survives_nft_flush"`
-	SurvivesStop   string   `json:"survives_agent_stop"`
-	Problems       []string `json:"problems,omitempty"`
-	Skipped        []string `json:"skipped,omitempty"`
-	BlockedPackets uint64   `json:"blocked_packets"`
-	BlockedBytes   uint64   `json:"blocked_bytes"`
-	Error          string   `json:"error,omitempty"`
-	// DockerNFTables: Docker runs its nftables firewall backend (Docker
-	// 29+): no DOCKER-USER exists for Docker's own rules, and layer 1 is
-	// the separate table Docker's documentation asks users to add.
-	DockerNFTables bool `json:"docker_nftables_backend,omitempty"`
-}
-
-func yesNo(b bool) string {
-	if b {
-		return "yes"
-	}
-	return "no"
-}
+// ipv6 says whether the tables hold the IPv6 rules (not on a kernel
+// without IPv6).
+type NFTFactory func(ipv6 bool) (*firewall.NFTLayer, error)
 
 // layer1 is the agent's layer-1 state.
 type layer1 struct {
@@ -64,8 +33,6 @@ type layer1 struct {
 	l         *firewall.NFTLayer
 	// counters accumulated across rebuilds, like layer 2's.
 	last, total [2]uint64
-	present     prometheus.Gauge
-	blocked     prometheus.Gauge
 }
 
 // nftIntent is the host's intent for layer 1: layer 2's spec, whose
@@ -81,16 +48,16 @@ func nftIntent(cfg Config, spec firewall.Spec) firewall.Intent {
 
 // syncLayer1 applies (enforce) or checks layer 1. It never fails the sync:
 // layer 2 is checked independently, and what is wrong is in the status.
-func (a *Agent) syncLayer1(ctx context.Context, enforce bool, in firewall.Intent) *NFTStatus {
+func (a *Agent) syncLayer1(ctx context.Context, enforce bool, in firewall.Intent) *status.NFTStatus {
 	if a.l1 == nil || a.l1.open == nil {
 		return nil
 	}
 	l1 := a.l1
 	l1.mu.Lock()
 	defer l1.mu.Unlock()
-	st := &NFTStatus{Enabled: true, SurvivesFlush: "no", SurvivesStop: "no"}
+	st := &status.NFTStatus{Enabled: true, SurvivesFlush: "no", SurvivesStop: "no"}
 	if l1.l == nil {
-		l, err := l1.open()
+		l, err := l1.open(a.cfg.IPv6)
 		if err != nil {
 			st.Error = err.Error()
 			return st
@@ -137,28 +104,7 @@ func (a *Agent) syncLayer1(ctx context.Context, enforce bool, in firewall.Intent
 	l1.total[0] += delta[0]
 	l1.total[1] += delta[1]
 	st.BlockedPackets, st.BlockedBytes = l1.total[0], l1.total[1]
-	a.layer1Metrics(st)
 	return st
-}
-
-func (a *Agent) layer1Metrics(st *NFTStatus) {
-	if a.metrics == nil {
-		return
-	}
-	l1 := a.l1
-	if l1.present == nil {
-		l1.present = prometheus.NewGauge(prometheus.GaugeOpts{Name: "imdsguard_nftables_present",
-			Help: "1 when imdsguard's own nftables tables read back whole."})
-		l1.blocked = prometheus.NewGauge(prometheus.GaugeOpts{Name: "imdsguard_nftables_blocked_packets_total",
-			Help: "Packets to IMDS dropped by imdsguard's nftables tables since the agent started."})
-		a.metrics.reg.MustRegister(l1.present, l1.blocked)
-	}
-	v := 0.0
-	if st.Present {
-		v = 1
-	}
-	l1.present.Set(v)
-	l1.blocked.Set(float64(st.BlockedPackets))
 }
 
 // closeLayer1 releases the owning socket: with persist the tables stay,
@@ -182,7 +128,7 @@ func (a *Agent) closeLayer1() {
 // mergeLayers folds layer 1 into the per-family verdict: a family is
 // blocked when either layer holds it. It returns the issues that make the
 // verdict degraded: a layer that should exist and does not.
-func mergeLayers(cfg Config, enforced map[string]bool, nft *NFTStatus) []string {
+func mergeLayers(cfg Config, enforced map[string]bool, nft *status.NFTStatus) []string {
 	if nft == nil {
 		return nil
 	}
@@ -214,25 +160,16 @@ func mergeLayers(cfg Config, enforced map[string]bool, nft *NFTStatus) []string 
 	return issues
 }
 
-// writeText is layer 1's line in `imdsguard status`.
-func (n *NFTStatus) writeText(w io.Writer) {
-	state := "NOT in place"
-	if n.Present {
-		state = fmt.Sprintf("in place (%d packets blocked)", n.BlockedPackets)
-	}
-	fmt.Fprintf(w, "nftables: table inet %s %s; flags %s; survives nft flush: %s; survives agent stop: %s\n",
-		firewall.NFTTable, state, firewall.NFTFlags{Owner: n.Owner, Persist: n.Persist}, n.SurvivesFlush, n.SurvivesStop)
-	if n.DockerNFTables {
-		fmt.Fprintf(w, "  Docker uses its nftables firewall backend (no DOCKER-USER of its own): this table is what Docker's documentation asks for\n")
-	}
-	if n.Error != "" {
-		fmt.Fprintf(w, "  ! nftables: %s\n", n.Error)
+// RealNFT is the NFTFactory for the host's own namespace.
+func RealNFT(action firewall.Action) NFTFactory {
+	return func(ipv6 bool) (*firewall.NFTLayer, error) {
+		return firewall.OpenNFT(0, firewall.NFTSpec{Scope: firewall.ScopeHost, Action: action, IPv6: ipv6})
 	}
 }
 
-// RealNFT is the NFTFactory for the host's own namespace.
-func RealNFT(cfg Config) NFTFactory {
-	return func() (*firewall.NFTLayer, error) {
-		return firewall.OpenNFT(0, firewall.NFTSpec{Scope: firewall.ScopeHost, Action: cfg.Action, IPv6: cfg.IPv6})
+func yesNo(b bool) string {
+	if b {
+		return "yes"
 	}
+	return "no"
 }

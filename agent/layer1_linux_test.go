@@ -8,20 +8,22 @@ import (
 
 	"github.com/google/nftables"
 
+	"github.com/imdsguard/imdsguard/docker"
 	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // withLayer1 gives the fixture's agent a layer 1 over a fake nf_tables.
 func withLayer1(t *testing.T, fx *fixture, ns *firewall.FakeNFTNetns) *Agent {
 	t.Helper()
 	a := fx.build(t)
-	a.l1 = &layer1{open: func() (*firewall.NFTLayer, error) {
+	a.l1 = &layer1{open: func(bool) (*firewall.NFTLayer, error) {
 		return firewall.NewFakeNFTLayer(ns, firewall.NFTSpec{Scope: firewall.ScopeHost}, nil)
 	}}
 	return a
 }
 
-func once(t *testing.T, a *Agent, enforce bool) *Status {
+func once(t *testing.T, a *Agent, enforce bool) *status.Status {
 	t.Helper()
 	st, err := a.Once(context.Background(), enforce)
 	if err != nil && !IsPartial(err) {
@@ -32,13 +34,13 @@ func once(t *testing.T, a *Agent, enforce bool) *Status {
 
 func TestLayer1InVerdict(t *testing.T) {
 	fx := newFixture(t)
-	fx.docker.containers = []Container{{ID: "c1", Name: "web", NetworkMode: "bridge"}}
+	fx.docker.containers = []docker.Container{{ID: "c1", Name: "web", NetworkMode: "bridge"}}
 	ns := firewall.NewFakeNFTNetns(firewall.NFTFlags{Owner: true, Persist: true})
 	a := withLayer1(t, fx, ns)
 
 	st := once(t, a, true)
 	n := st.Firewall.NFTables
-	if st.Verdict != VerdictProtected || n == nil || !n.Present || !n.Owned || n.SurvivesFlush != "yes" || n.SurvivesStop != "yes" {
+	if st.Verdict != status.VerdictProtected || n == nil || !n.Present || !n.Owned || n.SurvivesFlush != "yes" || n.SurvivesStop != "yes" {
 		t.Fatalf("both layers: %s %v %+v", st.Verdict, st.Reasons, n)
 	}
 	var text strings.Builder
@@ -52,7 +54,7 @@ func TestLayer1InVerdict(t *testing.T) {
 		f.Flush(firewall.DockerUser)
 	}
 	st = once(t, a, false)
-	if st.Verdict != VerdictDegraded || !slices.ContainsFunc(st.Reasons, func(r string) bool { return strings.Contains(r, "nftables layer still blocks") }) {
+	if st.Verdict != status.VerdictDegraded || !slices.ContainsFunc(st.Reasons, func(r string) bool { return strings.Contains(r, "nftables layer still blocks") }) {
 		t.Fatalf("layer 2 gone: %s %v", st.Verdict, st.Reasons)
 	}
 	for _, c := range st.Containers {
@@ -73,11 +75,11 @@ func TestLayer1InVerdict(t *testing.T) {
 		t.Fatal(err)
 	}
 	st = once(t, a, false)
-	if st.Verdict != VerdictExposed || st.Firewall.NFTables.Present {
+	if st.Verdict != status.VerdictExposed || st.Firewall.NFTables.Present {
 		t.Fatalf("neither layer: %s %+v", st.Verdict, st.Firewall.NFTables)
 	}
 	// And one sync brings both back.
-	if st = once(t, a, true); st.Verdict != VerdictProtected {
+	if st = once(t, a, true); st.Verdict != status.VerdictProtected {
 		t.Fatalf("repaired: %s %v", st.Verdict, st.Reasons)
 	}
 }
@@ -90,13 +92,13 @@ func TestLayer1MissingIsDegraded(t *testing.T) {
 	// whole, not as a problem.
 	a.closeLayer1() // orphaned (persist)
 	st := once(t, a, false)
-	if !st.Firewall.NFTables.Present || st.Verdict != VerdictDegraded {
+	if !st.Firewall.NFTables.Present || st.Verdict != status.VerdictDegraded {
 		t.Fatalf("orphaned tables: %s %v %+v", st.Verdict, st.Reasons, st.Firewall.NFTables)
 	}
-	a.l1.open = func() (*firewall.NFTLayer, error) { return nil, context.DeadlineExceeded }
+	a.l1.open = func(bool) (*firewall.NFTLayer, error) { return nil, context.DeadlineExceeded }
 	a.closeLayer1()
 	st = once(t, a, true)
-	if st.Verdict != VerdictDegraded || st.Firewall.NFTables.Error == "" {
+	if st.Verdict != status.VerdictDegraded || st.Firewall.NFTables.Error == "" {
 		t.Fatalf("layer 1 cannot open: %s %v", st.Verdict, st.Reasons)
 	}
 }

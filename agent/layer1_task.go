@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // Layer 1 inside awsvpc task namespaces (--awsvpc-mode enforce): the same
@@ -48,7 +49,7 @@ func (a *Agent) taskLayer1(ctx context.Context, pauseID, path string, ipv6 bool)
 
 // pruneTaskLayers closes the sockets of tasks no longer running (nil: all,
 // when the agent stops).
-func (a *Agent) pruneTaskLayers(running map[string]AWSVPCTask) {
+func (a *Agent) pruneTaskLayers(running map[string]status.AWSVPCTask) {
 	tl := a.tasks1
 	if tl == nil {
 		return

@@ -9,7 +9,9 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/imdsguard/imdsguard/docker"
 	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // TestBlockedCountersOnlyGrow: the totals follow the kernel's counters
@@ -51,9 +53,9 @@ func TestVerdictTransitionsLogged(t *testing.T) {
 	l := logrus.New()
 	l.SetOutput(&buf)
 	a := New(Options{Log: logrus.NewEntry(l), Namespaces: fakeNSNone{}})
-	a.logVerdict("", Status{Verdict: VerdictProtected})
-	a.logVerdict(VerdictProtected, Status{Verdict: VerdictProtected})
-	a.logVerdict(VerdictProtected, Status{Verdict: VerdictDegraded, Reasons: []string{"container x can reach IMDS"}})
+	a.logVerdict("", status.Status{Verdict: status.VerdictProtected})
+	a.logVerdict(status.VerdictProtected, status.Status{Verdict: status.VerdictProtected})
+	a.logVerdict(status.VerdictProtected, status.Status{Verdict: status.VerdictDegraded, Reasons: []string{"container x can reach IMDS"}})
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != 2 || !strings.Contains(lines[0], "from=starting") || !strings.Contains(lines[1], "from=protected") ||
 		!strings.Contains(lines[1], "to=degraded") || !strings.Contains(lines[1], "container x can reach IMDS") {
@@ -79,14 +81,14 @@ func TestClassifyJudgesEachContainer(t *testing.T) {
 		t.Fatal("the probe must be dropped")
 	}
 	addr := func(s string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(s)} }
-	p := picture{enforced: map[string]bool{"ipv4": true}, rules: map[string]*firewall.Ruleset{"ipv4": rs}, containers: []Container{
+	p := picture{enforced: map[string]bool{"ipv4": true}, rules: map[string]*firewall.Ruleset{"ipv4": rs}, containers: []docker.Container{
 		{ID: "1111111111111111", Name: "plain", NetworkMode: "bridge", IPv4: addr("172.17.0.2")},
 		{ID: "5555555555555555", Name: "exempt", NetworkMode: "bridge", IPv4: addr("172.17.0.5")},
 		{ID: "6666666666666666", Name: "thief", NetworkMode: "bridge", IPv4: addr("172.17.0.5"),
-			Ports: map[netip.Addr]BridgePort{netip.MustParseAddr("172.17.0.5"): {Name: "veth6", Bridge: "docker0"}}},
+			Ports: map[netip.Addr]docker.BridgePort{netip.MustParseAddr("172.17.0.5"): {Name: "veth6", Bridge: "docker0"}}},
 		{ID: "7777777777777777", Name: "operator-allowed", NetworkMode: "bridge", IPv4: addr("172.17.0.7")},
 	}}
-	got := map[string]ContainerStatus{}
+	got := map[string]status.ContainerStatus{}
 	for _, c := range classify(p) {
 		got[c.Name] = c
 	}
@@ -102,7 +104,7 @@ func TestClassifyJudgesEachContainer(t *testing.T) {
 	if c := got["operator-allowed"]; c.Protected || c.Expected || !strings.Contains(c.Reason, "-A FORWARD -s 172.17.0.7/32 -j ACCEPT") {
 		t.Errorf("operator-allowed: %+v", c)
 	}
-	if v, _ := verdict(p.enforced, classify(p), nil); v != VerdictDegraded {
+	if v, _ := verdict(p.enforced, classify(p), nil); v != status.VerdictDegraded {
 		t.Errorf("verdict %s, want degraded", v)
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/imdsguard/imdsguard/agent"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // unixClient is an HTTP client over one unix socket: the Docker API and the
@@ -128,13 +128,13 @@ func (s *statusClient) profile(d time.Duration) ([]byte, error) {
 	return b, err
 }
 
-func (s *statusClient) get() (*agent.Status, error) {
+func (s *statusClient) get() (*status.Status, error) {
 	resp, err := s.c.Get("http://imdsguard/status")
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	var st agent.Status
+	var st status.Status
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		return nil, err
 	}

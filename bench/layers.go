@@ -9,8 +9,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // --- 7. both layers: exposure by drift kind, layer 1's read-back, idle with tasks ---
@@ -105,7 +105,7 @@ func lastLine(s string) string {
 // syncReadBack is when the first sync the agent began after t read layer 1
 // back: its start plus its stages up to and including `until` (the
 // agent's own timestamps, from /status).
-func syncReadBack(st *agent.Status, t time.Time, until string) (time.Time, bool) {
+func syncReadBack(st *status.Status, t time.Time, until string) (time.Time, bool) {
 	ls := st.LastSync
 	if ls == nil || !ls.At.After(t) {
 		return time.Time{}, false

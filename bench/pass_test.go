@@ -10,13 +10,14 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/imdsguard/imdsguard/agent"
+	"github.com/imdsguard/imdsguard/docker"
 	"github.com/imdsguard/imdsguard/firewall"
 )
 
 // fakeDocker serves a fixed container list.
-type fakeDocker struct{ cs []agent.Container }
+type fakeDocker struct{ cs []docker.Container }
 
-func (d fakeDocker) Containers(context.Context) ([]agent.Container, error) { return d.cs, nil }
+func (d fakeDocker) Containers(context.Context) ([]docker.Container, error) { return d.cs, nil }
 func (d fakeDocker) Env(context.Context, string) ([]string, error) {
 	return []string{"ECS_AWSVPC_BLOCK_IMDS=true"}, nil
 }
@@ -24,17 +25,17 @@ func (d fakeDocker) Watch(ctx context.Context, _ func(), _ func(error)) { <-ctx.
 
 // containers is a mix an ECS host has: bridged tasks, awsvpc tasks with
 // their pause containers, containers sharing a namespace, host-network ones.
-func containers(n int) []agent.Container {
-	cs := []agent.Container{{ID: "agent0000000000000000", Name: agent.ECSAgentName, NetworkMode: agent.ModeHost}}
+func containers(n int) []docker.Container {
+	cs := []docker.Container{{ID: "agent0000000000000000", Name: docker.ECSAgentName, NetworkMode: docker.ModeHost}}
 	for i := 1; i < n; i++ {
-		c := agent.Container{ID: fmt.Sprintf("%064x", i), Name: fmt.Sprintf("task-%d", i)}
+		c := docker.Container{ID: fmt.Sprintf("%064x", i), Name: fmt.Sprintf("task-%d", i)}
 		switch i % 5 {
 		case 0, 1:
 			c.NetworkMode = "bridge"
 			c.IPv4 = []netip.Addr{netip.AddrFrom4([4]byte{172, 17, byte(i >> 8), byte(i)})}
 		case 2:
 			c.NetworkMode = "none"
-			c.Labels = map[string]string{agent.LabelTaskARN: "arn:aws:ecs:eu-west-1:1:task/c/" + fmt.Sprint(i), agent.LabelContainerName: agent.PauseContainerName}
+			c.Labels = map[string]string{docker.LabelTaskARN: "arn:aws:ecs:eu-west-1:1:task/c/" + fmt.Sprint(i), docker.LabelContainerName: docker.PauseContainerName}
 		case 3:
 			c.NetworkMode = "container:" + fmt.Sprintf("%064x", i-1)
 		case 4:

@@ -10,6 +10,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // --- 5. scale ---
@@ -62,7 +63,7 @@ func scenarioScale(ctx context.Context, c *contender, n int, drifts int, res *re
 	end := time.Now().Add(120 * time.Second)
 	for {
 		st, err := c.status.get()
-		if err == nil && len(st.Containers) >= n && len(st.Exemptions) == exempt && st.Verdict == agent.VerdictProtected {
+		if err == nil && len(st.Containers) >= n && len(st.Exemptions) == exempt && st.Verdict == status.VerdictProtected {
 			break
 		}
 		if time.Now().After(end) {

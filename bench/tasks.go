@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/imdsguard/imdsguard/agent"
+	"github.com/imdsguard/imdsguard/docker"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
 )
 
@@ -18,9 +18,9 @@ import (
 func taskLabels(name, container string) []string {
 	arn := "arn:aws:ecs:us-east-1:123456789012:task/bench/" + name
 	return []string{
-		"--label", agent.LabelTaskARN + "=" + arn,
-		"--label", agent.LabelTaskFamily + "=" + name,
-		"--label", agent.LabelContainerName + "=" + container,
+		"--label", docker.LabelTaskARN + "=" + arn,
+		"--label", docker.LabelTaskFamily + "=" + name,
+		"--label", docker.LabelContainerName + "=" + container,
 	}
 }
 
@@ -41,7 +41,7 @@ func (c *contender) startTasks(ctx context.Context, n int) ([]*sandbox.Task, err
 			defer wg.Done()
 			defer func() { <-sem }()
 			name := fmt.Sprintf("task%02d", i+1)
-			tasks[i], errs[i] = c.sb.NewTask(name+"-pause", i+1, true, taskLabels(name, agent.PauseContainerName)...)
+			tasks[i], errs[i] = c.sb.NewTask(name+"-pause", i+1, true, taskLabels(name, docker.PauseContainerName)...)
 		}()
 	}
 	wg.Wait()

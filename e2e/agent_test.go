@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // agentBin is built once by TestMain.
@@ -134,9 +134,9 @@ func (e *env) cli(t *testing.T, args ...string) (string, int) {
 	return "", -1
 }
 
-func (e *env) status(t *testing.T) *agent.Status {
+func (e *env) status(t *testing.T) *status.Status {
 	t.Helper()
-	st, err := agent.QueryStatus(context.Background(), e.socket)
+	st, err := status.QueryStatus(context.Background(), e.socket)
 	if err != nil {
 		t.Fatalf("status: %v", err)
 	}
@@ -156,13 +156,13 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 	}
 }
 
-func (e *env) waitProtected(t *testing.T) *agent.Status {
+func (e *env) waitProtected(t *testing.T) *status.Status {
 	t.Helper()
-	var st *agent.Status
+	var st *status.Status
 	waitFor(t, "verdict protected", 30*time.Second, func() bool {
-		s, err := agent.QueryStatus(context.Background(), e.socket)
+		s, err := status.QueryStatus(context.Background(), e.socket)
 		st = s
-		return err == nil && s.Verdict == agent.VerdictProtected
+		return err == nil && s.Verdict == status.VerdictProtected
 	})
 	return st
 }
@@ -266,8 +266,8 @@ func testAgent(t *testing.T, opts sandbox.Options) {
 
 	// The one-shot commands agree with the daemon.
 	out, code := e.cli(t, "check", "--json")
-	var chk agent.Status
-	if err := json.Unmarshal([]byte(out), &chk); err != nil || code != 0 || chk.Verdict != agent.VerdictProtected {
+	var chk status.Status
+	if err := json.Unmarshal([]byte(out), &chk); err != nil || code != 0 || chk.Verdict != status.VerdictProtected {
 		t.Fatalf("check --json: exit %d, verdict %q, err %v\n%s", code, chk.Verdict, err, out)
 	}
 	if !chk.ECSConfig.AWSVPCBlockIMDS || !chk.Firewall.IPv4.Enforced || !chk.Firewall.IPv6.Enforced {
@@ -284,7 +284,7 @@ func testAgent(t *testing.T, opts sandbox.Options) {
 	if !slices.Equal(names, []string{"onappnet", "onbridge"}) {
 		t.Errorf("containers %v", names)
 	}
-	out, code = e.cli(t, "status")
+	out, code = e.cli(t, "status", "--all")
 	if code != 0 || !strings.Contains(out, "PROTECTED") || !strings.Contains(out, "onappnet") {
 		t.Fatalf("status: exit %d\n%s", code, out)
 	}
@@ -353,7 +353,7 @@ func testAgent(t *testing.T, opts sandbox.Options) {
 		st := e.status(t)
 		for _, c := range st.Containers {
 			if c.Name == "afterrestart" {
-				return st.Docker.Reachable && st.Verdict == agent.VerdictProtected
+				return st.Docker.Reachable && st.Verdict == status.VerdictProtected
 			}
 		}
 		return false
@@ -403,10 +403,10 @@ func TestAgentBeforeDocker(t *testing.T) {
 		}
 		e.startAgent(t, "--resync-interval", "1s")
 		waitFor(t, "daemon up", 20*time.Second, func() bool {
-			st, err := agent.QueryStatus(context.Background(), e.socket)
+			st, err := status.QueryStatus(context.Background(), e.socket)
 			return err == nil && st.LastSync != nil && st.Firewall.IPv4.Enforced && !st.Docker.Reachable
 		})
-		if st := e.status(t); st.Verdict != agent.VerdictDegraded {
+		if st := e.status(t); st.Verdict != status.VerdictDegraded {
 			t.Fatalf("with Docker down the verdict must be degraded, not %s", st.Verdict)
 		}
 		if err := e.s.StartDockerd(context.Background()); err != nil {

@@ -15,8 +15,9 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/imdsguard/imdsguard/agent"
+	"github.com/imdsguard/imdsguard/docker"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // nsRun runs a command in the network namespace at path.
@@ -34,9 +35,9 @@ func nsRun(t *testing.T, path string, args ...string) string {
 // ecsLabels are the labels the ECS agent puts on a task's containers.
 func ecsLabels(taskARN, family, container string) []string {
 	return []string{
-		"--label", agent.LabelTaskARN + "=" + taskARN,
-		"--label", agent.LabelTaskFamily + "=" + family,
-		"--label", agent.LabelContainerName + "=" + container,
+		"--label", docker.LabelTaskARN + "=" + taskARN,
+		"--label", docker.LabelTaskFamily + "=" + family,
+		"--label", docker.LabelContainerName + "=" + container,
 	}
 }
 
@@ -51,7 +52,7 @@ type simTask struct {
 func newSimTask(t *testing.T, s *sandbox.Sandbox, name string, n int, ipv6 bool) simTask {
 	t.Helper()
 	arn := "arn:aws:ecs:us-east-1:123456789012:task/e2e/" + name
-	args := append([]string{"--network", "none"}, ecsLabels(arn, name, agent.PauseContainerName)...)
+	args := append([]string{"--network", "none"}, ecsLabels(arn, name, docker.PauseContainerName)...)
 	pause := name + "-pause"
 	if _, err := s.RunContainer(pause, args...); err != nil {
 		t.Fatal(err)
@@ -122,7 +123,7 @@ func withHandle(path string, fn func(*netlink.Handle) error) error {
 	return fn(h)
 }
 
-func (e *env) task(t *testing.T, pause string) agent.AWSVPCTask {
+func (e *env) task(t *testing.T, pause string) status.AWSVPCTask {
 	t.Helper()
 	st := e.status(t)
 	if st.AWSVPC != nil {
@@ -133,7 +134,7 @@ func (e *env) task(t *testing.T, pause string) agent.AWSVPCTask {
 		}
 	}
 	t.Fatalf("task %s not in status: %+v", pause, st.AWSVPC)
-	return agent.AWSVPCTask{}
+	return status.AWSVPCTask{}
 }
 
 // assertNeighbours checks the link-local neighbours of IMDS still answer.
@@ -175,14 +176,14 @@ func testAWSVPC(t *testing.T, opts sandbox.Options) {
 	// Check mode: reported exposed, NET_ADMIN named, nothing changed.
 	e.startAgent(t, "--awsvpc-mode", "check")
 	waitFor(t, "tasks reported", 30*time.Second, func() bool {
-		st, err := agent.QueryStatus(context.Background(), e.socket)
+		st, err := status.QueryStatus(context.Background(), e.socket)
 		return err == nil && st.AWSVPC != nil && len(st.AWSVPC.Tasks) == 2
 	})
 	tk := e.task(t, dual.pause)
 	if tk.Protected || !slices.Contains(tk.NetAdmin, app) || !tk.IPv6 {
 		t.Fatalf("check mode, web task: %+v", tk)
 	}
-	if st := e.status(t); st.Verdict != agent.VerdictDegraded {
+	if st := e.status(t); st.Verdict != status.VerdictDegraded {
 		t.Fatalf("verdict %s with an exposed task", st.Verdict)
 	}
 	if v4, v6 := dual.blackholes(t); v4 || v6 {
@@ -223,7 +224,7 @@ func testAWSVPC(t *testing.T, opts sandbox.Options) {
 	if tk := e.task(t, dual.pause); tk.Protected {
 		t.Fatalf("bypassed task reported protected: %+v", tk)
 	}
-	if st := e.status(t); st.Verdict != agent.VerdictDegraded {
+	if st := e.status(t); st.Verdict != status.VerdictDegraded {
 		t.Fatalf("verdict %s with a bypassed task", st.Verdict)
 	}
 	out, _ = e.cli(t, "status")
@@ -236,7 +237,7 @@ func testAWSVPC(t *testing.T, opts sandbox.Options) {
 	// IPv4 blackhole), IMDS is blocked, the neighbours answer.
 	e.startAgent(t, "--awsvpc-mode", "enforce")
 	waitFor(t, "tasks protected", 30*time.Second, func() bool {
-		st, err := agent.QueryStatus(context.Background(), e.socket)
+		st, err := status.QueryStatus(context.Background(), e.socket)
 		if err != nil || st.AWSVPC == nil {
 			return false
 		}
@@ -335,7 +336,7 @@ func testAWSVPC(t *testing.T, opts sandbox.Options) {
 	e.assertNeighbours(t, app, true)
 
 	st := e.status(t)
-	if st.Verdict != agent.VerdictProtected {
+	if st.Verdict != status.VerdictProtected {
 		t.Fatalf("verdict %s: %v", st.Verdict, st.Reasons)
 	}
 	out, _ = e.cli(t, "status")

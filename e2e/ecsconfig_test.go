@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // TestCheckECSCases runs `imdsguard check --json --host-root <tree>` over
@@ -71,7 +71,7 @@ func TestCheckECSCases(t *testing.T) {
 			if len(out) == 0 {
 				t.Fatalf("check printed nothing: %v", err)
 			}
-			var st agent.Status
+			var st status.Status
 			if err := json.Unmarshal(out, &st); err != nil {
 				t.Fatalf("check --json: %v\n%s", err, out)
 			}

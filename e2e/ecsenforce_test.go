@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // TestApplyECSConfigThroughLink is issue 10's layout: /etc/ecs/ecs.config
@@ -51,7 +51,7 @@ func TestApplyECSConfigThroughLink(t *testing.T) {
 		t.Errorf("target mode: %v, %v", fi.Mode(), err)
 	}
 	out, _ = e.cli(t, "check", "--json")
-	var st agent.Status
+	var st status.Status
 	if err := json.NewDecoder(strings.NewReader(out)).Decode(&st); err != nil {
 		t.Fatalf("check --json: %v\n%s", err, out)
 	}

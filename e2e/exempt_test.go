@@ -11,6 +11,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // selfExemptImage builds an image whose LABEL claims the exemption, the way
@@ -80,10 +81,10 @@ func testExemptions(t *testing.T, opts sandbox.Options) {
 	}
 
 	e.startAgent(t, "--exempt-label", agent.ExampleExemptLabel, "--exempt-task-family", "xray")
-	var st *agent.Status
+	var st *status.Status
 	waitFor(t, "two exemptions in force", 30*time.Second, func() bool {
-		s, err := agent.QueryStatus(context.Background(), e.socket)
-		if err != nil || s.Verdict != agent.VerdictProtected {
+		s, err := status.QueryStatus(context.Background(), e.socket)
+		if err != nil || s.Verdict != status.VerdictProtected {
 			return false
 		}
 		st = s
@@ -193,7 +194,7 @@ ip -6 route replace default via %[4]s dev eth0`, ip4, gw4, ip6, gw6)
 		}
 	}
 	waitFor(t, "status without the exemption", 10*time.Second, func() bool {
-		st, err := agent.QueryStatus(context.Background(), e.socket)
+		st, err := status.QueryStatus(context.Background(), e.socket)
 		if err != nil {
 			return false
 		}
@@ -240,16 +241,16 @@ func TestCheckAgreesWithDaemon(t *testing.T) {
 			want := e.waitProtected(t)
 			if daemon[0] == "--exempt-task-family" {
 				waitFor(t, "the exemption", 30*time.Second, func() bool {
-					st, err := agent.QueryStatus(context.Background(), e.socket)
+					st, err := status.QueryStatus(context.Background(), e.socket)
 					want = st
-					return err == nil && len(st.Exemptions) == 1 && st.Exemptions[0].Applied && st.Verdict == agent.VerdictProtected
+					return err == nil && len(st.Exemptions) == 1 && st.Exemptions[0].Applied && st.Verdict == status.VerdictProtected
 				})
 				if body, err := s.ReadIMDS("xray"); err != nil || body != sandbox.InstanceID {
 					t.Fatalf("exempt xray must read IMDS: %q %v", body, err)
 				}
 			}
 			out, code := e.cli(t, "check", "--json")
-			var got agent.Status
+			var got status.Status
 			if err := json.Unmarshal([]byte(out), &got); err != nil {
 				t.Fatalf("check output: %v\n%s", err, out)
 			}

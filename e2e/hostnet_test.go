@@ -16,9 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imdsguard/imdsguard/agent"
+	"github.com/imdsguard/imdsguard/docker"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
 	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // TestHostNetwork: on a host where containers have their own cgroup v2
@@ -35,7 +36,7 @@ func TestHostNetwork(t *testing.T) {
 	}
 	// The ECS agent as ecs-init runs it: host network, the setting the
 	// host's ecs.config asks for.
-	if _, err := s.RunContainer(agent.ECSAgentName, "--network", "host", "-e", "ECS_AWSVPC_BLOCK_IMDS=true"); err != nil {
+	if _, err := s.RunContainer(docker.ECSAgentName, "--network", "host", "-e", "ECS_AWSVPC_BLOCK_IMDS=true"); err != nil {
 		t.Fatal(err)
 	}
 	arn := "arn:aws:ecs:us-east-1:123456789012:task/e2e/mon"
@@ -51,9 +52,9 @@ func TestHostNetwork(t *testing.T) {
 	// The agent talks to dockerd through a proxy that can fail inspects.
 	proxy := newFaultProxy(t, s)
 	e.startAgent(t, "--block-host-network", "--docker-host", proxy.host)
-	var hc agent.HostContainer
+	var hc status.HostContainer
 	waitFor(t, "host-network container reported", 30*time.Second, func() bool {
-		st, err := agent.QueryStatus(context.Background(), e.socket)
+		st, err := status.QueryStatus(context.Background(), e.socket)
 		if err != nil || st.HostNetwork == nil || !st.Firewall.IPv4.Enforced {
 			return false
 		}
@@ -76,7 +77,7 @@ func TestHostNetwork(t *testing.T) {
 		}
 		waitFor(t, "host container blocked", 10*time.Second, func() bool {
 			st = e.status(t)
-			return hostContainer(st, "hostc").Blocked && st.Verdict == agent.VerdictProtected
+			return hostContainer(st, "hostc").Blocked && st.Verdict == status.VerdictProtected
 		})
 		defer func() {
 			if t.Failed() {
@@ -142,7 +143,7 @@ func TestHostNetwork(t *testing.T) {
 	})
 }
 
-func hostContainer(st *agent.Status, name string) agent.HostContainer {
+func hostContainer(st *status.Status, name string) status.HostContainer {
 	if st.HostNetwork != nil {
 		for _, c := range st.HostNetwork.Containers {
 			if c.Name == name {
@@ -150,7 +151,7 @@ func hostContainer(st *agent.Status, name string) agent.HostContainer {
 			}
 		}
 	}
-	return agent.HostContainer{}
+	return status.HostContainer{}
 }
 
 // containerCgroup is the "0::" line of a container's /proc/PID/cgroup.
@@ -196,7 +197,7 @@ func (e *env) assertHostBlocked(t *testing.T, c string) {
 	if err := e.s.ProbeFromHost(sandbox.IMDSv4, 80, 3*time.Second); err != nil {
 		t.Fatalf("the host namespace lost IMDS: %v", err)
 	}
-	if body, err := e.s.ReadIMDS(agent.ECSAgentName); err != nil || body != sandbox.InstanceID {
+	if body, err := e.s.ReadIMDS(docker.ECSAgentName); err != nil || body != sandbox.InstanceID {
 		t.Fatalf("the ECS agent container lost IMDS: %q %v", body, err)
 	}
 }

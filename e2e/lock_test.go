@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/agent/hostlock"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // removeLockFile deletes, at cleanup, the lock file the binary creates for the sandbox's
@@ -80,7 +80,7 @@ func TestOneWriter(t *testing.T) {
 
 	e.startAgent(t)
 	waitFor(t, "the daemon's first verified sync", 30*time.Second, func() bool {
-		st, err := agent.QueryStatus(context.Background(), e.socket)
+		st, err := status.QueryStatus(context.Background(), e.socket)
 		return err == nil && st.Firewall.IPv4.Enforced
 	})
 	pid := fmt.Sprintf("pid %d", e.agent.Pid())

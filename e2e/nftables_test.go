@@ -11,6 +11,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // TestNFTablesLayer: imdsguard's own nftables tables hold the block on
@@ -136,7 +137,7 @@ func TestNFTablesLayerInTask(t *testing.T) {
 	}
 	e.startAgent(t, "--awsvpc-mode", "enforce")
 	waitFor(t, "the task's table", 30*time.Second, func() bool {
-		st, err := agent.QueryStatus(context.Background(), e.socket)
+		st, err := status.QueryStatus(context.Background(), e.socket)
 		if err != nil || st.AWSVPC == nil || len(st.AWSVPC.Tasks) != 1 {
 			return false
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // TestSoak is the chaos soak: for IMDSGUARD_SOAK (default 40s; `make soak`
@@ -478,8 +479,8 @@ func (so *soak) judge(at float64, v4, v6 string) {
 func (so *soak) waitEnforced(kind string, at time.Time) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		st, err := agent.QueryStatus(context.Background(), so.e.socket)
-		if err == nil && st.Verdict == agent.VerdictProtected && st.LastSync != nil && st.LastSync.At.After(at) {
+		st, err := status.QueryStatus(context.Background(), so.e.socket)
+		if err == nil && st.Verdict == status.VerdictProtected && st.LastSync != nil && st.LastSync.At.After(at) {
 			so.mu.Lock()
 			so.restarts[kind] = append(so.restarts[kind], time.Since(at))
 			so.mu.Unlock()

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,8 +9,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -20,23 +17,36 @@ import (
 
 	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/agent/hostlock"
-	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 // oneShotWait is how long a command waits for a one-shot apply or remove
 // that holds the lock; a daemon holding it is refused at once.
 const oneShotWait = 30 * time.Second
 
-// setup parses the shared flags plus the command's own and builds the
-// logger. extra registers command-specific flags.
-func setup(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*agent.Config, *logrus.Entry, bool, int) {
+// setup parses the settings flags plus the command's own, and builds the
+// logger. extra registers command-specific flags. Every settings flag is
+// accepted; -h lists only those in reads (all when empty), --config and
+// the command's own.
+func setup(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet), reads ...string) (*agent.Config, *logrus.Entry, bool, int) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := &agent.Config{}
 	cfg.Bind(fs)
+	shown := map[string]bool{"config": true}
+	for _, n := range reads {
+		shown[n] = true
+	}
+	fs.VisitAll(func(f *flag.Flag) { shown[f.Name] = shown[f.Name] || len(reads) == 0 })
 	if extra != nil {
 		extra(fs)
 	}
+	fs.VisitAll(func(f *flag.Flag) {
+		if _, ok := shown[f.Name]; !ok {
+			shown[f.Name] = true // the command's own
+		}
+	})
+	fs.Usage = func() { usageOf(fs, shown) }
 	if done, code := parse(fs, args); done {
 		return nil, nil, true, code
 	}
@@ -48,6 +58,19 @@ func setup(name string, args []string, stderr io.Writer, extra func(*flag.FlagSe
 		return nil, nil, true, fail(stderr, name, err)
 	}
 	return cfg, log.WithField("cmd", name), false, 0
+}
+
+// usageOf prints the flags of fs that shown marks.
+func usageOf(fs *flag.FlagSet, shown map[string]bool) {
+	vis := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
+	vis.SetOutput(fs.Output())
+	fs.VisitAll(func(f *flag.Flag) {
+		if shown[f.Name] {
+			vis.Var(f.Value, f.Name, f.Usage)
+		}
+	})
+	fmt.Fprintf(fs.Output(), "Usage of imdsguard %s:\n", fs.Name())
+	vis.PrintDefaults()
 }
 
 func newLogger(format, level string, out io.Writer) (*logrus.Logger, error) {
@@ -75,40 +98,8 @@ func isTerminal(w io.Writer) bool {
 	return err == nil
 }
 
-// requireNetAdmin fails early, with one line, where iptables would fail
-// later with a confusing message. It checks the capability, not uid 0, so a
-// unit that grants only CAP_NET_ADMIN works.
-func requireNetAdmin() error {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return nil // cannot tell; let iptables speak
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "CapEff:"); ok {
-			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			if err == nil && caps&(1<<unix.CAP_NET_ADMIN) == 0 {
-				return errors.New("needs root (CAP_NET_ADMIN) to read and change iptables")
-			}
-		}
-	}
-	return nil
-}
-
 func newAgent(cfg *agent.Config, log *logrus.Entry, hooks agent.Hooks) (*agent.Agent, error) {
-	return newAgentWith(cfg, log, hooks, agent.RealFirewall(*cfg))
-}
-
-func newAgentWith(cfg *agent.Config, log *logrus.Entry, hooks agent.Hooks, fw agent.FirewallFactory) (*agent.Agent, error) {
-	d, err := agent.NewDocker(cfg.DockerHost, log.WithField("component", "docker"))
-	if err != nil {
-		return nil, err
-	}
-	return agent.New(agent.Options{
-		Config: *cfg, Log: log, Firewall: fw, Docker: d, Hooks: hooks,
-		Version: version, WatchNFTables: firewall.WatchNFTables, NFTables: agent.RealNFT(*cfg),
-	}), nil
+	return agent.ForHost(*cfg, log, hooks, version, nil)
 }
 
 func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) int {
@@ -116,7 +107,7 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) int {
 	if done {
 		return code
 	}
-	if err := requireNetAdmin(); err != nil {
+	if err := agent.RequireNetAdmin(); err != nil {
 		return fail(stderr, "run", err)
 	}
 	lock, err := hostlock.Acquire(ctx, hostlock.DefaultDir, hostlock.RoleDaemon, oneShotWait)
@@ -149,12 +140,12 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) int {
 }
 
 func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var asJSON bool
-	cfg, log, done, code := setup("apply", args, stderr, jsonFlag(&asJSON))
+	var out printFlags
+	cfg, log, done, code := setup("apply", args, stderr, out.bind, agent.OneShotFlags...)
 	if done {
 		return code
 	}
-	if err := requireNetAdmin(); err != nil {
+	if err := agent.RequireNetAdmin(); err != nil {
 		return fail(stderr, "apply", err)
 	}
 	lock, err := hostlock.Acquire(ctx, hostlock.DefaultDir, "apply", oneShotWait)
@@ -167,9 +158,8 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return fail(stderr, "apply", err)
 	}
 	st, err := a.Once(ctx, true)
-	printStatus(stdout, st, asJSON)
-	inPlace := st.Firewall.IPv4.Enforced && (!cfg.IPv6 || st.Firewall.IPv6.Enforced)
-	if !inPlace {
+	out.print(stdout, st)
+	if !st.BlockInPlace() {
 		if err == nil {
 			err = errors.New("the IMDS block is not in place")
 		}
@@ -189,65 +179,73 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 }
 
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var asJSON bool
-	cfg, log, done, code := setup("check", args, stderr, jsonFlag(&asJSON))
+	var out printFlags
+	cfg, log, done, code := setup("check", args, stderr, out.bind, agent.OneShotFlags...)
 	if done {
 		return code
 	}
-	fw := agent.RealFirewall(*cfg)
-	capErr := requireNetAdmin()
-	if capErr != nil {
-		// Still report what can be read without privileges: the ECS
-		// configuration is often the question.
-		fw = func() (agent.Firewall, firewall.Backend, error) { return nil, firewall.Backend{}, capErr }
-	}
-	a, err := newAgentWith(cfg, log, agent.Hooks{}, fw)
+	// Without privileges, still report what can be read: the ECS
+	// configuration is often the question.
+	a, err := agent.ForHost(*cfg, log, agent.Hooks{}, version, agent.RequireNetAdmin())
 	if err != nil {
 		return fail(stderr, "check", err)
 	}
 	st, err := a.Once(ctx, false)
-	printStatus(stdout, st, asJSON)
+	out.print(stdout, st)
 	if err != nil {
 		return fail(stderr, "check", err)
 	}
 	return st.ExitCode()
 }
 
-// jsonFlag registers --json for the commands that print a status.
-func jsonFlag(asJSON *bool) func(*flag.FlagSet) {
-	return func(fs *flag.FlagSet) { fs.BoolVar(asJSON, "json", false, "print the status as JSON") }
+// printFlags are the flags of the commands that print a status.
+type printFlags struct{ json, all bool }
+
+func (p *printFlags) bind(fs *flag.FlagSet) {
+	fs.BoolVar(&p.json, "json", false, "print the status as JSON")
+	fs.BoolVar(&p.all, "all", false, "list every container, reason and exemption (the default fits one screen)")
 }
 
-func printStatus(w io.Writer, st *agent.Status, asJSON bool) {
-	if asJSON {
+func (p *printFlags) print(w io.Writer, st *status.Status) {
+	switch {
+	case p.json:
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(st)
-		return
+	case p.all:
+		st.WriteTextAll(w)
+	default:
+		st.WriteText(w)
 	}
-	st.WriteText(w)
 }
 
+// cmdStatus asks the daemon. Its exit code is check's, or ExitStale when
+// the daemon has not verified everything recently (a hung or failing loop
+// still serves its last status, which may no longer hold).
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var asJSON bool
-	cfg, _, done, code := setup("status", args, stderr, jsonFlag(&asJSON))
+	var out printFlags
+	cfg, _, done, code := setup("status", args, stderr, out.bind, agent.StatusFlags...)
 	if done {
 		return code
 	}
-	st, err := agent.QueryStatus(ctx, cfg.StatusSocket)
+	st, err := status.QueryStatus(ctx, cfg.StatusSocket)
 	if err != nil {
 		return fail(stderr, "status", err)
 	}
-	printStatus(stdout, st, asJSON)
+	out.print(stdout, st)
+	if stale, why := st.Stale(time.Now()); stale {
+		fmt.Fprintf(stderr, "imdsguard status: the daemon's status is stale: %s\n", why)
+		return status.ExitStale
+	}
 	return st.ExitCode()
 }
 
 func cmdRemove(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cfg, log, done, code := setup("remove", args, stderr, nil)
+	cfg, log, done, code := setup("remove", args, stderr, nil, agent.RemoveFlags...)
 	if done {
 		return code
 	}
-	if err := requireNetAdmin(); err != nil {
+	if err := agent.RequireNetAdmin(); err != nil {
 		return fail(stderr, "remove", err)
 	}
 	// A running daemon would put the rules straight back. The lock names
@@ -257,23 +255,9 @@ func cmdRemove(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return fail(stderr, "remove", fmt.Errorf("%w: stop it first (systemctl stop imdsguard)", err))
 	}
 	defer lock.Release()
-	if _, err := agent.QueryStatus(ctx, cfg.StatusSocket); err == nil {
-		return fail(stderr, "remove", fmt.Errorf("the daemon is running (it answers on %s): stop it first (systemctl stop imdsguard)", cfg.StatusSocket))
-	}
-	b, err := firewall.DetectBackend(cfg.IPTablesBackend)
-	if err != nil {
+	if err := agent.Remove(ctx, *cfg, log); err != nil {
 		return fail(stderr, "remove", err)
 	}
-	// Both families, whatever --ipv6 says now: an earlier run may have set
-	// up IPv6.
-	m, err := firewall.NewManagerFor(b, firewall.Spec{Action: cfg.Action}, firewall.IPv4, firewall.IPv6)
-	if err != nil {
-		return fail(stderr, "remove", err)
-	}
-	if err := errors.Join(m.Remove(ctx), firewall.RemoveNFT(ctx, 0)); err != nil {
-		return fail(stderr, "remove", err)
-	}
-	log.WithField("backend", b.Mode).Info("removed the IMDS-GUARD chain, its jumps and the imdsguard nftables tables; containers can reach IMDS again")
 	fmt.Fprintln(stdout, "removed")
 	return exitOK
 }

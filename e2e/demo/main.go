@@ -18,8 +18,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/imdsguard/imdsguard/agent"
 	"github.com/imdsguard/imdsguard/e2e/sandbox"
+	"github.com/imdsguard/imdsguard/status"
 )
 
 func main() {
@@ -79,10 +79,10 @@ func run(ctx context.Context, bin string, backend sandbox.Backend) (err error) {
 	if err != nil {
 		return err
 	}
-	var st *agent.Status
+	var st *status.Status
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		st, err = agent.QueryStatus(ctx, socket)
+		st, err = status.QueryStatus(ctx, socket)
 		if err == nil && st.Firewall.IPv4.Enforced && st.Firewall.IPv6.Enforced {
 			break
 		}

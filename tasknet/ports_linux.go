@@ -1,4 +1,4 @@
-package agent
+package tasknet
 
 import (
 	"errors"
@@ -8,16 +8,18 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/docker"
 )
 
-// netlinkPorts finds bridge ports over rtnetlink: every veth in the
+// BridgePorts finds bridge ports over rtnetlink: every veth in the
 // container's namespace names its peer by index (IFLA_LINK); the peer must be
 // a veth in our namespace that names the container's interface back and is
 // enslaved to a bridge. The container can change its addresses, but not
 // which host interface its veth is paired with.
-type netlinkPorts struct{}
+type BridgePorts struct{}
 
-func (netlinkPorts) Ports(pid int) (map[netip.Addr]BridgePort, error) {
+func (BridgePorts) Ports(pid int) (map[netip.Addr]docker.BridgePort, error) {
 	if pid <= 0 {
 		return nil, errors.New("no process to find the network namespace by")
 	}
@@ -43,7 +45,7 @@ func (netlinkPorts) Ports(pid int) (map[netip.Addr]BridgePort, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing the container's links: %w", err)
 	}
-	out := map[netip.Addr]BridgePort{}
+	out := map[netip.Addr]docker.BridgePort{}
 	for _, l := range links {
 		la := l.Attrs()
 		if l.Type() != "veth" || la.ParentIndex == 0 {
@@ -63,7 +65,7 @@ func (netlinkPorts) Ports(pid int) (map[netip.Addr]BridgePort, error) {
 		}
 		for _, a := range addrs {
 			if ip, ok := netip.AddrFromSlice(a.IP); ok {
-				out[ip.Unmap()] = BridgePort{Name: host.Attrs().Name, Bridge: br.Attrs().Name}
+				out[ip.Unmap()] = docker.BridgePort{Name: host.Attrs().Name, Bridge: br.Attrs().Name}
 			}
 		}
 	}

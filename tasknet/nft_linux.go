@@ -1,4 +1,4 @@
-package agent
+package tasknet
 
 import (
 	"errors"
@@ -9,8 +9,8 @@ import (
 	"github.com/imdsguard/imdsguard/firewall"
 )
 
-// openTaskNFT opens layer 1 in the task namespace at path, never the host's.
-func openTaskNFT(path string, spec firewall.NFTSpec) (*firewall.NFTLayer, error) {
+// OpenNFT opens layer 1 in the task namespace at path, never the host's.
+func OpenNFT(path string, spec firewall.NFTSpec) (*firewall.NFTLayer, error) {
 	h, self, err := foreignNetns(path)
 	if err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package agent
+package docker
 
 import (
 	"context"
@@ -9,67 +9,75 @@ import (
 	"time"
 )
 
-// containerView is the daemon's list of running containers. Docker events
+// View is the daemon's last snapshot of the running containers. Docker events
 // and the resync period make it list again, in its own loop; syncs read the
 // last listing instead of asking dockerd, whose answer for hundreds of
 // containers takes longer than the rest of a sync (bench/README.md, scale).
 // A repair therefore never waits for dockerd, and a container change costs
 // one list and one sync, as before.
-type containerView struct {
+type View struct {
 	mu    sync.Mutex
 	list  []Container
 	err   error
 	at    time.Time     // when the listing began
 	took  time.Duration // how long dockerd took to answer it
 	dirty bool          // a Docker event since the listing began
-	ready chan struct{} // closed by the first listing
+	// canInspect is the last snapshot's CanInspect.
+	canInspect bool
+	ready      chan struct{} // closed by the first listing
 }
 
-func newContainerView() *containerView {
-	return &containerView{ready: make(chan struct{})}
+// NewView is an empty view; Get waits for its first Set.
+func NewView() *View {
+	return &View{ready: make(chan struct{})}
 }
 
-// listing is one read of the view.
-type listing struct {
-	containers []Container
-	err        error
-	at         time.Time
-	took       time.Duration
+// Snapshot is one listing of the running containers, with what the sync
+// needs of each: everything Docker was asked, so a sync asks nothing.
+type Snapshot struct {
+	// Containers is nil when Err is set: a partial list must not keep an
+	// exemption alive.
+	Containers []Container
+	Err        error
+	At         time.Time     // when the listing began
+	Took       time.Duration // how long dockerd took to answer it
+	// CanInspect: the Source can inspect, so Details were asked for.
+	CanInspect bool
 }
 
 // errNotListed is the view's answer before its first listing arrives.
 var errNotListed = errors.New("the running containers have not been listed yet")
 
-// get returns the last listing. Before the first one it waits for it (the
-// lister's calls are bounded by dockerTimeout), so the first sync does not
+// Get returns the last listing. Before the first one it waits for it (the
+// lister's calls are bounded by Timeout), so the first sync does not
 // withdraw exemptions an earlier daemon had granted. A listing older than
 // maxAge is refused: a stuck lister must not keep exemptions alive.
-func (v *containerView) get(ctx context.Context, maxAge time.Duration) listing {
+func (v *View) Get(ctx context.Context, maxAge time.Duration) Snapshot {
 	select {
 	case <-v.ready:
 	case <-ctx.Done():
-		return listing{err: errNotListed}
+		return Snapshot{Err: errNotListed}
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	l := listing{containers: v.list, err: v.err, at: v.at, took: v.took}
-	if l.err == nil && time.Since(l.at) > maxAge {
-		l.containers, l.err = nil, errors.New("the last container listing is "+time.Since(l.at).Round(time.Second).String()+" old")
+	l := Snapshot{Containers: v.list, Err: v.err, At: v.at, Took: v.took, CanInspect: v.canInspect}
+	if l.Err == nil && time.Since(l.At) > maxAge {
+		l.Containers, l.Err = nil, errors.New("the last container listing is "+time.Since(l.At).Round(time.Second).String()+" old")
 	}
 	return l
 }
 
-// changed records a Docker event: the next listing must trigger a sync even
+// Changed records a Docker event: the next listing must trigger a sync even
 // if the list reads the same (a restarted container keeps its ID and
 // addresses but has a new network namespace to check).
-func (v *containerView) changed() {
+func (v *View) Changed() {
 	v.mu.Lock()
 	v.dirty = true
 	v.mu.Unlock()
 }
 
-// begin starts a listing; it returns whether an event asked for it.
-func (v *containerView) begin() bool {
+// Begin starts a listing; it returns whether an event asked for it.
+func (v *View) Begin() bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	d := v.dirty
@@ -77,9 +85,10 @@ func (v *containerView) begin() bool {
 	return d
 }
 
-// set stores a listing that began at at. It reports whether a sync should
+// Set stores a snapshot. It reports whether a sync should
 // follow: the list or its error changed, or an event asked for it.
-func (v *containerView) set(list []Container, err error, at time.Time, took time.Duration, event bool) bool {
+func (v *View) Set(s Snapshot, event bool) bool {
+	list, err, at, took := s.Containers, s.Err, s.At, s.Took
 	if err != nil {
 		list = nil // a partial list must not keep an exemption alive
 	}
@@ -90,7 +99,7 @@ func (v *containerView) set(list []Container, err error, at time.Time, took time
 	if err != nil && v.err != nil {
 		same = err.Error() == v.err.Error()
 	}
-	v.list, v.err, v.at, v.took = list, err, at, took
+	v.list, v.err, v.at, v.took, v.canInspect = list, err, at, took, s.CanInspect
 	if first {
 		close(v.ready)
 	}
@@ -103,6 +112,8 @@ func sameContainers(a, b []Container) bool {
 		return x.ID == y.ID && x.Name == y.Name && x.NetworkMode == y.NetworkMode &&
 			slices.Equal(x.IPv4, y.IPv4) && slices.Equal(x.IPv6, y.IPv6) && maps.Equal(x.Labels, y.Labels) &&
 			maps.Equal(x.ImageLabels, y.ImageLabels) && (x.ImageLabels == nil) == (y.ImageLabels == nil) &&
-			maps.Equal(x.Ports, y.Ports) && x.PortErr == y.PortErr
+			maps.Equal(x.Ports, y.Ports) && x.PortErr == y.PortErr &&
+			(x.Details == nil) == (y.Details == nil) && (x.Details == nil || *x.Details == *y.Details) &&
+			x.DetailsErr == y.DetailsErr && slices.Equal(x.Env, y.Env) && x.EnvErr == y.EnvErr
 	})
 }

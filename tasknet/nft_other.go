@@ -1,13 +1,11 @@
 //go:build !linux
 
-package agent
+package tasknet
 
 import (
-	"context"
-
 	"github.com/imdsguard/imdsguard/firewall"
 )
 
-func openTaskNFT(string, firewall.NFTSpec) (*firewall.NFTLayer, error) {
+func OpenNFT(string, firewall.NFTSpec) (*firewall.NFTLayer, error) {
 	return firewall.OpenNFT(0, firewall.NFTSpec{})
 }

@@ -4,67 +4,29 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strings"
 
+	"github.com/imdsguard/imdsguard/docker"
 	"github.com/imdsguard/imdsguard/firewall"
+	"github.com/imdsguard/imdsguard/status"
 )
 
-// Verdicts, from best to worst.
-const (
-	VerdictProtected = "protected"
-	VerdictDegraded  = "degraded"
-	VerdictExposed   = "exposed"
-)
-
-// ECS labels Docker carries for ECS-managed containers.
-const (
-	LabelTaskARN       = "com.amazonaws.ecs.task-arn"
-	LabelContainerName = "com.amazonaws.ecs.container-name"
-	LabelTaskFamily    = "com.amazonaws.ecs.task-definition-family"
-	// PauseContainerName is the ECS container name of an awsvpc task's
-	// network-namespace holder.
-	PauseContainerName = "~internal~ecs~pause"
-	// ECSAgentName is the container ecs-init runs the ECS agent in.
-	ECSAgentName = "ecs-agent"
-)
-
-// Network modes as Docker reports them in HostConfig.NetworkMode.
-const (
-	ModeBridge    = "bridge"
-	ModeHost      = "host"
-	ModeNone      = "none"
-	ModeContainer = "container"
-	ModeAWSVPC    = "awsvpc"
-	ModeUserNet   = "user-defined"
-)
-
-// ContainerStatus is one running container as status reports it.
-type ContainerStatus struct {
-	ID          string `json:"id"`
-	Name        string `json:"name"`
-	NetworkMode string `json:"network_mode"`
-	// Protected is true when this container cannot reach IMDS.
-	Protected bool   `json:"protected"`
-	Reason    string `json:"reason"`
-	// Expected marks a container that reaches IMDS by design (the ECS
-	// agent): reported, but not counted against the host.
-	Expected     bool   `json:"expected,omitempty"`
-	TaskARN      string `json:"task_arn,omitempty"`
-	ECSContainer string `json:"ecs_container,omitempty"`
-}
+// The pure part of a pass: no I/O, table-tested (verdict_test.go,
+// TestClassify, TestExemptions). exemptions (exempt.go) turns the snapshot
+// into the firewall spec's exemptions; classify turns the picture into each
+// container's status; verdict sums up the host.
 
 // picture is everything one sync learned; classify turns it into a verdict.
 type picture struct {
 	// enforced per family; a missing key means the family is disabled.
 	enforced map[string]bool
 	// containers is nil when Docker could not be asked.
-	containers []Container
+	containers []docker.Container
 	// awsvpcBlock is what the running ECS agent applies to new awsvpc
 	// tasks (or, with no agent running, what it will apply when it starts).
 	// It decides only for tasks whose namespace was not checked.
 	awsvpcBlock bool
 	// awsvpc holds each checked task by pause container ID.
-	awsvpc map[string]AWSVPCTask
+	awsvpc map[string]status.AWSVPCTask
 	// hostBlocked says why a host-network container is blocked, by ID.
 	hostBlocked map[string]string
 	// exempt says why a container may reach IMDS, by ID.
@@ -74,90 +36,23 @@ type picture struct {
 	rules map[string]*firewall.Ruleset
 }
 
-// modeClass folds Docker's network mode strings into the classes that
-// decide protection: "default" and named networks are bridges too.
-func modeClass(c Container) (class, target string) {
-	m := c.NetworkMode
-	switch {
-	case m == "" || m == "default" || m == ModeBridge:
-		return ModeBridge, ""
-	case m == ModeHost:
-		return ModeHost, ""
-	case m == ModeNone:
-		if c.Labels[LabelTaskARN] != "" {
-			return ModeAWSVPC, ""
-		}
-		return ModeNone, ""
-	case strings.HasPrefix(m, "container:"):
-		return ModeContainer, strings.TrimPrefix(m, "container:")
-	}
-	return ModeUserNet, ""
-}
-
-// index finds containers by ID, ID prefix or name, as Docker resolves
-// container:<target>.
-type index struct {
-	byID, byName map[string]Container
-}
-
-func newIndex(cs []Container) index {
-	ix := index{byID: make(map[string]Container, len(cs)), byName: make(map[string]Container, len(cs))}
-	for _, c := range cs {
-		ix.byID[c.ID] = c
-		ix.byName[c.Name] = c
-	}
-	return ix
-}
-
-func (ix index) find(target string) (Container, bool) {
-	if c, ok := ix.byID[target]; ok {
-		return c, true
-	}
-	if c, ok := ix.byName[target]; ok {
-		return c, true
-	}
-	for id, c := range ix.byID {
-		if strings.HasPrefix(id, target) {
-			return c, true
-		}
-	}
-	return Container{}, false
-}
-
-// owner follows container:<target> chains to the container that owns the
-// network namespace.
-func (ix index) owner(c Container) (Container, bool) {
-	for range 8 {
-		class, target := modeClass(c)
-		if class != ModeContainer {
-			return c, true
-		}
-		next, ok := ix.find(target)
-		if !ok {
-			return Container{}, false
-		}
-		c = next
-	}
-	return Container{}, false
-}
-
 // classify decides, for every container, whether it can reach IMDS. It is
 // pure: everything it needs is in p.
-func classify(p picture) []ContainerStatus {
-	ix := newIndex(p.containers)
-	out := make([]ContainerStatus, 0, len(p.containers))
+func classify(p picture) []status.ContainerStatus {
+	ix := docker.NewIndex(p.containers)
+	out := make([]status.ContainerStatus, 0, len(p.containers))
 	for _, c := range p.containers {
-		class, _ := modeClass(c)
-		st := ContainerStatus{
-			ID: short(c.ID), Name: c.Name, NetworkMode: class,
-			TaskARN: c.Labels[LabelTaskARN], ECSContainer: c.Labels[LabelContainerName],
+		class, _ := docker.ModeClass(c)
+		st := status.ContainerStatus{
+			ID: docker.Short(c.ID), Name: c.Name, NetworkMode: class,
+			TaskARN: c.Labels[docker.LabelTaskARN], ECSContainer: c.Labels[docker.LabelContainerName],
 		}
 		var allowed bool
 		st.Protected, st.Reason, allowed = protection(p, c, ix, 0)
 		if !st.Protected && allowed {
 			st.Expected = true
 		}
-		if class == ModeHost && c.Name == ECSAgentName {
+		if class == docker.ModeHost && c.Name == docker.ECSAgentName {
 			st.Expected = true
 			st.Reason = "the ECS agent runs on the host network and needs IMDS"
 		}
@@ -170,10 +65,10 @@ func classify(p picture) []ContainerStatus {
 // protection follows container:<id> chains to the namespace owner. allowed
 // says the container reaches IMDS by an exemption: the operator's choice,
 // reported but not counted against the host.
-func protection(p picture, c Container, ix index, depth int) (prot bool, why string, allowed bool) {
-	class, target := modeClass(c)
+func protection(p picture, c docker.Container, ix docker.Index, depth int) (prot bool, why string, allowed bool) {
+	class, target := docker.ModeClass(c)
 	switch class {
-	case ModeHost:
+	case docker.ModeHost:
 		if why, ok := p.hostBlocked[c.ID]; ok {
 			return true, why, false
 		}
@@ -181,9 +76,9 @@ func protection(p picture, c Container, ix index, depth int) (prot bool, why str
 			return false, "host network, exempt (" + why + ")", true
 		}
 		return false, "host network: traffic leaves from the host itself, which DOCKER-USER never sees", false
-	case ModeNone:
+	case docker.ModeNone:
 		return true, "no network", false
-	case ModeAWSVPC:
+	case docker.ModeAWSVPC:
 		if t, ok := p.awsvpc[c.ID]; ok {
 			return t.Protected, t.Reason, !t.Protected && p.exempt[c.ID] != ""
 		}
@@ -191,13 +86,13 @@ func protection(p picture, c Container, ix index, depth int) (prot bool, why str
 			return true, "awsvpc task: ECS_AWSVPC_BLOCK_IMDS is in effect for tasks the ECS agent starts", false
 		}
 		return false, "awsvpc task: ECS_AWSVPC_BLOCK_IMDS is not in effect in the running ECS agent", false
-	case ModeContainer:
-		owner, ok := ix.find(target)
+	case docker.ModeContainer:
+		owner, ok := ix.Find(target)
 		if !ok || depth > 8 {
-			return false, fmt.Sprintf("shares the network of %s, which is not running", short(target)), false
+			return false, fmt.Sprintf("shares the network of %s, which is not running", docker.Short(target)), false
 		}
-		if o, ok := ix.owner(owner); ok {
-			if oc, _ := modeClass(o); oc == ModeHost {
+		if o, ok := ix.Owner(owner); ok {
+			if oc, _ := docker.ModeClass(o); oc == docker.ModeHost {
 				// The host's namespace: only this container's own cgroup
 				// rule blocks it, not its owner's.
 				if why, ok := p.hostBlocked[c.ID]; ok {
@@ -262,7 +157,7 @@ func protection(p picture, c Container, ix index, depth int) (prot bool, why str
 // verdict sums up the host. exposed: the bridge block itself is not in
 // force. degraded: the block holds but something is missing or unknown — a
 // container that can reach IMDS, Docker unreachable, a failed sync.
-func verdict(enforced map[string]bool, containers []ContainerStatus, issues []string) (string, []string) {
+func verdict(enforced map[string]bool, containers []status.ContainerStatus, issues []string) (string, []string) {
 	var reasons []string
 	exposed := false
 	for _, fam := range []string{"ipv4", "ipv6"} {
@@ -279,9 +174,9 @@ func verdict(enforced map[string]bool, containers []ContainerStatus, issues []st
 	reasons = append(reasons, issues...)
 	switch {
 	case exposed:
-		return VerdictExposed, reasons
+		return status.VerdictExposed, reasons
 	case len(reasons) > 0:
-		return VerdictDegraded, reasons
+		return status.VerdictDegraded, reasons
 	}
-	return VerdictProtected, nil
+	return status.VerdictProtected, nil
 }

@@ -1,4 +1,4 @@
-package agent
+package status
 
 import (
 	"bufio"
@@ -83,7 +83,7 @@ func TestStatusSocketBornPrivate(t *testing.T) {
 	old := syscall.Umask(0)
 	defer syscall.Umask(old)
 	path := filepath.Join(t.TempDir(), "status.sock")
-	stop, err := serveStatus(path, statusEndpoint, http.NotFoundHandler(), testLog(t))
+	stop, err := serveStatus(path, "", statusEndpoint, http.NotFoundHandler(), testLog(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestStatusSocketBornPrivate(t *testing.T) {
 func TestQueryStatusHoldsNoSlot(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "status.sock")
 	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, `{"verdict":"protected"}`) })
-	stop, err := serveStatus(path, statusEndpoint, h, testLog(t))
+	stop, err := serveStatus(path, "", statusEndpoint, h, testLog(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,10 +1,15 @@
-package agent
+// Package docker owns every call imdsguard makes to the Docker daemon: the
+// client, the event stream, the lister, the inspect and image caches, and
+// the container model the rest of imdsguard reads. It takes a snapshot of
+// the running containers in the lister's own loop; a sync reads that
+// snapshot and never calls Docker. It knows nothing of firewalls, routes
+// or verdicts, and must not decide whether a container is protected.
+package docker
 
 import (
 	"context"
 	"fmt"
 	"maps"
-	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -15,34 +20,9 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// Container is what the agent needs to know of one running container.
-type Container struct {
-	ID          string
-	Name        string
-	NetworkMode string
-	IPv4, IPv6  []netip.Addr
-	Labels      map[string]string
-	// ImageLabels are the labels of the container's image: a label the
-	// container only inherited from its image cannot exempt it.
-	ImageLabels map[string]string
-	// ImageID is the container's image, for its labels.
-	ImageID string
-	// Ports are the bridge ports (host-side veths) the container's
-	// addresses live behind, found through its network namespace; only
-	// for exemption candidates, and only what could be proven.
-	Ports map[netip.Addr]BridgePort
-	// PortErr says why Ports could not be found.
-	PortErr string
-}
-
-// BridgePort is a container interface's host side.
-type BridgePort struct {
-	Name   string `json:"name"`   // host-side veth, the bridge port
-	Bridge string `json:"bridge"` // the bridge it is enslaved to
-}
-
-// Docker is what the loop needs of the Docker daemon.
-type Docker interface {
+// Source is what a snapshot needs of the Docker daemon; Client is the
+// real one, tests pass fakes.
+type Source interface {
 	// Containers lists the running containers.
 	Containers(ctx context.Context) ([]Container, error)
 	// Env returns a container's configured environment ("K=V").
@@ -53,33 +33,27 @@ type Docker interface {
 	Watch(ctx context.Context, changed func(), connected func(error))
 }
 
-// Details are what only an inspect tells: the agent asks for them only for
-// awsvpc pause containers, their joiners and host-network containers, so a
-// host with hundreds of bridged containers costs one list per sync.
-type Details struct {
-	Pid        int
-	SandboxKey string
-	// NetAdmin: CAP_NET_ADMIN (or ALL) added, or privileged. Such a
-	// container can delete its namespace's blackhole routes.
-	NetAdmin bool
-}
-
-// Inspector is implemented by Docker clients that can inspect. It is
-// separate from Docker so that a Docker without it still enforces the bridge
-// block; the containers that need details are then reported unknown.
+// Inspector is implemented by Sources that can inspect. It is separate so
+// that a Source without it still enforces the bridge block; the containers
+// that need details are then reported unknown.
 type Inspector interface {
 	Inspect(ctx context.Context, id string) (Details, error)
 }
 
-// dockerTimeout bounds every call, so a hung daemon cannot hang a sync.
-const dockerTimeout = 5 * time.Second
+// ImageLabeler is implemented by Sources that can read an image's labels.
+type ImageLabeler interface {
+	ImageLabels(ctx context.Context, image string) (map[string]string, error)
+}
+
+// Timeout bounds every call, so a hung daemon cannot hang the lister.
+const Timeout = 5 * time.Second
 
 // dieResync is how long after a "die" event the follow-up sync runs.
 const dieResync = 150 * time.Millisecond
 
-// mobyDocker is Docker over the moby client. The client negotiates the API
+// Client is Source over the moby client. The client negotiates the API
 // version down to the daemon's (1.40 and up: Docker 19.03 onwards).
-type mobyDocker struct {
+type Client struct {
 	cli *client.Client
 	log *logrus.Entry
 
@@ -93,18 +67,18 @@ type mobyDocker struct {
 	images map[string]map[string]string // labels by image ID
 }
 
-// NewDocker connects lazily to the daemon at host.
-func NewDocker(host string, log *logrus.Entry) (Docker, error) {
+// New connects lazily to the daemon at host.
+func New(host string, log *logrus.Entry) (*Client, error) {
 	cli, err := client.New(client.WithHost(host))
 	if err != nil {
 		return nil, fmt.Errorf("docker client for %s: %w", host, err)
 	}
-	return &mobyDocker{cli: cli, log: log, cache: map[string]Details{}, images: map[string]map[string]string{}}, nil
+	return &Client{cli: cli, log: log, cache: map[string]Details{}, images: map[string]map[string]string{}}, nil
 }
 
 // Inspect returns a running container's details, from the cache when the
 // container has had no event since it was last inspected.
-func (d *mobyDocker) Inspect(ctx context.Context, id string) (Details, error) {
+func (d *Client) Inspect(ctx context.Context, id string) (Details, error) {
 	d.mu.Lock()
 	det, ok := d.cache[id]
 	gen := d.gen
@@ -112,15 +86,15 @@ func (d *mobyDocker) Inspect(ctx context.Context, id string) (Details, error) {
 	if ok {
 		return det, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()
 	res, err := d.cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
 	if err != nil {
-		return Details{}, fmt.Errorf("inspecting %s: %w", short(id), err)
+		return Details{}, fmt.Errorf("inspecting %s: %w", Short(id), err)
 	}
 	c := res.Container
 	if c.State == nil || !c.State.Running {
-		return Details{}, fmt.Errorf("container %s is not running", short(id))
+		return Details{}, fmt.Errorf("container %s is not running", Short(id))
 	}
 	det.Pid = c.State.Pid
 	if c.NetworkSettings != nil {
@@ -141,7 +115,7 @@ func (d *mobyDocker) Inspect(ctx context.Context, id string) (Details, error) {
 }
 
 // forget drops cached details: of one container, or of all with "".
-func (d *mobyDocker) forget(id string) {
+func (d *Client) forget(id string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.gen++
@@ -152,8 +126,8 @@ func (d *mobyDocker) forget(id string) {
 	delete(d.cache, id)
 }
 
-func (d *mobyDocker) Containers(ctx context.Context) ([]Container, error) {
-	ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+func (d *Client) Containers(ctx context.Context) ([]Container, error) {
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()
 	res, err := d.cli.ContainerList(ctx, client.ContainerListOptions{})
 	if err != nil {
@@ -201,18 +175,18 @@ func (d *mobyDocker) Containers(ctx context.Context) ([]Container, error) {
 
 // ImageLabels returns an image's labels. Images are content-addressed, so
 // an ID's labels never change and stay cached.
-func (d *mobyDocker) ImageLabels(ctx context.Context, image string) (map[string]string, error) {
+func (d *Client) ImageLabels(ctx context.Context, image string) (map[string]string, error) {
 	d.mu.Lock()
 	labels, ok := d.images[image]
 	d.mu.Unlock()
 	if ok {
 		return labels, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()
 	res, err := d.cli.ImageInspect(ctx, image)
 	if err != nil {
-		return nil, fmt.Errorf("inspecting image %s: %w", short(strings.TrimPrefix(image, "sha256:")), err)
+		return nil, fmt.Errorf("inspecting image %s: %w", Short(strings.TrimPrefix(image, "sha256:")), err)
 	}
 	labels = map[string]string{}
 	if res.Config != nil {
@@ -227,8 +201,8 @@ func (d *mobyDocker) ImageLabels(ctx context.Context, image string) (map[string]
 	return labels, nil
 }
 
-func (d *mobyDocker) Env(ctx context.Context, id string) ([]string, error) {
-	ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+func (d *Client) Env(ctx context.Context, id string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()
 	res, err := d.cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
 	if err != nil {
@@ -243,13 +217,13 @@ func (d *mobyDocker) Env(ctx context.Context, id string) ([]string, error) {
 // Watch follows the event stream. A dockerd restart ends the stream, and
 // events in the gap are lost, so every (re)subscription is followed by a
 // full resync (the changed call) rather than by replaying events.
-func (d *mobyDocker) Watch(ctx context.Context, changed func(), connected func(error)) {
+func (d *Client) Watch(ctx context.Context, changed func(), connected func(error)) {
 	filters := make(client.Filters).
 		Add("type", "container", "network").
 		Add("event", "start", "die", "destroy", "create", "connect", "disconnect")
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		pctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+		pctx, cancel := context.WithTimeout(ctx, Timeout)
 		// ForceNegotiate: the daemon may have been upgraded or downgraded
 		// while it was away.
 		_, err := d.cli.Ping(pctx, client.PingOptions{NegotiateAPIVersion: true, ForceNegotiate: true})
@@ -257,8 +231,10 @@ func (d *mobyDocker) Watch(ctx context.Context, changed func(), connected func(e
 		if err != nil {
 			connected(fmt.Errorf("docker daemon unreachable: %w", err))
 			changed()
-			if !sleep(ctx, backoff) {
+			select {
+			case <-ctx.Done():
 				return
+			case <-time.After(backoff):
 			}
 			backoff = min(backoff*2, 5*time.Second)
 			continue
@@ -276,7 +252,7 @@ func (d *mobyDocker) Watch(ctx context.Context, changed func(), connected func(e
 			case <-ctx.Done():
 				break stream
 			case m := <-res.Messages:
-				d.log.WithFields(logrus.Fields{"type": m.Type, "action": m.Action, "id": short(m.Actor.ID)}).Debug("docker event")
+				d.log.WithFields(logrus.Fields{"type": m.Type, "action": m.Action, "id": Short(m.Actor.ID)}).Debug("docker event")
 				if m.Type == "container" {
 					d.forget(m.Actor.ID)
 				}
@@ -299,11 +275,4 @@ func (d *mobyDocker) Watch(ctx context.Context, changed func(), connected func(e
 		}
 		cancel()
 	}
-}
-
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }
