@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"path/filepath"
 	"strings"
 	"time"
 )
@@ -97,11 +96,7 @@ func layersSection(p func(string, ...any), res *results) {
 	for _, ip := range res.idleProfiles {
 		p("### Idle with %d tasks: %s's CPU profile", ls[0].Tasks, ip.Label)
 		p("")
-		p("Taken over %v right after the idle window ([%s](%s), `go tool pprof -top -cum`):", ip.For, filepath.Base(ip.Path), filepath.Base(ip.Path))
-		p("")
-		p("```")
-		p("%s", ip.Top)
-		p("```")
+		profileBlock(p, fmt.Sprintf("Taken over %v right after the idle window", ip.For), ip.Path, ip.Top)
 		p("")
 	}
 }

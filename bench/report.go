@@ -327,14 +327,19 @@ func scaleSection(p func(string, ...any), s *scaleResult) {
 		}
 		if s.ProfilePath != "" {
 			p("")
-			p("The agent's CPU profile over %v of it ([%s](%s), `go tool pprof -top -cum`):", s.ProfileFor, filepath.Base(s.ProfilePath), filepath.Base(s.ProfilePath))
-			p("")
-			p("```")
-			p("%s", s.ProfileTop)
-			p("```")
+			profileBlock(p, fmt.Sprintf("The agent's CPU profile over %v of it", s.ProfileFor), s.ProfilePath, s.ProfileTop)
 		}
 	}
 	p("")
+}
+
+// profileBlock is a profile's link and its `go tool pprof -top -cum`.
+func profileBlock(p func(string, ...any), what, path, top string) {
+	p("%s ([%s](%s), `go tool pprof -top -cum`):", what, filepath.Base(path), filepath.Base(path))
+	p("")
+	p("```")
+	p("%s", top)
+	p("```")
 }
 
 func microSection(p func(string, ...any), res *results) {
