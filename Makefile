@@ -127,6 +127,6 @@ test-packaging: package
 bench: build tools
 	GO=$(GO) $(GO) run ./bench -out bench/results $(BENCH_ARGS)
 
-# Under 5 minutes; small counts, for checking the harness, not for claims.
+# About 7 minutes; small counts, for checking the harness, not for claims.
 bench-quick: build tools
 	GO=$(GO) $(GO) run ./bench -quick -out bench/results $(BENCH_ARGS)
