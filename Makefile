@@ -123,12 +123,13 @@ test-packaging: package
 
 # --- benchmarks (bench/README.md); root, like the e2e sandbox ---
 .PHONY: bench-quick
+# BENCH_ARGS: e.g. -scenarios layers (bench/README.md).
 bench: build tools
-	GO=$(GO) $(GO) run ./bench -out bench/results
+	GO=$(GO) $(GO) run ./bench -out bench/results $(BENCH_ARGS)
 
-# Under 5 minutes; small counts, for checking the harness, not for claims.
+# About 7 minutes; small counts, for checking the harness, not for claims.
 bench-quick: build tools
-	GO=$(GO) $(GO) run ./bench -quick -out bench/results
+	GO=$(GO) $(GO) run ./bench -quick -out bench/results $(BENCH_ARGS)
 
 # bench-attempts: the blocked-attempt flood (e2e/attemptflood_test.go): a
 # container starts 10,000 connections a second to IMDS for $(ATTEMPT_FLOOD)
