@@ -67,6 +67,8 @@ type Agent struct {
 	view       *docker.View
 	listRunner *runner
 	watchNFT   func(ctx context.Context, changed func()) error
+	// watchFirewalld follows firewalld's reloads (firewalld.go).
+	watchFirewalld func(ctx context.Context, changed func()) error
 	// The ECS configuration's own loop (ecsloop.go), daemon only:
 	// one-shot commands read the files themselves, with the same deadline.
 	ecsView   *ecsView
@@ -127,6 +129,8 @@ type Options struct {
 	Version string
 	// WatchNFTables subscribes to nf_tables changes; nil disables it.
 	WatchNFTables func(ctx context.Context, changed func()) error
+	// WatchFirewalld follows firewalld's reloads on D-Bus; nil disables it.
+	WatchFirewalld func(ctx context.Context, changed func()) error
 	// Namespaces reaches awsvpc tasks' network namespaces; nil reports
 	// their routes as unknown.
 	Namespaces Namespaces
@@ -151,6 +155,7 @@ func New(o Options) *Agent {
 		blocked: map[firewall.Family][2]uint64{}, lastCounts: map[string][2]uint64{}, repairsBy: map[string]map[string]uint64{},
 		namespaces: o.Namespaces, sys: o.System, routesSeen: map[string]bool{}, watches: map[string]nsWatch{},
 	}
+	a.watchFirewalld = o.WatchFirewalld
 	probe := o.IPv6
 	if probe == nil {
 		probe = kernelIPv6

@@ -29,7 +29,7 @@ func ForHost(cfg Config, log *logrus.Entry, hooks Hooks, version string, firewal
 	}
 	o := Options{
 		Config: cfg, Log: log, Docker: d, Hooks: hooks, Version: version,
-		WatchNFTables: firewall.WatchNFTables, NFTables: RealNFT(cfg.Action), TaskNFT: tasknet.OpenNFT,
+		WatchNFTables: firewall.WatchNFTables, WatchFirewalld: firewall.WatchFirewalld, NFTables: RealNFT(cfg.Action), TaskNFT: tasknet.OpenNFT,
 		Ports: tasknet.BridgePorts{},
 	}
 	if firewallErr != nil {

@@ -117,6 +117,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.source.Watch(ctx, throttle(dockerSyncInterval, a.dockerChanged), a.setDockerErr)
 		}()
 	}
+	a.startFirewalldWatch(ctx, &wg)
 	if a.watchNFT != nil {
 		wg.Add(1)
 		go func() {

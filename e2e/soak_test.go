@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -49,14 +48,6 @@ func TestSoak(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, fwErr := os.Stat("/etc/firewalld")
-	// The short soak inside `make test` leaves firewalld out: with Docker
-	// 28.5 the iptables layer does not always converge within 30 s while
-	// firewalld and Docker rebuild their chains (an open finding, README
-	// "Chaos soak"; layer 1 holds meanwhile). TestFirewalld holds reloads
-	// to its bounds; `make soak` keeps firewalld in the mix.
-	if os.Getenv("IMDSGUARD_SOAK") == "" && os.Getenv("IMDSGUARD_SOAK_FIREWALLD") == "" {
-		fwErr = errors.New("short soak")
-	}
 	// firewalld's default (nftables) backend, as Debian, RHEL 9 and
 	// Amazon Linux 2023 ship it; IMDSGUARD_SOAK_FIREWALLD=iptables for the
 	// backend whose reload flushes every table.
@@ -478,8 +469,12 @@ func (so *soak) judge(at float64, v4, v6 string) {
 // the agent's.
 func (so *soak) waitEnforced(kind string, at time.Time) {
 	deadline := time.Now().Add(30 * time.Second)
+	var last *status.Status
 	for {
 		st, err := status.QueryStatus(context.Background(), so.e.socket)
+		if err == nil {
+			last = st
+		}
 		if err == nil && st.Verdict == status.VerdictProtected && st.LastSync != nil && st.LastSync.At.After(at) {
 			so.mu.Lock()
 			so.restarts[kind] = append(so.restarts[kind], time.Since(at))
@@ -488,7 +483,7 @@ func (so *soak) waitEnforced(kind string, at time.Time) {
 		}
 		if time.Now().After(deadline) {
 			// Not fatal: the soak goes on, and the report shows it.
-			so.t.Errorf("%s: not enforced again within 30 s (status err %v)", kind, err)
+			so.t.Errorf("%s: not enforced again within 30 s (status err %v; last status read: %s)", kind, err, statusLine(last))
 			so.mu.Lock()
 			so.restarts[kind+" (NOT enforced within 30 s)"] = append(so.restarts[kind+" (NOT enforced within 30 s)"], time.Since(at))
 			so.mu.Unlock()
@@ -496,6 +491,19 @@ func (so *soak) waitEnforced(kind string, at time.Time) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// statusLine says why a status is not the verified protection waitEnforced
+// waits for: its verdict, reasons and last sync.
+func statusLine(st *status.Status) string {
+	if st == nil {
+		return "none"
+	}
+	line := fmt.Sprintf("%s %q", st.Verdict, st.Reasons)
+	if ls := st.LastSync; ls != nil {
+		line += fmt.Sprintf(", last sync %s ok=%v %s", ls.At.Format(time.RFC3339Nano), ls.OK, ls.Error)
+	}
+	return line
 }
 
 // leftovers: exactly one of each rule per family, and IMDS-GUARD holds

@@ -231,6 +231,10 @@ func (e *evaluation) cond(c cond) Tri {
 		}
 	case "--comment":
 		v = Yes
+	case "--mark":
+		// Layer 1's bridge chain sets ExemptMark on an exempt port's
+		// frames; layer 2's rules alone cannot tell whether it did.
+		v = Maybe
 	case "--physdev-in":
 		return e.physdev(c, matchName(p.BridgePort, arg, p.Anonymous))
 	case "--physdev-is-in":

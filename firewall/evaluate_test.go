@@ -53,6 +53,8 @@ var (
 	jumpGuard = "-A DOCKER-USER -j IMDS-GUARD"
 	dropV4    = "-A IMDS-GUARD -d 169.254.169.254/32 -j DROP"
 	exemptA   = "-A IMDS-GUARD -s 172.17.0.5/32 -d 169.254.169.254/32 -m physdev --physdev-in vethaaa -j ACCEPT"
+	// exemptMark is the ACCEPT for layer 1's mark, as Spec.Rules renders it.
+	exemptMark = "-A IMDS-GUARD -s 172.17.0.5/32 -d 169.254.169.254/32 -m mark --mark 0x100000/0x100000 -j ACCEPT"
 )
 
 // container is a bridged container's first packet to IMDS.
@@ -155,6 +157,18 @@ func TestEvaluate(t *testing.T) {
 		{"exemption while bridge netfilter is off", with(func(s *saveParts) {
 			s.guard = []string{exemptA, dropV4}
 		}), Packet{Family: IPv4, Src: netip.MustParseAddr("172.17.0.5"), InIface: "docker0", BridgePort: "vethaaa", BridgeNF: No}, true, dropV4},
+		// Both of the daemon's ACCEPTs: without bridge netfilter the
+		// mark layer 1 sets may still let the exempt container through,
+		// and nobody else.
+		{"exemption by layer 1's mark while bridge netfilter is off", with(func(s *saveParts) {
+			s.guard = []string{exemptMark, exemptA, dropV4}
+		}), Packet{Family: IPv4, Src: netip.MustParseAddr("172.17.0.5"), InIface: "docker0", BridgePort: "vethaaa", BridgeNF: No}, false, exemptMark},
+		{"exemption by mark, another container", with(func(s *saveParts) {
+			s.guard = []string{exemptMark, exemptA, dropV4}
+		}), Packet{Family: IPv4, Src: netip.MustParseAddr("172.17.0.6"), InIface: "docker0", BridgePort: "vethbbb", BridgeNF: No}, true, dropV4},
+		{"exemption by mark, any other container", with(func(s *saveParts) {
+			s.guard = []string{exemptMark, exemptA, dropV4}
+		}), anyContainer, true, dropV4},
 		{"exemption, bridge netfilter unknown", with(func(s *saveParts) {
 			s.guard = []string{exemptA, dropV4}
 		}), Packet{Family: IPv4, Src: netip.MustParseAddr("172.17.0.5"), InIface: "docker0", BridgePort: "vethaaa"}, false, exemptA},

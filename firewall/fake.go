@@ -21,6 +21,9 @@ type Fake struct {
 	Calls int
 	// FailRestore, when set, is returned by Restore.
 	FailRestore error
+	// BeforeRestore, when set, runs at the start of every Restore, as
+	// another writer changing the table between our read and our write.
+	BeforeRestore func(f *Fake)
 }
 
 var builtinChains = []string{"INPUT", Forward, "OUTPUT"}
@@ -206,6 +209,9 @@ func (f *Fake) Save(table string) ([]byte, error) {
 // or flushes that chain, "-A" lines append. Like the kernel it applies all or
 // nothing.
 func (f *Fake) Restore(payload []byte) error {
+	if f.BeforeRestore != nil {
+		f.BeforeRestore(f)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.FailRestore != nil {

@@ -1,101 +1,120 @@
 package firewall
 
 import (
-	"errors"
 	"fmt"
-	"slices"
 	"strings"
 )
 
-// maxJumpRetries bounds the convergence of jump fixes within one Ensure.
-const maxJumpRetries = 3
+// maxRepairRounds bounds how often one Ensure re-reads and repairs again
+// after another writer changed the table under a repair.
+const maxRepairRounds = 3
 
-var jumpReasons = map[Reason]bool{
-	ReasonJumpMissing: true, ReasonJumpNotFirst: true, ReasonJumpDuplicate: true,
-	ReasonForwardJumpMissing: true, ReasonForwardJumpLate: true, ReasonForwardJumpDuplicate: true,
-	ReasonOutputJumpMissing: true, ReasonOutputJumpNotFirst: true, ReasonOutputJumpDuplicate: true,
-}
-
-// onlyJumps returns the reasons of ps when there are some and all are about
-// jumps.
-func onlyJumps(ps []Problem) (map[Reason]bool, bool) {
-	rs := make(map[Reason]bool, len(ps))
-	for _, p := range ps {
-		if !jumpReasons[p.Reason] {
-			return nil, false
-		}
-		rs[p.Reason] = true
-	}
-	return rs, len(rs) > 0
-}
-
-// fixJumps fixes the jumps reasons name, given the read o.
-func fixJumps(t Tables, o observed, reasons map[Reason]bool) []error {
+// repair fixes what reasons name, given the read o, in at most three
+// transactions: IMDS-GUARD-HOST (a cgroup that vanished fails that one,
+// never the main block), the forwarded path, and the OUTPUT jump.
+func (m *Manager) repair(t Tables, f Family, o observed, reasons map[Reason]bool, st *FamilyState) []error {
 	var errs []error
-	if reasons[ReasonJumpMissing] || reasons[ReasonJumpNotFirst] || reasons[ReasonJumpDuplicate] {
-		if err := fixFirstJump(t, DockerUser, Chain, len(indices(o.dockerUser, jumpRule(DockerUser, Chain)))); err != nil {
-			errs = append(errs, err)
+	if reasons[ReasonHostChainMissing] || reasons[ReasonHostChainModified] {
+		if err := t.Restore(m.spec.HostRestorePayload(f)); err != nil {
+			errs = append(errs, fmt.Errorf("rebuilding %s: %w", HostChain, err))
+		} else {
+			st.Rebuilt = true
+			st.RebuiltChains = appendOnce(st.RebuiltChains, HostChain)
 		}
 	}
-	if reasons[ReasonForwardJumpMissing] || reasons[ReasonForwardJumpLate] || reasons[ReasonForwardJumpDuplicate] {
-		// Docker deletes and re-inserts this same rule at the top of FORWARD
-		// on every start, so doing the same never fights Docker.
-		if err := fixFirstJump(t, Forward, DockerUser, len(indices(o.forward, jumpRule(Forward, DockerUser)))); err != nil {
-			errs = append(errs, err)
+	if payload, guard := m.pathPayload(f, o, reasons); payload != nil {
+		if err := t.Restore(payload); err != nil {
+			errs = append(errs, fmt.Errorf("repairing FORWARD -> %s -> %s: %w", DockerUser, Chain, err))
+		} else if guard {
+			st.Rebuilt = true
+			st.RebuiltChains = appendOnce(st.RebuiltChains, Chain)
 		}
 	}
 	if reasons[ReasonOutputJumpMissing] || reasons[ReasonOutputJumpNotFirst] || reasons[ReasonOutputJumpDuplicate] {
 		// After a failed rebuild the chain may not exist; the insert then
 		// fails and is reported, and nothing that exists is removed.
-		if err := fixFirstJump(t, Output, HostChain, len(indices(o.output, jumpRule(Output, HostChain)))); err != nil {
-			errs = append(errs, err)
+		n := len(indices(o.output, jumpRule(Output, HostChain)))
+		if err := t.Restore(jumpPayload(Output, HostChain, n, true)); err != nil {
+			errs = append(errs, fmt.Errorf("making the %s jump to %s rule 1: %w", Output, HostChain, err))
 		}
 	}
 	return errs
 }
 
-// chainExists re-reads the table after a failed create: Docker may have
-// created the chain between our read and our write.
-func chainExists(t Tables, chain string) bool {
-	out, err := t.Save(Table)
-	return err == nil && slices.Contains(parseSave(out).chains, chain)
+func appendOnce(s []string, v string) []string {
+	for _, x := range s {
+		if x == v {
+			return s
+		}
+	}
+	return append(s, v)
 }
 
-// fixFirstJump makes "-j to" rule 1 of chain from, exactly once, in one
-// iptables-restore transaction: delete the n copies seen by their spec, then
-// insert one at the top. The kernel applies it whole or not at all, so there
-// is no moment without a jump, and no rule number read earlier can point at
-// someone else's rule by the time it is used. If another writer changed the
-// copies since the read, a delete finds nothing and the transaction fails
-// whole: the table is re-read and the fix tried once more.
-func fixFirstJump(t Tables, from, to string, n int) error {
-	err := t.Restore(jumpPayload(from, to, n, true))
-	if err == nil {
-		return nil
+// pathPayload renders, as one iptables-restore transaction, what the
+// forwarded path FORWARD -> DOCKER-USER -> IMDS-GUARD needs after the read
+// o: IMDS-GUARD's body when reasons say it is missing or differs,
+// DOCKER-USER when o has none, and each jump that is missing, not first or
+// doubled (guard: the body is rebuilt). nil: nothing to do.
+//
+// One transaction, because the kernel applies it whole or not at all: the
+// chain body exists before anything jumps to it, and no chain the jumps
+// name can be deleted between a separate create and the jump (firewalld
+// and Docker wipe and re-create the table while we repair). DOCKER-USER is
+// declared only when the read found none, since a ":CHAIN" line flushes an
+// existing chain, the operator's rules in it too. If another writer changed
+// what the read saw (a copy to delete is gone, a chain seen is deleted),
+// the transaction fails whole and the caller reads again.
+func (m *Manager) pathPayload(f Family, o observed, reasons map[Reason]bool) (payload []byte, guard bool) {
+	guard = reasons[ReasonChainMissing] || reasons[ReasonChainModified]
+	jump := reasons[ReasonJumpMissing] || reasons[ReasonJumpNotFirst] || reasons[ReasonJumpDuplicate] || !o.dockerUserExists
+	fwd := reasons[ReasonForwardJumpMissing] || reasons[ReasonForwardJumpLate] || reasons[ReasonForwardJumpDuplicate]
+	if !guard && !jump && !fwd {
+		return nil, false
 	}
-	o, rerr := observe(t)
-	if rerr != nil {
-		return errors.Join(fmt.Errorf("making the %s jump to %s rule 1: %w", from, to, err), rerr)
-	}
-	rules := map[string][]string{DockerUser: o.dockerUser, Forward: o.forward, Output: o.output}[from]
-	if err := t.Restore(jumpPayload(from, to, len(indices(rules, jumpRule(from, to))), true)); err != nil {
-		return fmt.Errorf("making the %s jump to %s rule 1: %w", from, to, err)
-	}
-	return nil
-}
-
-// jumpPayload deletes n copies of "-j to" from chain from by their spec
-// (iptables -D deletes the first rule that matches it) and, with insert,
-// puts one back as rule 1.
-func jumpPayload(from, to string, n int, insert bool) []byte {
 	var b strings.Builder
 	b.WriteString("*" + Table + "\n")
+	if guard {
+		b.WriteString(":" + Chain + " - [0:0]\n")
+		for _, r := range m.spec.Rules(f) {
+			b.WriteString(r + "\n")
+		}
+	}
+	if !o.dockerUserExists {
+		b.WriteString(":" + DockerUser + " - [0:0]\n")
+	}
+	if jump {
+		n := 0
+		if o.dockerUserExists {
+			n = len(indices(o.dockerUser, jumpRule(DockerUser, Chain)))
+		}
+		writeJump(&b, DockerUser, Chain, n, true)
+	}
+	if fwd {
+		// Docker deletes and re-inserts this same rule at the top of FORWARD
+		// on every start, so doing the same never fights Docker.
+		writeJump(&b, Forward, DockerUser, len(indices(o.forward, jumpRule(Forward, DockerUser))), true)
+	}
+	b.WriteString("COMMIT\n")
+	return []byte(b.String()), guard
+}
+
+// writeJump deletes n copies of "-j to" from chain from by their spec
+// (iptables -D deletes the first rule that matches it) and, with insert,
+// puts one back as rule 1.
+func writeJump(b *strings.Builder, from, to string, n int, insert bool) {
 	for range n {
 		b.WriteString("-D " + from + " -j " + to + "\n")
 	}
 	if insert {
 		b.WriteString("-I " + from + " 1 -j " + to + "\n")
 	}
+}
+
+// jumpPayload is writeJump as a transaction of its own.
+func jumpPayload(from, to string, n int, insert bool) []byte {
+	var b strings.Builder
+	b.WriteString("*" + Table + "\n")
+	writeJump(&b, from, to, n, insert)
 	b.WriteString("COMMIT\n")
 	return []byte(b.String())
 }

@@ -8,11 +8,10 @@ import (
 	"sync"
 )
 
-// Tables is what the manager needs of one family's iptables: go-iptables for
-// the single-rule changes, plus iptables-save and iptables-restore. It is narrow
-// so a stateful fake can stand in for the kernel in unit tests.
+// Tables is what the manager needs of one family's iptables: go-iptables to
+// delete a chain, plus iptables-save and iptables-restore. It is narrow so a
+// stateful fake can stand in for the kernel in unit tests.
 type Tables interface {
-	NewChain(table, chain string) error
 	ClearAndDeleteChain(table, chain string) error
 	// Save returns `iptables-save -c -t table` (every table for ""): one
 	// consistent snapshot of every chain with counters, in one process.
@@ -245,9 +244,6 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 		return st, nil
 	}
 
-	// Order matters for fail-closed: the chain body exists before anything
-	// jumps to it, and DOCKER-USER exists before FORWARD jumps to it.
-	var errs []error
 	reasons := make(map[Reason]bool, len(st.Problems))
 	for _, p := range st.Problems {
 		reasons[p.Reason] = true
@@ -258,55 +254,31 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 		reasons[ReasonChainModified] = !slices.Equal(o.guard, m.spec.Rules(f))
 		reasons[ReasonHostChainModified] = m.spec.Host != nil && !slices.Equal(o.host, m.spec.HostRules(f))
 	}
-	if reasons[ReasonChainMissing] || reasons[ReasonChainModified] {
-		if err := t.Restore(m.spec.RestorePayload(f)); err != nil {
-			errs = append(errs, fmt.Errorf("rebuilding %s: %w", Chain, err))
-		} else {
-			st.Rebuilt = true
-			st.RebuiltChains = append(st.RebuiltChains, Chain)
-		}
-	}
-	if reasons[ReasonHostChainMissing] || reasons[ReasonHostChainModified] {
-		if err := t.Restore(m.spec.HostRestorePayload(f)); err != nil {
-			errs = append(errs, fmt.Errorf("rebuilding %s: %w", HostChain, err))
-		} else {
-			st.Rebuilt = true
-			st.RebuiltChains = append(st.RebuiltChains, HostChain)
-		}
-	}
-	if reasons[ReasonDockerUserMissing] {
-		// Docker's own NewChain is idempotent with ours: it only creates the
-		// chain when listing it fails, and never flushes it.
-		if err := t.NewChain(Table, DockerUser); err != nil && !chainExists(t, DockerUser) {
-			errs = append(errs, fmt.Errorf("creating %s: %w", DockerUser, err))
-		}
-	}
-	// A jump fix that failed and was then made good by the convergence
-	// below is not an error: only what is still wrong is reported.
-	jumpErrs := fixJumps(t, o, reasons)
-
-	// Verify with a fresh read: only the kernel's word counts as enforced.
-	o, err = m.read(f)
-	if err != nil {
-		return st, errors.Join(append(append(errs, jumpErrs...), fmt.Errorf("verifying: %w", err))...)
-	}
-	left := o.problems(f, m.spec)
-	// Another writer (Docker re-inserting its FORWARD jump, a second
-	// imdsguard without the lock) can race a jump fix into a duplicate; the
-	// fix is idempotent, so converge on what the fresh read shows.
-	for range maxJumpRetries {
-		rs, ok := onlyJumps(left)
-		if !ok {
-			break
-		}
-		jumpErrs = append(jumpErrs, fixJumps(t, o, rs)...)
+	// Another writer can change the table between our read and our write:
+	// firewalld and Docker re-creating their chains, Docker re-inserting its
+	// FORWARD jump, a second imdsguard without the lock. A transaction that
+	// fails on that is all or nothing, so re-read and repair what the
+	// fresh read shows, a bounded number of times. A fix that failed and
+	// was then made good is not an error: only what is still wrong is
+	// reported, with the last round's failures.
+	var errs []error
+	var left []Problem
+	for round := 0; ; round++ {
+		errs = m.repair(t, f, o, reasons, &st)
 		if o, err = m.read(f); err != nil {
-			return st, errors.Join(append(append(errs, jumpErrs...), fmt.Errorf("verifying: %w", err))...)
+			return st, errors.Join(append(errs, fmt.Errorf("verifying: %w", err))...)
 		}
 		left = o.problems(f, m.spec)
+		if len(left) == 0 || round == maxRepairRounds {
+			break
+		}
+		reasons = make(map[Reason]bool, len(left))
+		for _, p := range left {
+			reasons[p.Reason] = true
+		}
 	}
-	if len(left) > 0 {
-		errs = append(errs, jumpErrs...)
+	if len(left) == 0 {
+		errs = nil
 	}
 	st.judge(o)
 	st.Enforced = len(left) == 0 && st.Probe.Dropped
@@ -316,10 +288,8 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 	if st.Enforced {
 		m.verified[f] = bodies{guard: o.guard, host: o.host}
 	}
-	if len(left) > 0 {
-		for _, p := range left {
-			errs = append(errs, fmt.Errorf("still wrong after repair: %s", p.Detail))
-		}
+	for _, p := range left {
+		errs = append(errs, fmt.Errorf("still wrong after repair: %s", p.Detail))
 	}
 	return st, errors.Join(errs...)
 }

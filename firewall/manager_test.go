@@ -294,8 +294,16 @@ func TestCountersSummed(t *testing.T) {
 			m.SetSpec(tc.spec)
 			_, err := m.Ensure(context.Background())
 			must(t, err)
+			// Rule 1 of reject's and the exemption's ACCEPT: only
+			// blocking rules count. The exemption's second ACCEPT is
+			// rule 2, its block rule 3.
 			f.SetCounters(Chain, 1, 3, 180)
-			f.SetCounters(Chain, 2, 2, 120)
+			if len(tc.spec.Exempt) > 0 {
+				f.SetCounters(Chain, 2, 7, 420)
+				f.SetCounters(Chain, 3, 2, 120)
+			} else {
+				f.SetCounters(Chain, 2, 2, 120)
+			}
 			states, err := m.Check(context.Background())
 			must(t, err)
 			if states[0].Packets != tc.pkts || states[0].Bytes != tc.bytes {

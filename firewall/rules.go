@@ -67,9 +67,9 @@ const (
 // one from the running containers in every sync.
 type Spec struct {
 	Action Action
-	// Exempt are the containers allowed to reach IMDS. Each gets one
-	// ACCEPT per address, ahead of the block, that matches the address
-	// and the container's own bridge port together.
+	// Exempt are the containers allowed to reach IMDS. Each gets two
+	// ACCEPTs per address, ahead of the block, that match the address and
+	// the container's own bridge port together (see Exemption).
 	Exempt []Exemption
 	// Host, when set, makes OUTPUT rule 1 jump to HostChain, which blocks
 	// IMDS for sockets in these cgroup v2 paths. Nil leaves HostChain and
@@ -83,10 +83,15 @@ type Spec struct {
 //
 // Port is the host-side veth of the container's interface: the bridge port
 // its frames enter by. A neighbour can take the container's address, but
-// not its port, so the ACCEPT needs both: --physdev-in Port and -s Addr.
-// iptables sees the bridge port only through bridge netfilter
-// (net.bridge.bridge-nf-call-iptables=1); without it the ACCEPT never
-// matches and the container is blocked like any other (fail closed).
+// not its port, so an ACCEPT needs both: -s Addr and the port. iptables
+// sees the port itself (--physdev-in Port) only through bridge netfilter
+// (net.bridge.bridge-nf-call-iptables=1), which Docker 27.3 and later no
+// longer load; so a second ACCEPT takes the port from layer 1, whose
+// bridge chain marks (ExemptMark) the IMDS frames of exactly these ports,
+// and the exempt container passes both layers whether or not bridge
+// netfilter is on. With neither (no bridge netfilter, no layer 1) no
+// ACCEPT matches and the container is blocked like any other (fail
+// closed).
 type Exemption struct {
 	// Container and Name identify the container (short ID and name) for
 	// status and logs.
@@ -141,14 +146,17 @@ func (s Spec) Rules(f Family) []string {
 			continue
 		}
 		for _, a := range ExemptAddrs(f, e.Addrs) {
-			out = append(out, "-A "+Chain+" -s "+netip.PrefixFrom(a, a.BitLen()).String()+" -d "+dst+
-				" -m physdev --physdev-in "+e.Port+" -j ACCEPT")
+			src := "-A " + Chain + " -s " + netip.PrefixFrom(a, a.BitLen()).String() + " -d " + dst
+			out = append(out, src+" -m physdev --physdev-in "+e.Port+" -j ACCEPT", src+exemptMarkMatch+" -j ACCEPT")
 		}
 	}
 	slices.Sort(out)
 	out = slices.Compact(out)
 	return append(out, s.block(f, Chain, "")...)
 }
+
+// exemptMarkMatch is layer 1's ExemptMark as iptables -S prints it.
+var exemptMarkMatch = fmt.Sprintf(" -m mark --mark %#x/%#x", ExemptMark, ExemptMark)
 
 // block renders the drop or reject rules of chain, with an extra match
 // ("-m cgroup --path ...") after the destination and protocol.

@@ -25,8 +25,11 @@ func TestExemptRulesComeFirstSorted(t *testing.T) {
 		{Container: "wildcard", Port: "veth+", Addrs: addrs("172.17.0.8")},
 	}}
 	want4 := []string{
+		"-A IMDS-GUARD -s 172.17.0.10/32 -d 169.254.169.254/32 -m mark --mark 0x100000/0x100000 -j ACCEPT",
 		"-A IMDS-GUARD -s 172.17.0.10/32 -d 169.254.169.254/32 -m physdev --physdev-in veth10 -j ACCEPT",
+		"-A IMDS-GUARD -s 172.17.0.2/32 -d 169.254.169.254/32 -m mark --mark 0x100000/0x100000 -j ACCEPT",
 		"-A IMDS-GUARD -s 172.17.0.2/32 -d 169.254.169.254/32 -m physdev --physdev-in veth2 -j ACCEPT",
+		"-A IMDS-GUARD -s 172.17.0.3/32 -d 169.254.169.254/32 -m mark --mark 0x100000/0x100000 -j ACCEPT",
 		"-A IMDS-GUARD -s 172.17.0.3/32 -d 169.254.169.254/32 -m physdev --physdev-in veth3 -j ACCEPT",
 		"-A IMDS-GUARD -d 169.254.169.254/32 -j DROP",
 	}
@@ -34,7 +37,9 @@ func TestExemptRulesComeFirstSorted(t *testing.T) {
 		t.Errorf("ipv4:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want4, "\n"))
 	}
 	want6 := []string{
+		"-A IMDS-GUARD -s fd00:ec2:d0c::10/128 -d fd00:ec2::254/128 -m mark --mark 0x100000/0x100000 -j ACCEPT",
 		"-A IMDS-GUARD -s fd00:ec2:d0c::10/128 -d fd00:ec2::254/128 -m physdev --physdev-in veth3 -j ACCEPT",
+		"-A IMDS-GUARD -s fd00:ec2:d0c::2/128 -d fd00:ec2::254/128 -m mark --mark 0x100000/0x100000 -j ACCEPT",
 		"-A IMDS-GUARD -s fd00:ec2:d0c::2/128 -d fd00:ec2::254/128 -m physdev --physdev-in veth2 -j ACCEPT",
 		"-A IMDS-GUARD -d fd00:ec2::254/128 -j DROP",
 	}
@@ -91,7 +96,7 @@ func TestExemptionChangeIsAnUpdate(t *testing.T) {
 		t.Fatalf("ipv6 unchanged, got %+v", states[1])
 	}
 	o := parseSave(must1(f.Save(Table)))
-	if o.guard[0] != "-A IMDS-GUARD -s 172.17.0.2/32 -d 169.254.169.254/32 -m physdev --physdev-in veth2 -j ACCEPT" || len(o.guard) != 2 {
+	if o.guard[1] != "-A IMDS-GUARD -s 172.17.0.2/32 -d 169.254.169.254/32 -m physdev --physdev-in veth2 -j ACCEPT" || len(o.guard) != 3 {
 		t.Fatalf("chain:\n%s", f.Dump())
 	}
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -75,14 +76,25 @@ func (s *Sandbox) startFirewalld(ctx context.Context) error {
 	if _, err := os.Stat("/etc/firewalld"); err != nil {
 		return fmt.Errorf("sandbox: firewalld not installed (run `make tools`): %w", err)
 	}
+	// With BackendLegacy firewalld must write iptables-legacy too, as on a
+	// legacy host; its command paths are fixed (/usr/sbin/iptables), so its
+	// own mount namespace gets an /etc/alternatives pointing them there.
+	alt := ""
+	if s.Backend == BackendLegacy {
+		var err error
+		if alt, err = s.legacyAlternatives(); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
 	script := `set -e
 mount --bind "$1" /etc/firewalld
+if [ -n "$2" ]; then mount --bind "$2" /etc/alternatives; fi
 mount -t tmpfs -o mode=755 tmpfs /run
-shift
+shift 2
 exec "$@"`
 	argv := []string{"nsenter", "--net=" + s.HostNetNSPath, "--", "unshare", "-m", "--propagation", "private", "--",
-		"/bin/sh", "-c", script, "firewalld-ns", etc,
+		"/bin/sh", "-c", script, "firewalld-ns", etc, alt,
 		"firewalld", "--nofork", "--nopid", "--log-target", "console"}
 	p, err := startArgv(s.Dir, "firewalld", argv, s.Env())
 	if err != nil {
@@ -106,6 +118,36 @@ exec "$@"`
 	}
 	s.logf("sandbox %s: firewalld (%s backend, pid %d) up in %v", s.ID, backend, p.Pid(), time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// legacyAlternatives copies the machine's /etc/alternatives links into the
+// sandbox with the iptables ones (legacyTools) pointing at the -legacy
+// binaries, for firewalld's mount namespace only.
+func (s *Sandbox) legacyAlternatives() (string, error) {
+	dir := filepath.Join(s.Dir, "alternatives")
+	if _, err := os.Stat(dir); err == nil {
+		return dir, nil // a restart: made already
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", err
+	}
+	entries, err := os.ReadDir("/etc/alternatives")
+	if err != nil {
+		return "", err
+	}
+	for _, e := range entries {
+		target, err := os.Readlink(filepath.Join("/etc/alternatives", e.Name()))
+		if err != nil {
+			continue // not a link (README)
+		}
+		if slices.Contains(legacyTools, e.Name()) {
+			target = filepath.Join(s.legacyDir, e.Name())
+		}
+		if err := os.Symlink(target, filepath.Join(dir, e.Name())); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
 }
 
 func waitFile(ctx context.Context, path string, p *Process) error {
