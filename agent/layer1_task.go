@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/imdsguard/imdsguard/firewall"
 	"github.com/imdsguard/imdsguard/status"
@@ -18,6 +19,10 @@ import (
 
 // TaskNFTOpener opens layer 1 in the namespace at path.
 type TaskNFTOpener func(path string, spec firewall.NFTSpec) (*firewall.NFTLayer, error)
+
+// taskNFTReread is how often a task's table is read back even when nothing
+// has been committed in its namespace.
+const taskNFTReread = time.Minute
 
 type taskLayers struct {
 	open TaskNFTOpener
@@ -40,6 +45,10 @@ func (a *Agent) taskLayer1(ctx context.Context, pauseID, path string, ipv6 bool)
 		if l, err = tl.open(path, spec); err != nil {
 			return nil, fmt.Errorf("nftables layer in %s: %w", path, err)
 		}
+		// Every resync checks every task: between commits in its
+		// namespace the last verified read stands (its counters at
+		// most taskNFTReread old).
+		l.ReuseVerified(taskNFTReread)
 		tl.m[pauseID] = l
 	}
 	a.openTaskAttempts(pauseID, path)

@@ -3,6 +3,7 @@
 package firewall
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -83,6 +84,41 @@ func genRequest() netlink.Message {
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
 		Data:   nfgen(nftables.TableFamilyUnspecified),
 	}
+}
+
+// Gen returns the namespace's ruleset generation (NFTA_GEN_ID of
+// NFT_MSG_NEWGEN): the kernel bumps it on every committed transaction,
+// whoever sends it.
+func (c *nftConn) Gen() (uint32, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	reply, err := c.nl.Execute(genRequest())
+	if err != nil {
+		return 0, fmt.Errorf("asking nf_tables for its generation: %w", err)
+	}
+	newGen := netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWGEN)
+	if len(reply) != 1 || reply[0].Header.Type != newGen || len(reply[0].Data) < 4 {
+		return 0, fmt.Errorf("GETGEN answered %d messages, not one NEWGEN", len(reply))
+	}
+	ad, err := netlink.NewAttributeDecoder(reply[0].Data[4:])
+	if err != nil {
+		return 0, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	var gen uint32
+	found := false
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_GEN_ID {
+			gen, found = ad.Uint32(), true
+		}
+	}
+	if err := ad.Err(); err != nil {
+		return 0, err
+	}
+	if !found {
+		return 0, errors.New("NEWGEN without a generation id")
+	}
+	return gen, nil
 }
 
 // tableMsg is a NEWTABLE or DELTABLE message, with flags when non-nil.

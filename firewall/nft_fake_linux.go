@@ -25,6 +25,23 @@ type FakeNFTNetns struct {
 	nextPort uint32
 	// Commits counts committed transactions, for idempotence checks.
 	Commits int
+	// Reads counts table reads, to see when a check read the kernel.
+	Reads  int
+	gen    uint32 // the ruleset generation, bumped by every commit
+	genErr error  // what Gen answers instead, when set
+}
+
+// commit is the end of one transaction: like the kernel, a new generation.
+func (n *FakeNFTNetns) commit() {
+	n.Commits++
+	n.gen++
+}
+
+// FailGen makes every socket's Gen answer err (nil: answer again).
+func (n *FakeNFTNetns) FailGen(err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.genErr = err
 }
 
 // NewFakeNFTNetns returns an empty namespace on a kernel with these flags.
@@ -68,7 +85,7 @@ func (n *FakeNFTNetns) FlushRuleset(port uint32) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	maps.DeleteFunc(n.tables, func(_ nftables.TableFamily, t *nftLive) bool { return n.writable(t, port) })
-	n.Commits++
+	n.commit()
 }
 
 // DeleteTable is `nft delete table FAMILY imdsguard` from port.
@@ -79,7 +96,7 @@ func (n *FakeNFTNetns) DeleteTable(fam nftables.TableFamily, port uint32) error 
 		return err
 	}
 	delete(n.tables, fam)
-	n.Commits++
+	n.commit()
 	return nil
 }
 
@@ -93,7 +110,7 @@ func (n *FakeNFTNetns) EditRule(fam nftables.TableFamily, chain string, i int, p
 		return err
 	}
 	t.chains[chain].rules[i].key = "edited"
-	n.Commits++
+	n.commit()
 	return nil
 }
 
@@ -134,10 +151,22 @@ func (f *FakeNFT) Flags() (NFTFlags, error) {
 	return f.ns.kernel, nil
 }
 
+func (f *FakeNFT) Gen() (uint32, error) {
+	if f.closed {
+		return 0, unix.EBADF
+	}
+	f.ns.mu.Lock()
+	defer f.ns.mu.Unlock()
+	return f.ns.gen, f.ns.genErr
+}
+
 func (f *FakeNFT) Read(fam nftables.TableFamily) (*nftLive, error) {
 	if f.closed {
 		return nil, unix.EBADF
 	}
+	f.ns.mu.Lock()
+	f.ns.Reads++
+	f.ns.mu.Unlock()
 	return f.ns.Table(fam), nil
 }
 
@@ -212,7 +241,7 @@ func (f *FakeNFT) transaction(tables []nftTableSpec, drop, takeover []nftables.T
 		next[t.family] = lt
 	}
 	n.tables = next
-	n.Commits++
+	n.commit()
 	return nil
 }
 

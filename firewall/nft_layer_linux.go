@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 )
@@ -39,6 +40,9 @@ type nftKernel interface {
 	Port() uint32
 	// Flags finds which table flags the kernel accepts.
 	Flags() (NFTFlags, error)
+	// Gen returns the namespace's ruleset generation, which every
+	// committed transaction changes, from anyone.
+	Gen() (uint32, error)
 	// Read returns the table, or nil when there is none.
 	Read(fam nftables.TableFamily) (*nftLive, error)
 	// Replace, in one transaction, deletes the tables in drop (taking
@@ -61,6 +65,9 @@ type NFTLayer struct {
 	flags   NFTFlags
 	spec    NFTSpec
 	resolve cgroupID
+	// reuse and verified: see ReuseVerified (nft_gen_linux.go).
+	reuse    time.Duration
+	verified *nftVerified
 }
 
 // newNFTLayer probes the flags once: they do not change while the kernel
@@ -130,11 +137,10 @@ func (l *NFTLayer) Ensure(ctx context.Context) (LayerState, error) {
 func (l *NFTLayer) CheckNFT(ctx context.Context) (NFTState, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	o, err := l.observe()
+	o, st, err := l.look()
 	if err != nil {
-		return NFTState{Flags: l.flags}, err
+		return st, err
 	}
-	st := l.state(o)
 	if !st.Present {
 		st = l.daemonState(o, st)
 	}
@@ -150,11 +156,10 @@ func (l *NFTLayer) EnsureNFT(ctx context.Context) (NFTState, error) {
 	if err := ctx.Err(); err != nil {
 		return NFTState{Flags: l.flags}, err
 	}
-	o, err := l.observe()
+	o, st, err := l.look()
 	if err != nil {
-		return NFTState{Flags: l.flags}, err
+		return st, err
 	}
-	st := l.state(o)
 	if len(st.Problems) == 0 {
 		return st, nil
 	}
@@ -164,11 +169,10 @@ func (l *NFTLayer) EnsureNFT(ctx context.Context) (NFTState, error) {
 	if err := l.k.Replace(o.want, drop, takeover, l.wantFlags()); err != nil {
 		errs = append(errs, fmt.Errorf("rebuilding the %s tables: %w", NFTTable, err))
 	}
-	o, err = l.observe()
+	o, st, err = l.look()
 	if err != nil {
 		return NFTState{Flags: l.flags, Problems: found}, errors.Join(append(errs, fmt.Errorf("verifying: %w", err))...)
 	}
-	st = l.state(o)
 	left := st.Problems
 	st.Problems, st.Rebuilt = found, len(errs) == 0
 	for _, p := range left {
@@ -200,6 +204,7 @@ func (l *NFTLayer) existing(o nftObserved) (drop, takeover []nftables.TableFamil
 func (l *NFTLayer) Remove(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.verified = nil
 	o := nftObserved{live: map[nftables.TableFamily]*nftLive{}}
 	var errs []error
 	for _, fam := range []nftables.TableFamily{nftables.TableFamilyINet, nftables.TableFamilyBridge} {
@@ -226,6 +231,7 @@ func (l *NFTLayer) Remove(ctx context.Context) error {
 func (l *NFTLayer) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.verified = nil
 	return l.k.Close()
 }
 

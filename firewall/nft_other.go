@@ -5,6 +5,7 @@ package firewall
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // errNoNFT: nf_tables exists only on Linux; elsewhere layer 1 cannot open
@@ -25,6 +26,7 @@ func (*NFTLayer) Check(context.Context) (LayerState, error)   { return LayerStat
 func (*NFTLayer) Ensure(context.Context) (LayerState, error)  { return LayerState{}, errNoNFT }
 func (*NFTLayer) Remove(context.Context) error                { return errNoNFT }
 func (*NFTLayer) Close() error                                { return nil }
+func (*NFTLayer) ReuseVerified(time.Duration)                 {}
 
 func RemoveNFT(context.Context, int) error { return errNoNFT }
 
