@@ -4,6 +4,7 @@ package firewall
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -158,6 +159,72 @@ func TestNFTReuseFallsBackToReading(t *testing.T) {
 		checkNFT(t, l)
 		if n.Reads == reads {
 			t.Fatal("reused without ReuseVerified")
+		}
+	})
+}
+
+// TestNFTKernelGenReuse: on this kernel, commits by another process (`nft`)
+// move the generation the layer reads, and a check that skips the
+// read-back while it is unchanged still sees every edit of the tables. The
+// layer runs without the owner flag so that nft may edit its tables.
+func TestNFTKernelGenReuse(t *testing.T) {
+	inNewNetns(t, func() {
+		if _, err := nftCmd(t, "list", "tables"); err != nil {
+			t.Fatalf("nft: %v", err)
+		}
+		k, err := dialNFT(0)
+		mustDo(t, err, "dial")
+		l, err := newNFTLayer(k, taskSpec, statCgroupID)
+		mustDo(t, err, "open")
+		defer l.Close()
+		l.flags = NFTFlags{}
+		l.ReuseVerified(time.Hour)
+		mustEnsure(t, l, "first")
+		gen := func() uint32 {
+			g, err := k.Gen()
+			mustDo(t, err, "generation")
+			return g
+		}
+		g := gen()
+		for range 3 {
+			if st := mustCheck(t, l); !st.Present || len(st.Problems) != 0 {
+				t.Fatalf("steady: %+v", st)
+			}
+		}
+		if gen() != g {
+			t.Fatal("checks committed something")
+		}
+		for _, step := range []struct {
+			cmd    []string
+			intact bool
+		}{
+			{[]string{"add", "table", "inet", "someone-else"}, true},
+			{[]string{"flush", "chain", "inet", NFTTable, nftOutput}, false},
+			{[]string{"delete", "rule", "inet", NFTTable, nftOutput, "handle", "HANDLE"}, false},
+			{[]string{"delete", "table", "inet", NFTTable}, false},
+			{[]string{"flush", "ruleset"}, false},
+		} {
+			if step.cmd[1] == "rule" {
+				out, err := nftCmd(t, "-a", "list", "chain", "inet", NFTTable, nftOutput)
+				mustDo(t, err, "list: "+out)
+				i := strings.LastIndex(out, "# handle ")
+				if i < 0 {
+					t.Fatalf("no rule handle in %s", out)
+				}
+				step.cmd[6] = strings.Fields(out[i+len("# handle "):])[0]
+			}
+			before := gen()
+			if out, err := nftCmd(t, step.cmd...); err != nil {
+				t.Fatalf("nft %s: %v %s", strings.Join(step.cmd, " "), err, out)
+			}
+			if gen() == before {
+				t.Fatalf("nft %s left the generation at %d", strings.Join(step.cmd, " "), before)
+			}
+			st := mustCheck(t, l)
+			if intact := st.Present && len(st.Problems) == 0; intact != step.intact {
+				t.Fatalf("after nft %s: %+v, want intact %v", strings.Join(step.cmd, " "), st, step.intact)
+			}
+			mustEnsure(t, l, "repair")
 		}
 	})
 }
