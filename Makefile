@@ -41,7 +41,7 @@ vet:
 
 # -v: a root-only test that skips says why in CI's output.
 test-unit:
-	$(GO) test -count=1 -v ./agent/... ./docker/... ./tasknet/... ./status/... ./firewall/... ./ecsconfig/... ./cmd/... ./packaging/...
+	$(GO) test -count=1 -v ./agent/... ./attempts/... ./docker/... ./tasknet/... ./status/... ./firewall/... ./ecsconfig/... ./cmd/... ./packaging/...
 
 # tools: what the e2e sandbox (e2e/sandbox) needs. Apt packages are
 # installed only when missing; the metadata mock is pinned. firewalld is
@@ -123,9 +123,20 @@ test-packaging: package
 
 # --- benchmarks (bench/README.md); root, like the e2e sandbox ---
 .PHONY: bench-quick
+# BENCH_ARGS: e.g. -scenarios layers (bench/README.md).
 bench: build tools
-	GO=$(GO) $(GO) run ./bench -out bench/results
+	GO=$(GO) $(GO) run ./bench -out bench/results $(BENCH_ARGS)
 
-# Under 5 minutes; small counts, for checking the harness, not for claims.
+# About 7 minutes; small counts, for checking the harness, not for claims.
 bench-quick: build tools
-	GO=$(GO) $(GO) run ./bench -quick -out bench/results
+	GO=$(GO) $(GO) run ./bench -quick -out bench/results $(BENCH_ARGS)
+
+# bench-attempts: the blocked-attempt flood (e2e/attemptflood_test.go): a
+# container starts 10,000 connections a second to IMDS for $(ATTEMPT_FLOOD)
+# while the chain is flushed every 5 s; the agent's CPU, RSS, lost events
+# and repair times go to bench/results/attempts-flood-DATE.md.
+ATTEMPT_FLOOD ?= 60s
+.PHONY: bench-attempts
+bench-attempts: tools
+	IMDSGUARD_ATTEMPT_FLOOD=$(ATTEMPT_FLOOD) IMDSGUARD_ATTEMPT_FLOOD_OUT=$(CURDIR)/bench/results/attempts-flood-$$(date -u +%F).md \
+		$(GO) test -count=1 -v -timeout 20m -run TestAttemptFlood ./e2e/

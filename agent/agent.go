@@ -108,6 +108,8 @@ type Agent struct {
 	// in awsvpc task namespaces (layer1_task.go); nil: off.
 	l1     *layer1
 	tasks1 *taskLayers
+	// att reads and attributes blocked attempts (attempts.go), daemon only.
+	att *attemptsWiring
 
 	// hostCgroups are the host-network containers' cgroups the last sync
 	// blocked, by container ID: kept while a read fails (fail closed).

@@ -56,6 +56,8 @@ type Config struct {
 	ExemptLabel string
 	// ExemptTaskFamilies are ECS task definition families that may reach IMDS.
 	ExemptTaskFamilies []string
+	// AuditLog, when set, is a file of one JSON object per blocked attempt.
+	AuditLog string
 }
 
 // DefaultStatusSocket is where `imdsguard status` finds the daemon.
@@ -101,6 +103,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.AWSVPCMode, "awsvpc-mode", ECSModeCheck, "check: report each awsvpc task's IMDS blackhole routes; enforce: also add missing ones and repair deletions")
 	fs.BoolVar(&c.BlockHostNetwork, "block-host-network", false, "block IMDS for host-network containers by cgroup (cgroup v2 hosts); never the ECS agent or the host")
+	fs.StringVar(&c.AuditLog, "audit-log", "", "file of one JSON object per blocked attempt to reach IMDS, for shipping (rotated to FILE.1 at 64 MiB); empty disables")
 	fs.StringVar(&c.ExemptLabel, "exempt-label", DefaultExemptLabel, "containers with this label (key=value, or key for any value), set on the container itself and not inherited from its image, may reach IMDS; empty (the default) disables")
 	fs.Func("exempt-task-family", "ECS task definition family whose containers may reach IMDS (repeatable, or comma-separated)", func(s string) error {
 		for _, f := range strings.Split(s, ",") {

@@ -42,6 +42,7 @@ func (a *Agent) taskLayer1(ctx context.Context, pauseID, path string, ipv6 bool)
 		}
 		tl.m[pauseID] = l
 	}
+	a.openTaskAttempts(pauseID, path)
 	l.SetSpec(spec)
 	st, err := l.EnsureNFT(ctx)
 	return &st, err
@@ -59,6 +60,7 @@ func (a *Agent) pruneTaskLayers(running map[string]status.AWSVPCTask) {
 	var errs []error
 	for id, l := range tl.m {
 		if _, ok := running[id]; !ok {
+			a.closeTaskAttempts(id)
 			errs = append(errs, l.Close())
 			delete(tl.m, id)
 		}

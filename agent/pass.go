@@ -164,6 +164,9 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 		a.watchNamespaces(runCtx, watch)
 	}
 
+	a.publishOwners(containers, dockerErr == nil)
+	a.fillAttempts(&st)
+
 	st.Containers = classify(picture{enforced: enforced, containers: containers, awsvpcBlock: awsvpcBlock,
 		awsvpc: tasks, hostBlocked: hostBlocked, exempt: exempt, rules: rules})
 	st.Verdict, st.Reasons = verdict(enforced, st.Containers, issues)

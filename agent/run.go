@@ -97,6 +97,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer func() { _ = stopServing() }()
 
 	var wg sync.WaitGroup
+	a.startAttempts(ctx, &wg)
 	a.startECSWatch(ctx, &wg)
 	wg.Add(1)
 	go func() {

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,7 +39,17 @@ type config struct {
 	churn             time.Duration
 	scale, scaleDrift int
 	resync            time.Duration
+	// Scenario 7: awsvpc tasks, drifts per kind, how long each is held.
+	tasks, layerDrifts, orphanRounds int
+	layerHold, idleTasks             time.Duration
+	// scenarios to run; nil: all.
+	scenarios map[string]bool
 }
+
+// scenarioNames are what -scenarios takes.
+var scenarioNames = []string{"repair", "exposure", "restart", "footprint", "scale", "layers"}
+
+func (c *config) want(s string) bool { return c.scenarios == nil || c.scenarios[s] }
 
 func fullConfig() *config {
 	return &config{
@@ -46,6 +57,7 @@ func fullConfig() *config {
 		expDrifts: 50, expDriftsBaseline: 10, expDriftsLegacy: 50, expWindow: 6 * time.Second,
 		restarts: 5, idle: 10 * time.Minute, idleLegacy: 3 * time.Minute, churn: 2 * time.Minute,
 		scale: 500, scaleDrift: 20, resync: 5 * time.Second,
+		tasks: 50, layerDrifts: 50, orphanRounds: 10, layerHold: 500 * time.Millisecond, idleTasks: 3 * time.Minute,
 	}
 }
 
@@ -56,23 +68,27 @@ func quickConfig() *config {
 		expDrifts: 10, expDriftsBaseline: 3, expDriftsLegacy: 4, expWindow: 6 * time.Second,
 		restarts: 1, idle: 20 * time.Second, idleLegacy: 20 * time.Second, churn: 10 * time.Second,
 		scale: 30, scaleDrift: 5, resync: 5 * time.Second,
+		tasks: 5, layerDrifts: 2, orphanRounds: 1, layerHold: 500 * time.Millisecond, idleTasks: 15 * time.Second,
 	}
 }
 
 type results struct {
-	mu        sync.Mutex
-	cfg       *config
-	started   time.Time
-	took      time.Duration
-	samples   []sample
-	exposure  []exposureResult
-	restarts  []restartResult
-	footprint []footprintResult
-	scale     *scaleResult
-	micro     []microResult
-	errors    []string
-	machine   [][2]string
-	logDir    string
+	mu           sync.Mutex
+	cfg          *config
+	started      time.Time
+	took         time.Duration
+	samples      []sample
+	exposure     []exposureResult
+	layers       []layersResult
+	orphans      []orphanResult
+	idleProfiles []idleProfile
+	restarts     []restartResult
+	footprint    []footprintResult
+	scale        *scaleResult
+	micro        []microResult
+	errors       []string
+	machine      [][2]string
+	logDir       string
 }
 
 func (r *results) add(s sample) {
@@ -99,6 +115,8 @@ func main() {
 	bin := flag.String("bin", "bin/imdsguard", "agent binary")
 	noMicro := flag.Bool("no-micro", false, "skip the go test -bench micro-benchmarks")
 	only := flag.String("only", "", "comma-separated contenders to run (imdsguard-nft,imdsguard-legacy,static,poll); empty: all")
+	tasks := flag.Int("tasks", 0, "awsvpc tasks in scenario 7 (0: 50, 5 with -quick)")
+	scen := flag.String("scenarios", "", "comma-separated scenarios to run ("+strings.Join(scenarioNames, ",")+"); empty: all")
 	flag.Parse()
 
 	logf := func(format string, args ...any) {
@@ -119,6 +137,19 @@ func main() {
 	cfg := fullConfig()
 	if *quick {
 		cfg = quickConfig()
+	}
+	if *tasks > 0 {
+		cfg.tasks = *tasks
+	}
+	if *scen != "" {
+		cfg.scenarios = map[string]bool{}
+		for _, s := range strings.Split(*scen, ",") {
+			if !slices.Contains(scenarioNames, s) {
+				fmt.Fprintf(os.Stderr, "bench: unknown scenario %q (%s)\n", s, strings.Join(scenarioNames, ","))
+				os.Exit(2)
+			}
+			cfg.scenarios[s] = true
+		}
 	}
 	want := func(name string) bool { return *only == "" || strings.Contains(","+*only+",", ","+name+",") }
 
@@ -190,7 +221,7 @@ func runContender(ctx context.Context, kind string, backend sandbox.Backend, bin
 	c.logDir = res.logDir
 	defer c.Close()
 	step := func(name string, f func() error) {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || !cfg.want(strings.Fields(name)[0]) {
 			return
 		}
 		if err := f(); err != nil {
@@ -200,21 +231,22 @@ func runContender(ctx context.Context, kind string, backend sandbox.Backend, bin
 			}
 		}
 	}
-	step("drift repair", func() error { return scenarioRepair(ctx, c, cfg, res) })
+	step("repair", func() error { return scenarioRepair(ctx, c, cfg, res) })
 	step("exposure", func() error { return scenarioExposure(ctx, c, cfg, res) })
-	step("dockerd restart", func() error { return scenarioRestart(ctx, c, cfg, res) })
-	if kind != kindImdsguard {
-		return
+	step("restart", func() error { return scenarioRestart(ctx, c, cfg, res) })
+	if kind == kindImdsguard {
+		idle, churn := cfg.idle, cfg.churn
+		if backend == sandbox.BackendLegacy {
+			idle = cfg.idleLegacy
+			churn = 0
+		}
+		step("footprint", func() error { return scenarioFootprint(ctx, c, idle, churn, res) })
+		if backend == sandbox.BackendNFT {
+			step("scale", func() error { return scenarioScale(ctx, c, cfg.scale, cfg.scaleDrift, res) })
+		}
 	}
-	idle, churn := cfg.idle, cfg.churn
-	if backend == sandbox.BackendLegacy {
-		idle = cfg.idleLegacy
-		churn = 0
-	}
-	step("footprint", func() error { return scenarioFootprint(ctx, c, idle, churn, res) })
-	if backend == sandbox.BackendNFT {
-		step("scale", func() error { return scenarioScale(ctx, c, cfg.scale, cfg.scaleDrift, res) })
-	}
+	// Last: it starts by removing what the others left running.
+	step("layers (scenario 7)", func() error { return scenarioLayers(ctx, c, cfg, res) })
 	if n := c.mon; n != nil && n.Lost() > 0 {
 		res.fail(c.label(), fmt.Errorf("%d nf_tables notifications lost: latencies may be off", n.Lost()))
 	}

@@ -4,9 +4,7 @@ import (
 	"cmp"
 	"encoding/csv"
 	"fmt"
-	"image/color"
 	"maps"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,114 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
 )
-
-type stats struct {
-	n                            int
-	min, med, p95, p99, max, avg float64
-}
-
-// summarize uses nearest-rank percentiles: with n samples, p99 is the
-// ceil(0.99 n)-th smallest, so for n < 100 it is the maximum.
-func summarize(v []float64) stats {
-	if len(v) == 0 {
-		return stats{}
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	rank := func(p float64) float64 {
-		i := int(math.Ceil(p*float64(len(s)))) - 1
-		return s[max(0, min(i, len(s)-1))]
-	}
-	sum := 0.0
-	for _, x := range s {
-		sum += x
-	}
-	return stats{n: len(s), min: s[0], med: rank(0.5), p95: rank(0.95), p99: rank(0.99), max: s[len(s)-1], avg: sum / float64(len(s))}
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func fmtMS(v float64) string {
-	switch {
-	case v >= 10000:
-		return fmt.Sprintf("%.1f s", v/1000)
-	case v >= 100:
-		return fmt.Sprintf("%.0f ms", v)
-	case v >= 10:
-		return fmt.Sprintf("%.1f ms", v)
-	}
-	return fmt.Sprintf("%.2f ms", v)
-}
-
-type group struct {
-	label    string
-	samples  []sample
-	repaired []float64
-	window   time.Duration
-}
-
-func (g group) notRepaired() int { return len(g.samples) - len(g.repaired) }
-
-// groups splits samples of one scenario by contender (and optionally kind),
-// in a fixed contender order.
-func groups(all []sample, scenario string, byKind bool) []group {
-	order := map[string]int{"imdsguard (nft)": 0, "imdsguard (legacy)": 1, "poll (nft)": 2, "static (nft)": 3}
-	idx := map[string]int{}
-	var gs []group
-	for _, s := range all {
-		if s.Scenario != scenario {
-			continue
-		}
-		l := fmt.Sprintf("%s (%s)", s.Contender, s.Backend)
-		if byKind {
-			l += "\x00" + s.Kind
-		}
-		i, ok := idx[l]
-		if !ok {
-			i = len(gs)
-			idx[l] = i
-			gs = append(gs, group{label: l})
-		}
-		g := &gs[i]
-		g.samples = append(g.samples, s)
-		g.window = max(g.window, s.Window)
-		if s.Repaired {
-			g.repaired = append(g.repaired, ms(s.Latency))
-		}
-	}
-	kindIdx := func(l string) int {
-		_, k, _ := strings.Cut(l, "\x00")
-		return slices.Index(driftKinds, k)
-	}
-	slices.SortStableFunc(gs, func(a, b group) int {
-		ca, _, _ := strings.Cut(a.label, "\x00")
-		cb, _, _ := strings.Cut(b.label, "\x00")
-		if c := cmp.Compare(order[ca], order[cb]); c != 0 {
-			return c
-		}
-		return cmp.Compare(kindIdx(a.label), kindIdx(b.label))
-	})
-	return gs
-}
-
-func latencyRow(name string, g group) string {
-	st := summarize(g.repaired)
-	nr := "0"
-	if n := g.notRepaired(); n > 0 {
-		nr = fmt.Sprintf("**%d** (not within %v)", n, g.window)
-	}
-	if st.n == 0 {
-		return fmt.Sprintf("| %s | %d | — | — | — | — | — | %s |", name, len(g.samples), nr)
-	}
-	return fmt.Sprintf("| %s | %d | %s | %s | %s | %s | %s | %s |", name, len(g.samples),
-		fmtMS(st.min), fmtMS(st.med), fmtMS(st.p95), fmtMS(st.p99), fmtMS(st.max), nr)
-}
 
 func writeReport(res *results, dir string) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -130,6 +21,9 @@ func writeReport(res *results, dir string) ([]string, error) {
 	base := res.started.UTC().Format("2006-01-02")
 	if res.cfg.quick {
 		base += "-quick"
+	}
+	if res.cfg.scenarios != nil {
+		base += "-" + strings.Join(slices.Sorted(maps.Keys(res.cfg.scenarios)), "+")
 	}
 	mdPath := filepath.Join(dir, base+".md")
 	pngPath := filepath.Join(dir, base+".png")
@@ -143,8 +37,21 @@ func writeReport(res *results, dir string) ([]string, error) {
 		s.ProfileTop = pprofTop(s.ProfilePath)
 		files = append(files, s.ProfilePath)
 	}
-	if err := writeChart(res, pngPath); err != nil {
-		return nil, fmt.Errorf("chart: %w", err)
+	for i := range res.idleProfiles {
+		ip := &res.idleProfiles[i]
+		ip.Path = filepath.Join(dir, base+"-idle-"+strings.NewReplacer(" ", "-", "(", "", ")", "").Replace(ip.Label)+"-cpu.pprof")
+		if err := os.WriteFile(ip.Path, ip.Data, 0o644); err != nil {
+			return nil, err
+		}
+		ip.Top = pprofTop(ip.Path)
+		files = append(files, ip.Path)
+	}
+	if len(groups(res.samples, "repair", false)) > 0 {
+		if err := writeChart(res, pngPath); err != nil {
+			return nil, fmt.Errorf("chart: %w", err)
+		}
+	} else {
+		files = slices.DeleteFunc(files, func(f string) bool { return f == pngPath })
 	}
 	if err := writeCSV(res, csvPath); err != nil {
 		return nil, err
@@ -230,11 +137,12 @@ func evalTargets(res *results) []target {
 		ts = append(ts, target{"dockerd restart → resynced, " + r.Label, "< 1 s", "max " + fmtMS(st.max), st.max < 1000, true})
 	}
 	for _, f := range res.footprint {
-		switch f.Phase {
-		case "idle":
-			ts = append(ts, target{"idle CPU, " + f.Label, "< 0.5 % of one core", fmt.Sprintf("%.3f %% (agent alone %.3f %%)", f.CPUAll, f.CPUOwn), f.CPUAll < 0.5, true})
-			ts = append(ts, target{"RSS idle, " + f.Label, "< 30 MiB", fmt.Sprintf("max %.1f MiB", f.RSSMax), f.RSSMax < 30, true})
-		case "churn":
+		switch {
+		case strings.HasPrefix(f.Phase, "idle"):
+			what := f.Label + strings.TrimPrefix(f.Phase, "idle")
+			ts = append(ts, target{"idle CPU, " + what, "< 0.5 % of one core", fmt.Sprintf("%.3f %% (agent alone %.3f %%)", f.CPUAll, f.CPUOwn), f.CPUAll < 0.5, true})
+			ts = append(ts, target{"RSS idle, " + what, "< 30 MiB", fmt.Sprintf("max %.1f MiB", f.RSSMax), f.RSSMax < 30, true})
+		case f.Phase == "churn":
 			ts = append(ts, target{"RSS under churn, " + f.Label, "< 30 MiB", fmt.Sprintf("max %.1f MiB", f.RSSMax), f.RSSMax < 30, true})
 		}
 	}
@@ -242,7 +150,7 @@ func evalTargets(res *results) []target {
 		st := summarize(s.SyncMS)
 		ts = append(ts, target{fmt.Sprintf("sync with %d containers, %d exempt (agent-reported)", s.Containers, s.Exempt), "< 200 ms", fmt.Sprintf("median %s, max %s", fmtMS(st.med), fmtMS(st.max)), st.n > 0 && st.max < 200, true})
 	}
-	return ts
+	return append(ts, layerTargets(res)...)
 }
 
 func markdown(res *results, png, csvName string) string {
@@ -251,6 +159,9 @@ func markdown(res *results, png, csvName string) string {
 	mode := "full"
 	if res.cfg.quick {
 		mode = "quick (`make bench-quick`: small counts, not for claims)"
+	}
+	if res.cfg.scenarios != nil {
+		mode += ", scenarios " + strings.Join(slices.Sorted(maps.Keys(res.cfg.scenarios)), ", ") + " only"
 	}
 	p("# imdsguard benchmark, %s", res.started.UTC().Format("2006-01-02 15:04 MST"))
 	p("")
@@ -276,12 +187,40 @@ func markdown(res *results, png, csvName string) string {
 	p("|---|---|---|---|")
 	for _, t := range evalTargets(res) {
 		v := "met"
-		if !t.met {
+		switch {
+		case !t.known:
+			v = "n/a"
+		case !t.met:
 			v = "**missed**"
 		}
 		p("| %s | %s | %s | %s |", t.what, t.goal, t.got, v)
 	}
 	p("")
+	if len(groups(res.samples, "repair", false)) > 0 {
+		repairSection(p, res, png)
+	}
+	if len(res.exposure) > 0 {
+		exposureSection(p, res)
+	}
+	if len(res.restarts) > 0 {
+		restartSection(p, res)
+	}
+	if len(res.footprint) > 0 {
+		footprintSection(p, res)
+	}
+	if res.scale != nil {
+		scaleSection(p, res.scale)
+	}
+	if len(res.layers) > 0 {
+		layersSection(p, res)
+	}
+	if len(res.micro) > 0 {
+		microSection(p, res)
+	}
+	return b.String()
+}
+
+func repairSection(p func(string, ...any), res *results, png string) {
 	p("## 1. Drift repair latency")
 	p("")
 	p("Time from the drift's commit to the block verified back in the kernel's ruleset. Not repaired: drifts still open when the window closed (the harness then restored the ruleset itself).")
@@ -303,6 +242,9 @@ func markdown(res *results, png, csvName string) string {
 		p("%s", latencyRow(c+" | "+k, g))
 	}
 	p("")
+}
+
+func exposureSection(p func(string, ...any), res *results) {
 	p("## 2. Exposure")
 	p("")
 	p("A container sends an HTTP GET for instance-id to 169.254.169.254 every 10 ms (background busybox `nc -w 1`, so a dropped probe does not delay the next); a probe counts as answered when the instance ID came back. Each drift's window closes when the block is verified back or after %v, when the harness restores the ruleset itself.", res.cfg.expWindow)
@@ -315,6 +257,9 @@ func markdown(res *results, png, csvName string) string {
 			fmtMS(per*ms(e.Spacing)), e.Spacing.Round(100*time.Microsecond))
 	}
 	p("")
+}
+
+func restartSection(p func(string, ...any), res *results) {
 	p("## 3. dockerd restart")
 	p("")
 	p("dockerd is stopped (its containers with it) and started again. Resynced: the first `/status` (polled every 5 ms) after dockerd answers `/_ping` (polled every 5 ms) that shows Docker reachable, a sync begun after the stop, and IPv4 enforced. A prober container with `--restart always` probes IMDS every 10 ms whenever it runs; the ruleset is also read every 20 ms throughout.")
@@ -333,6 +278,9 @@ func markdown(res *results, png, csvName string) string {
 		p("| %s | %d | %s | %d | %d | %d of %d |", r.Label, r.Restarts, rs, r.Issued, r.Answered, r.Unblocked, r.Checks)
 	}
 	p("")
+}
+
+func footprintSection(p func(string, ...any), res *results) {
 	p("## 4. Footprint")
 	p("")
 	p("CPU from /proc/PID/stat (utime+stime; \"with children\" adds the iptables-save/-restore processes the agent waits for), as %% of one core over the phase. RSS = VmRSS sampled every second.")
@@ -343,9 +291,12 @@ func markdown(res *results, png, csvName string) string {
 		p("| %s | %s | %v | %.3f %% | %.3f %% | %.1f MiB | %.1f MiB | %s |", f.Label, f.Phase, f.Duration.Round(time.Second), f.CPUOwn, f.CPUAll, f.RSSMed, f.RSSMax, cmp.Or(f.Note, "none"))
 	}
 	p("")
+}
+
+func scaleSection(p func(string, ...any), s *scaleResult) {
 	p("## 5. Scale")
 	p("")
-	if s := res.scale; s != nil {
+	{
 		var rep []float64
 		nr := 0
 		for _, x := range s.Repair {
@@ -376,16 +327,22 @@ func markdown(res *results, png, csvName string) string {
 		}
 		if s.ProfilePath != "" {
 			p("")
-			p("The agent's CPU profile over %v of it ([%s](%s), `go tool pprof -top -cum`):", s.ProfileFor, filepath.Base(s.ProfilePath), filepath.Base(s.ProfilePath))
-			p("")
-			p("```")
-			p("%s", s.ProfileTop)
-			p("```")
+			profileBlock(p, fmt.Sprintf("The agent's CPU profile over %v of it", s.ProfileFor), s.ProfilePath, s.ProfileTop)
 		}
-	} else {
-		p("Not run.")
 	}
 	p("")
+}
+
+// profileBlock is a profile's link and its `go tool pprof -top -cum`.
+func profileBlock(p func(string, ...any), what, path, top string) {
+	p("%s ([%s](%s), `go tool pprof -top -cum`):", what, filepath.Base(path), filepath.Base(path))
+	p("")
+	p("```")
+	p("%s", top)
+	p("```")
+}
+
+func microSection(p func(string, ...any), res *results) {
 	p("## 6. Micro-benchmarks")
 	p("")
 	p("`go test -run '^$' -bench . -benchmem ./ecsconfig/ ./firewall/ ./bench/`")
@@ -395,124 +352,5 @@ func markdown(res *results, png, csvName string) string {
 	for _, m := range res.micro {
 		p("| %s | %.0f | %.0f | %.0f |", m.Name, m.NsOp, m.BytesOp, m.Allocs)
 	}
-	return b.String()
-}
-
-func sortByLabel[T any](v []T, label func(T) string) []T {
-	order := map[string]int{"imdsguard (nft)": 0, "imdsguard (legacy)": 1, "poll (nft)": 2, "static (nft)": 3}
-	s := slices.Clone(v)
-	slices.SortStableFunc(s, func(a, b T) int { return cmp.Compare(order[label(a)], order[label(b)]) })
-	return s
-}
-
-// writeChart draws the empirical CDF of repair latency per contender on a
-// log time axis: the fraction of drifts repaired within x. A line that
-// stops below 1 is drifts never repaired; static never leaves 0.
-func writeChart(res *results, path string) error {
-	p := plot.New()
-	p.Title.Text = "IMDS block: time from drift to verified repair"
-	p.X.Label.Text = "time since the drift (log scale)"
-	p.Y.Label.Text = "fraction of drifts repaired"
-	p.X.Scale = plot.LogScale{}
-	p.X.Tick.Marker = msTicks{}
-	p.Y.Min, p.Y.Max = 0, 1.02
-	p.Add(plotter.NewGrid())
-	p.Legend.Top = false
-	p.Legend.Left = false
-	p.Legend.XOffs = -vg.Points(5)
-	p.Legend.YOffs = vg.Points(5)
-	colors := map[string]color.Color{
-		"imdsguard (nft)":    color.RGBA{0x1f, 0x77, 0xb4, 0xff},
-		"imdsguard (legacy)": color.RGBA{0x2c, 0xa0, 0x2c, 0xff},
-		"poll (nft)":         color.RGBA{0xff, 0x7f, 0x0e, 0xff},
-		"static (nft)":       color.RGBA{0xd6, 0x27, 0x28, 0xff},
-	}
-	xmin, xmax := 1.0, 100000.0
-	for _, g := range groups(res.samples, "repair", false) {
-		n := len(g.samples)
-		rep := slices.Clone(g.repaired)
-		slices.Sort(rep)
-		var name string
-		if len(rep) == 0 {
-			name = fmt.Sprintf("%s: 0 of %d repaired within %v", g.label, n, g.window)
-		} else {
-			st := summarize(rep)
-			name = fmt.Sprintf("%s: n=%d, median %s", g.label, n, fmtMS(st.med))
-			if nr := g.notRepaired(); nr > 0 {
-				name += fmt.Sprintf(", %d never within %v", nr, g.window)
-			}
-		}
-		xys := make(plotter.XYs, 0, len(rep)+2)
-		xys = append(xys, plotter.XY{X: max(xmin, 0.5), Y: 0})
-		for i, v := range rep {
-			xys = append(xys, plotter.XY{X: max(v, xmin), Y: float64(i+1) / float64(n)})
-		}
-		end := ms(g.window)
-		if len(rep) > 0 && rep[len(rep)-1] > end {
-			end = rep[len(rep)-1]
-		}
-		xys = append(xys, plotter.XY{X: min(max(end, xmin), xmax), Y: float64(len(rep)) / float64(n)})
-		l, err := plotter.NewLine(xys)
-		if err != nil {
-			return err
-		}
-		l.StepStyle = plotter.PostStep
-		l.Color = colors[g.label]
-		l.Width = vg.Points(2)
-		if len(rep) == 0 {
-			l.Dashes = []vg.Length{vg.Points(6), vg.Points(4)}
-		}
-		p.Add(l)
-		p.Legend.Add(name, l)
-	}
-	for _, tl := range []struct {
-		x    float64
-		text string
-	}{{20, "20 ms"}, {100, "100 ms"}, {ms(res.cfg.resync) + 50, "resync + 50 ms"}} {
-		v, err := plotter.NewLine(plotter.XYs{{X: tl.x, Y: 0}, {X: tl.x, Y: 1.02}})
-		if err != nil {
-			return err
-		}
-		v.Color = color.Gray{Y: 0x90}
-		v.Dashes = []vg.Length{vg.Points(2), vg.Points(2)}
-		p.Add(v)
-	}
-	p.X.Min, p.X.Max = xmin, xmax
-	p.Legend.TextStyle.Font.Size = vg.Points(9)
-	_ = draw.PosRight
-	return p.Save(10*vg.Inch, 5.5*vg.Inch, path)
-}
-
-// msTicks labels a millisecond log axis in human units.
-type msTicks struct{}
-
-func (msTicks) Ticks(min, max float64) []plot.Tick {
-	var ts []plot.Tick
-	for v := 1.0; v <= max*1.0001; v *= 10 {
-		if v < min*0.9999 {
-			continue
-		}
-		label := fmtMS(v)
-		switch v {
-		case 1000:
-			label = "1 s"
-		case 10000:
-			label = "10 s"
-		case 100000:
-			label = "100 s"
-		case 1:
-			label = "1 ms"
-		case 10:
-			label = "10 ms"
-		case 100:
-			label = "100 ms"
-		}
-		ts = append(ts, plot.Tick{Value: v, Label: label})
-		for m := 2.0; m < 10; m++ {
-			if v*m <= max {
-				ts = append(ts, plot.Tick{Value: v * m})
-			}
-		}
-	}
-	return ts
+	p("")
 }

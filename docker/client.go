@@ -140,6 +140,7 @@ func (d *Client) Containers(ctx context.Context) ([]Container, error) {
 			NetworkMode: s.HostConfig.NetworkMode,
 			Labels:      s.Labels,
 			ImageID:     s.ImageID,
+			Image:       s.Image,
 		}
 		if len(s.Names) > 0 {
 			c.Name = strings.TrimPrefix(s.Names[0], "/")

@@ -37,8 +37,9 @@ type Container struct {
 	// ImageLabels are the labels of the container's image: a label the
 	// container only inherited from its image cannot exempt it.
 	ImageLabels map[string]string
-	// ImageID is the container's image, for its labels.
-	ImageID string
+	// ImageID is the container's image, for its labels; Image its name
+	// as Docker lists it.
+	ImageID, Image string
 	// Ports are the bridge ports (host-side veths) the container's
 	// addresses live behind, found through its network namespace; only
 	// for exemption candidates, and only what could be proven.

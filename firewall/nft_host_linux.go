@@ -15,17 +15,27 @@ import (
 
 // cgroupv2Root finds where the cgroup v2 hierarchy is mounted:
 // /sys/fs/cgroup on a unified host, /sys/fs/cgroup/unified on a hybrid one.
+//
+// /sys/fs/cgroup wins over any other cgroup2 mount, and the last mount
+// there over earlier ones (it covers them): that is where the paths in
+// /proc/PID/cgroup resolve, as layer 2's host chain reads them.
 func cgroupv2Root() (string, error) {
 	b, err := os.ReadFile("/proc/self/mounts")
 	if err != nil {
 		return "", err
 	}
+	root := ""
 	for _, l := range strings.Split(string(b), "\n") {
 		if f := strings.Fields(l); len(f) > 2 && f[2] == "cgroup2" {
-			return f[1], nil
+			if f[1] == "/sys/fs/cgroup" || root == "" {
+				root = f[1]
+			}
 		}
 	}
-	return "", errors.New("no cgroup v2 hierarchy is mounted")
+	if root == "" {
+		return "", errors.New("no cgroup v2 hierarchy is mounted")
+	}
+	return root, nil
 }
 
 // statCgroupID resolves a cgroup v2 path to the id the kernel gives it: the

@@ -80,13 +80,14 @@ func TestNFTLayerCreateAndSteady(t *testing.T) {
 	if st.Rebuilt || len(st.Problems) != 0 || n.Commits != commits {
 		t.Fatalf("steady state changed something: %+v (%d commits)", st, n.Commits-commits)
 	}
-	// Both tables, both chains in inet; exemption rules per family first.
+	// Both tables, both chains in inet; exemption rules per family first,
+	// every drop after the rule that logs it.
 	br := n.Table(bridgeFam)
-	if got := len(br.chains[nftPorts].rules); got != 4 {
-		t.Fatalf("bridge rules: %d, want 2 exemptions + 2 drops", got)
+	if got := len(br.chains[nftPorts].rules); got != 6 {
+		t.Fatalf("bridge rules: %d, want 2 exemptions + 2 logs and drops", got)
 	}
 	in := n.Table(inet)
-	if len(in.chains[nftForward].rules) != 2 || len(in.chains[nftOutput].rules) != 2 {
+	if len(in.chains[nftForward].rules) != 4 || len(in.chains[nftOutput].rules) != 4 {
 		t.Fatalf("inet chains: %+v", in.chains)
 	}
 }
@@ -194,11 +195,13 @@ func TestNFTLayerSpecChangeAndCounters(t *testing.T) {
 	n := NewFakeNFTNetns(ownerPersist)
 	l := fakeLayer(t, n, hostSpec)
 	ensureOK(t, l)
-	// Bridge drops are rules 2 and 3 (after two exemption rules), forward
-	// drops 0 and 1: all count as blocked; the exemption does not.
+	// Bridge drops are rules 3 and 5 (after two exemption rules, each
+	// after its log rule), forward drops 1 and 3: all count as blocked; the
+	// exemption and the log rules do not.
 	n.Count(bridgeFam, nftPorts, 0, 7, 700)
-	n.Count(bridgeFam, nftPorts, 2, 3, 180)
-	n.Count(inet, nftForward, 1, 1, 80)
+	n.Count(bridgeFam, nftPorts, 2, 9, 900)
+	n.Count(bridgeFam, nftPorts, 3, 3, 180)
+	n.Count(inet, nftForward, 3, 1, 80)
 	if st := checkNFT(t, l); st.Packets != 4 || st.Bytes != 260 {
 		t.Fatalf("counters: %d packets %d bytes, want 4 and 260", st.Packets, st.Bytes)
 	}
@@ -213,7 +216,7 @@ func TestNFTLayerSpecChangeAndCounters(t *testing.T) {
 	if got := len(n.Table(bridgeFam).chains[nftPorts].rules); got != 2 {
 		t.Fatalf("bridge rules with reject: %d", got)
 	}
-	if got := len(n.Table(inet).chains[nftForward].rules); got != 4 {
+	if got := len(n.Table(inet).chains[nftForward].rules); got != 6 {
 		t.Fatalf("forward rules with reject: %d", got)
 	}
 }
@@ -223,7 +226,7 @@ func TestNFTTaskScope(t *testing.T) {
 	l := fakeLayer(t, n, NFTSpec{Scope: ScopeTask, Action: ActionDrop, IPv6: true})
 	ensureOK(t, l)
 	in := n.Table(inet)
-	if len(in.chains) != 1 || len(in.chains[nftOutput].rules) != 2 || n.Table(bridgeFam) != nil {
+	if len(in.chains) != 1 || len(in.chains[nftOutput].rules) != 4 || n.Table(bridgeFam) != nil {
 		t.Fatalf("task tables: %+v bridge %+v", in, n.Table(bridgeFam))
 	}
 }
@@ -258,7 +261,7 @@ func TestNFTCheckJudgesTheDaemonsTables(t *testing.T) {
 			n := NewFakeNFTNetns(ownerPersist)
 			d := fakeLayer(t, n, daemon)
 			ensureOK(t, d)
-			n.Count(inet, nftForward, 0, 3, 180)
+			n.Count(inet, nftForward, 1, 3, 180)
 			c := fakeLayer(t, n, bare)
 			st := checkNFT(t, c)
 			if !st.Present || st.Packets != 3 || slices.Contains(reasons(st.Problems), ReasonNFTTableModified) {

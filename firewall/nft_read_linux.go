@@ -188,6 +188,10 @@ func newExpr(name string) expr.Any {
 		return &expr.Reject{}
 	case "socket":
 		return &expr.Socket{}
+	case "limit":
+		return &expr.Limit{}
+	case "log":
+		return &expr.Log{}
 	}
 	return nil
 }

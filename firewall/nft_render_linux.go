@@ -121,23 +121,40 @@ func (m imdsMatch) daddr(bridge bool) []expr.Any {
 	)
 }
 
-// verdict renders the block: one drop, or for reject a TCP reset for TCP
-// and an ICMP port unreachable for the rest, each with its counter.
-func (s NFTSpec) verdict(match []expr.Any, text string) []nftRuleSpec {
+// verdict renders the block, after the rule that logs it (nflogRule): one
+// drop, or for reject a TCP reset for TCP and an ICMP port unreachable for
+// the rest, each with its counter.
+func (s NFTSpec) verdict(match []expr.Any, text string, where Where, cgroup uint64) []nftRuleSpec {
+	log := nflogRule(match, text, NFLogPrefix(where, cgroup))
 	counter := &expr.Counter{}
 	if s.Action != ActionReject {
-		return []nftRuleSpec{{text: text + " counter drop", blocks: true,
+		return []nftRuleSpec{log, {text: text + " counter drop", blocks: true,
 			exprs: slices.Concat(match, []expr.Any{counter, &expr.Verdict{Kind: expr.VerdictDrop}})}}
 	}
 	tcp := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
 	}
-	return []nftRuleSpec{
+	return []nftRuleSpec{log,
 		{text: text + " meta l4proto tcp counter reject with tcp reset", blocks: true,
 			exprs: slices.Concat(match, tcp, []expr.Any{&expr.Counter{}, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})},
 		{text: text + " counter reject with icmpx port-unreachable", blocks: true,
 			exprs: slices.Concat(match, []expr.Any{&expr.Counter{}, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}})},
+	}
+}
+
+// nflogRule hands the packets match selects to imdsguard (NFLogGroup),
+// at most NFLogRate a second: over the limit the rule ends there, and the
+// packet goes on to the drop in the next rule either way.
+func nflogRule(match []expr.Any, text, prefix string) nftRuleSpec {
+	return nftRuleSpec{
+		text: fmt.Sprintf("%s limit rate %d/second burst %d packets log prefix %q group %d snaplen %d",
+			text, NFLogRate, NFLogBurst, prefix, NFLogGroup, NFLogSnaplen),
+		exprs: slices.Concat(match, []expr.Any{
+			&expr.Limit{Type: expr.LimitTypePkts, Rate: NFLogRate, Unit: expr.LimitTimeSecond, Burst: NFLogBurst},
+			&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_SNAPLEN,
+				Group: NFLogGroup, Snaplen: NFLogSnaplen, Data: []byte(prefix)},
+		}),
 	}
 }
 
@@ -181,7 +198,7 @@ func (s NFTSpec) render(resolve cgroupID) (tables []nftTableSpec, skipped []stri
 	for _, m := range s.families() {
 		d := fmt.Sprintf("%s daddr %s", m.name, m.addr)
 		if s.Scope == ScopeTask {
-			output = append(output, s.verdict(m.daddr(false), d)...)
+			output = append(output, s.verdict(m.daddr(false), d, WhereTask, 0)...)
 		}
 	}
 	if s.Scope == ScopeTask {
@@ -208,7 +225,7 @@ func (s NFTSpec) render(resolve cgroupID) (tables []nftTableSpec, skipped []stri
 				&expr.Socket{Key: expr.SocketKeyCgroupv2, Level: level, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint64(id)},
 			})
-			output = append(output, s.verdict(match, fmt.Sprintf("%s daddr %s socket cgroupv2 level %d %q", m.name, m.addr, level, p))...)
+			output = append(output, s.verdict(match, fmt.Sprintf("%s daddr %s socket cgroupv2 level %d %q", m.name, m.addr, level, p), WhereCgroup, id)...)
 		}
 	}
 
@@ -216,7 +233,7 @@ func (s NFTSpec) render(resolve cgroupID) (tables []nftTableSpec, skipped []stri
 	var forward []nftRuleSpec
 	for _, m := range s.families() {
 		forward = append(forward, s.verdict(slices.Concat(m.daddr(false), markClear()),
-			fmt.Sprintf("%s daddr %s meta mark & %#x == 0", m.name, m.addr, ExemptMark))...)
+			fmt.Sprintf("%s daddr %s meta mark & %#x == 0", m.name, m.addr, ExemptMark), WhereForward, 0)...)
 	}
 	inet.chains = []nftChainSpec{
 		{name: nftForward, hook: *nftables.ChainHookForward, prio: prioForward, rules: forward},
@@ -253,7 +270,7 @@ func (s NFTSpec) render(resolve cgroupID) (tables []nftTableSpec, skipped []stri
 	// answers ENOENT), and a bridged drop would pre-empt the reset.
 	if s.Action != ActionReject {
 		for _, m := range s.families() {
-			bridge = append(bridge, s.verdict(m.daddr(true), fmt.Sprintf("%s daddr %s", m.name, m.addr))...)
+			bridge = append(bridge, s.verdict(m.daddr(true), fmt.Sprintf("%s daddr %s", m.name, m.addr), WhereBridge, 0)...)
 		}
 	}
 	br := nftTableSpec{family: nftables.TableFamilyBridge, chains: []nftChainSpec{

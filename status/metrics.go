@@ -134,6 +134,9 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	m.syncDuration.Collect(ch)
 	m.dockerList.Collect(ch)
+	for _, c := range m.pub.collectors() {
+		c.Collect(ch)
+	}
 }
 
 // observe feeds the histograms from one published sync.

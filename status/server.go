@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -30,6 +31,7 @@ type Publisher struct {
 	failures uint64 // published syncs that were not OK
 	m        *metrics
 	now      func() time.Time
+	extra    []prometheus.Collector // AddCollector (attempts.go)
 }
 
 // NewPublisher starts with initial (the status before the first sync).

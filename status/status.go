@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/imdsguard/imdsguard/attempts"
 	"github.com/imdsguard/imdsguard/ecsconfig"
 )
 
@@ -40,6 +41,11 @@ type Status struct {
 	RepairsBy map[string]map[string]uint64 `json:"repairs_by,omitempty"`
 	LastSync  *SyncSummary                 `json:"last_sync,omitempty"`
 	Version   string                       `json:"version"`
+	// BlockedAttempts are the last attempts to reach IMDS that were
+	// blocked, newest first, each with its container and task (daemon
+	// only); Attempts counts them.
+	BlockedAttempts []attempts.Attempt `json:"blocked_attempts,omitempty"`
+	Attempts        *AttemptsStatus    `json:"attempts,omitempty"`
 }
 
 // FirewallStatus is the verified state of the IMDS block.
@@ -146,20 +152,32 @@ func (s *Status) BlockInPlace() bool {
 	return s.Firewall.IPv4.Enforced && (!v6.Enabled || v6.Enforced || v6.NotApplicable != "")
 }
 
-// Stale reports whether the daemon has not verified everything within
-// its bound (StaleAfterS) as of now, and why. A status without a sync yet
-// is not stale: it says "starting" itself.
+// Stale reports whether the daemon's status can no longer be taken as
+// current, as of now, and why: its last sync finished longer ago than its
+// bound (StaleAfterS; a hung loop still serves its last status), or it
+// says protected while its last successful sync is that old. A status
+// that already says degraded or exposed because syncs fail is current. A
+// status without a sync yet says "starting" itself.
 func (s *Status) Stale(now time.Time) (bool, string) {
 	l := s.LastSync
-	switch {
-	case l == nil:
+	if l == nil {
 		return false, ""
-	case l.LastSuccess.IsZero():
-		return true, "no sync has verified everything yet"
 	}
 	bound := time.Duration(l.StaleAfterS * float64(time.Second))
-	if age := now.Sub(l.LastSuccess); bound > 0 && age > bound {
-		return true, fmt.Sprintf("the last successful sync was %s ago (bound %s)", age.Round(time.Second), bound)
+	if bound <= 0 {
+		return false, ""
+	}
+	if age := now.Sub(l.At); age > bound {
+		return true, fmt.Sprintf("the daemon's last sync was %s ago (bound %s)", age.Round(time.Second), bound)
+	}
+	if s.Verdict != VerdictProtected {
+		return false, ""
+	}
+	if l.LastSuccess.IsZero() {
+		return true, "protected is claimed, but no sync has verified everything yet"
+	}
+	if age := now.Sub(l.LastSuccess); age > bound {
+		return true, fmt.Sprintf("protected is claimed, but the last successful sync was %s ago (bound %s)", age.Round(time.Second), bound)
 	}
 	return false, ""
 }
@@ -172,8 +190,9 @@ func (s *Status) Health(now time.Time) (bool, string) {
 	if !s.LastSync.OK {
 		return false, "last sync failed: " + s.LastSync.Error
 	}
-	if stale, why := s.Stale(now); stale {
-		return false, why
+	bound := time.Duration(s.LastSync.StaleAfterS * float64(time.Second))
+	if age := now.Sub(s.LastSync.LastSuccess); bound > 0 && age > bound {
+		return false, fmt.Sprintf("last successful sync %s ago", age.Round(time.Second))
 	}
 	return true, "ok"
 }

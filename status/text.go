@@ -106,6 +106,7 @@ func (s *Status) writeText(w io.Writer, all bool) {
 		}
 		fmt.Fprintln(w, line)
 	})
+	s.writeAttempts(w)
 	if s.LastSync != nil {
 		fmt.Fprintf(w, "last sync: %s, %.1f ms, repairs since start: %d\n",
 			s.LastSync.At.Format(time.RFC3339), s.LastSync.DurationMS, s.Repairs)

@@ -68,17 +68,19 @@ func TestTextIPv6NotApplicable(t *testing.T) {
 func TestStale(t *testing.T) {
 	now := time.Now()
 	for _, tc := range []struct {
-		name  string
-		sync  *SyncSummary
-		stale bool
+		name    string
+		verdict string
+		sync    *SyncSummary
+		stale   bool
 	}{
-		{"no sync yet (starting)", nil, false},
-		{"never verified", &SyncSummary{At: now, StaleAfterS: 15}, true},
-		{"fresh", &SyncSummary{At: now, OK: true, LastSuccess: now.Add(-5 * time.Second), StaleAfterS: 15}, false},
-		{"a failed sync after a recent success", &SyncSummary{At: now, LastSuccess: now.Add(-5 * time.Second), StaleAfterS: 15}, false},
-		{"old", &SyncSummary{At: now.Add(-time.Minute), OK: true, LastSuccess: now.Add(-time.Minute), StaleAfterS: 15}, true},
+		{"no sync yet (starting)", VerdictDegraded, nil, false},
+		{"fresh", VerdictProtected, &SyncSummary{At: now, OK: true, LastSuccess: now.Add(-5 * time.Second), StaleAfterS: 15}, false},
+		{"syncs fail (a broken file): degraded says so", VerdictDegraded, &SyncSummary{At: now, LastSuccess: now.Add(-time.Minute), StaleAfterS: 15}, false},
+		{"protected from an old success", VerdictProtected, &SyncSummary{At: now, LastSuccess: now.Add(-time.Minute), StaleAfterS: 15}, true},
+		{"protected, never verified", VerdictProtected, &SyncSummary{At: now, StaleAfterS: 15}, true},
+		{"the loop stopped (hung)", VerdictDegraded, &SyncSummary{At: now.Add(-time.Minute), LastSuccess: now.Add(-time.Minute), StaleAfterS: 15}, true},
 	} {
-		st := &Status{LastSync: tc.sync}
+		st := &Status{Verdict: tc.verdict, LastSync: tc.sync}
 		if got, why := st.Stale(now); got != tc.stale {
 			t.Errorf("%s: stale %v (%s), want %v", tc.name, got, why, tc.stale)
 		}
