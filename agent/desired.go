@@ -10,10 +10,50 @@ import (
 	"github.com/imdsguard/imdsguard/status"
 )
 
-// The pure part of a pass: no I/O, table-tested (verdict_test.go,
-// TestClassify, TestExemptions). exemptions (exempt.go) turns the snapshot
-// into the firewall spec's exemptions; classify turns the picture into each
-// container's status; verdict sums up the host.
+// The pure part of a pass: no I/O, table-tested (desired_test.go,
+// verdict_test.go, TestClassify, TestExemptions). desired turns what the
+// pass read (the snapshot, the cgroups) into the firewall's spec; classify
+// turns the picture — that plan and what the firewall and the task
+// namespaces were found to hold — into each container's status; verdict
+// sums up the host.
+
+// world is everything a pass read before deciding what the firewall must
+// hold: the Docker snapshot and the machine's cgroups.
+type world struct {
+	cfg  Config
+	snap docker.Snapshot
+	host hostReads
+	// hostLast is what the last sync knew of host-network cgroups.
+	hostLast map[string]hostCgroup
+}
+
+// plan is the desired state a world asks for, before anything is applied.
+type plan struct {
+	spec       firewall.Spec
+	exempt     map[string]string
+	exemptions []status.Exemption
+	host       hostPlan
+}
+
+// desired computes the firewall's spec (exemptions, host-network cgroups)
+// from w. It is pure. Without a container list every exemption goes (fail
+// closed) and the host chain is left as it is (dropping its rules would
+// unblock containers that may still run).
+func desired(w world) plan {
+	containers := w.snap.Containers
+	if w.snap.Err != nil {
+		containers = nil // a partial list must not keep an exemption alive
+	}
+	var p plan
+	var exemptSpec []firewall.Exemption
+	p.exempt, p.exemptions, exemptSpec = exemptions(w.cfg, containers)
+	p.host = desiredHost(w.cfg, containers, p.exempt, w.snap.Err == nil, w.host, w.hostLast)
+	if w.snap.Err != nil {
+		p.host.spec = nil
+	}
+	p.spec = firewall.Spec{Action: w.cfg.Action, Exempt: exemptSpec, Host: p.host.spec}
+	return p
+}
 
 // picture is everything one sync learned; classify turns it into a verdict.
 type picture struct {

@@ -46,28 +46,31 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 		issues = append(issues, "Docker cannot be asked, so running containers are unknown: "+dockerErr.Error())
 	}
 
-	// What the firewall must hold follows from the running containers:
-	// exemptions and host-network cgroups. Without a container list every
-	// exemption goes (fail closed) and the host chain is left as it is
-	// (dropping its rules would unblock containers that may still run).
-	exempt, exemptList, exemptSpec := exemptions(a.cfg, containers)
+	// What the firewall must hold follows from the running containers
+	// (desired.go): everything is read first, then computed.
+	a.mu.Lock()
+	last := a.hostCgroups
+	a.mu.Unlock()
+	plan := desired(world{cfg: a.cfg, snap: l, host: a.readHost(containers, l.CanInspect, last), hostLast: last})
+	exempt, host, spec := plan.exempt, plan.host.status, plan.spec
 	if enforce {
-		a.logExemptions(exemptList, containers, dockerErr)
+		a.logExemptions(plan.exemptions, containers, dockerErr)
 	}
-	host, hostSpec, hostBlocked, hostStale, hostErr := a.hostNetwork(containers, exempt, dockerErr == nil, l.CanInspect)
-	if dockerErr != nil {
-		hostSpec = nil
+	if plan.host.remember {
+		a.mu.Lock()
+		a.hostCgroups = plan.host.known
+		a.mu.Unlock()
 	}
-	if hostErr != nil {
-		errs = append(errs, hostErr.Error())
+	if plan.host.err != nil {
+		errs = append(errs, plan.host.err.Error())
 	}
-	st.Exemptions, st.HostNetwork = exemptList, &host
+	hostBlocked := plan.host.blocked
+	st.Exemptions, st.HostNetwork = plan.exemptions, &host
 	lap("containers")
 
 	// Firewall.
-	spec := firewall.Spec{Action: a.cfg.Action, Exempt: exemptSpec, Host: hostSpec}
-	if enforce && hostSpec != nil && len(hostStale) > 0 {
-		a.reinsertHost(ctx, spec, hostStale)
+	if enforce && spec.Host != nil && len(plan.host.stale) > 0 {
+		a.reinsertHost(ctx, spec, plan.host.stale)
 	}
 	fwStates, fwErr := a.firewall(ctx, enforce, spec)
 	if err := a.hostChainOff(ctx, enforce, &host); err != nil {
