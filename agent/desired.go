@@ -55,6 +55,33 @@ func desired(w world) plan {
 	return p
 }
 
+// observed is what applying the plan and verifying it found.
+type observed struct {
+	// enforced per family; a missing key means the family is disabled.
+	enforced map[string]bool
+	rules    map[string]*firewall.Ruleset
+	// hostVerified: every family was verified in place, and with it the
+	// host chain; until then no host-network container counts as blocked.
+	hostVerified bool
+	awsvpc       map[string]status.AWSVPCTask
+	awsvpcBlock  bool
+	// issues are what else the verdict must name (Docker, ECS, layers).
+	issues []string
+}
+
+// judge is the pure end of a pass: each container's status and the
+// verdict, from the plan and what was observed after applying it.
+func judge(containers []docker.Container, p plan, o observed) (cs []status.ContainerStatus, v string, reasons []string) {
+	blocked := p.host.blocked
+	if !o.hostVerified {
+		blocked = nil
+	}
+	cs = classify(picture{enforced: o.enforced, containers: containers, awsvpcBlock: o.awsvpcBlock,
+		awsvpc: o.awsvpc, hostBlocked: blocked, exempt: p.exempt, rules: o.rules})
+	v, reasons = verdict(o.enforced, cs, o.issues)
+	return cs, v, reasons
+}
+
 // picture is everything one sync learned; classify turns it into a verdict.
 type picture struct {
 	// enforced per family; a missing key means the family is disabled.

@@ -19,7 +19,9 @@ import (
 // spec (exemptions, host-network cgroups) follows from it; the daemon's
 // comes from its view, so no repair waits for dockerd, and nothing in a
 // pass calls Docker. Docker being down never stops enforcement, it only
-// withdraws every exemption.
+// withdraws every exemption. Its order: the reads (snapshot, cgroups),
+// the pure desired state (desired), apply and verify (firewall, layer 1,
+// task namespaces), the pure judgement (judge), publish.
 func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (status.Status, error) {
 	start := time.Now()
 	st := status.Status{CheckedAt: start, Version: a.version, Source: "daemon"}
@@ -64,7 +66,6 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 	if plan.host.err != nil {
 		errs = append(errs, plan.host.err.Error())
 	}
-	hostBlocked := plan.host.blocked
 	st.Exemptions, st.HostNetwork = plan.exemptions, &host
 	lap("containers")
 
@@ -148,9 +149,6 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 	}
 	lap("awsvpc")
 	st.AWSVPC = &awsvpc
-	if !fwAllEnforced(fwStates) {
-		clear(hostBlocked) // the host chain is not verified
-	}
 	for _, t := range awsvpc.Tasks {
 		if t.Error != "" {
 			// Retried with backoff; often a task that stopped mid-sync.
@@ -170,9 +168,8 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 	a.publishOwners(containers, dockerErr == nil)
 	a.fillAttempts(&st)
 
-	st.Containers = classify(picture{enforced: enforced, containers: containers, awsvpcBlock: awsvpcBlock,
-		awsvpc: tasks, hostBlocked: hostBlocked, exempt: exempt, rules: rules})
-	st.Verdict, st.Reasons = verdict(enforced, st.Containers, issues)
+	st.Containers, st.Verdict, st.Reasons = judge(containers, plan, observed{enforced: enforced, rules: rules,
+		hostVerified: fwAllEnforced(fwStates), awsvpc: tasks, awsvpcBlock: awsvpcBlock, issues: issues})
 
 	a.mu.Lock()
 	st.Repairs, st.RepairsBy = a.repairs, a.repairCounts()
