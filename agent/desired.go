@@ -33,6 +33,8 @@ type plan struct {
 	exempt     map[string]string
 	exemptions []status.Exemption
 	host       hostPlan
+	// issues are what the verdict must name of the reads.
+	issues []string
 }
 
 // desired computes the firewall's spec (exemptions, host-network cgroups)
@@ -50,6 +52,7 @@ func desired(w world) plan {
 	p.host = desiredHost(w.cfg, containers, p.exempt, w.snap.Err == nil, w.host, w.hostLast)
 	if w.snap.Err != nil {
 		p.host.spec = nil
+		p.issues = append(p.issues, "Docker cannot be asked, so running containers are unknown: "+w.snap.Err.Error())
 	}
 	p.spec = firewall.Spec{Action: w.cfg.Action, Exempt: exemptSpec, Host: p.host.spec}
 	return p
@@ -78,7 +81,7 @@ func judge(containers []docker.Container, p plan, o observed) (cs []status.Conta
 	}
 	cs = classify(picture{enforced: o.enforced, containers: containers, awsvpcBlock: o.awsvpcBlock,
 		awsvpc: o.awsvpc, hostBlocked: blocked, exempt: p.exempt, rules: o.rules})
-	v, reasons = verdict(o.enforced, cs, o.issues)
+	v, reasons = verdict(o.enforced, cs, slices.Concat(p.issues, o.issues))
 	return cs, v, reasons
 }
 
