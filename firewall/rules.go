@@ -1,10 +1,3 @@
-// Package firewall is the only code in imdsguard that speaks iptables.
-//
-// The agent owns one chain, IMDS-GUARD, in the filter table of iptables and
-// ip6tables. Rule 1 of DOCKER-USER jumps to it, and FORWARD must reach
-// DOCKER-USER before anything that could accept forwarded traffic. The chain
-// body is rebuilt atomically with iptables-restore --noflush; the jumps are
-// managed one rule at a time, because they live in chains imdsguard does not own.
 package firewall
 
 import (
