@@ -1,9 +1,11 @@
 // Package agent is imdsguard's reconcile loop: triggers and coalescing
 // runners, and one pass — snapshot, desired state, apply, verify, publish.
-// The desired state is computed from the full picture (firewall, ECS
-// configuration, the running containers' snapshot) by pure functions
-// (desired.go, exempt.go); events and timers only trigger a sync, and no event is
-// ever trusted to carry state. It must not call Docker in a sync (the
+// A pass reads first (the snapshot, the host-network cgroups: hostread.go),
+// then computes the desired state with a pure function (desired in
+// desired.go: the firewall spec, exemptions, host-network plan), applies
+// and verifies it, and judges the result with another (judge: each
+// container's status and the verdict). Events and timers only trigger a
+// sync, and no event is ever trusted to carry state. It must not call Docker in a sync (the
 // docker package's lister takes the snapshot in its own loop), and it
 // speaks neither iptables (firewall/), netlink (tasknet/) nor HTTP
 // (status/).

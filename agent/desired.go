@@ -10,10 +10,80 @@ import (
 	"github.com/imdsguard/imdsguard/status"
 )
 
-// The pure part of a pass: no I/O, table-tested (verdict_test.go,
-// TestClassify, TestExemptions). exemptions (exempt.go) turns the snapshot
-// into the firewall spec's exemptions; classify turns the picture into each
-// container's status; verdict sums up the host.
+// The pure part of a pass: no I/O, table-tested (desired_test.go,
+// verdict_test.go, TestClassify, TestExemptions). desired turns what the
+// pass read (the snapshot, the cgroups) into the firewall's spec; classify
+// turns the picture — that plan and what the firewall and the task
+// namespaces were found to hold — into each container's status; verdict
+// sums up the host.
+
+// world is everything a pass read before deciding what the firewall must
+// hold: the Docker snapshot and the machine's cgroups.
+type world struct {
+	cfg  Config
+	snap docker.Snapshot
+	host hostReads
+	// hostLast is what the last sync knew of host-network cgroups.
+	hostLast map[string]hostCgroup
+}
+
+// plan is the desired state a world asks for, before anything is applied.
+type plan struct {
+	spec       firewall.Spec
+	exempt     map[string]string
+	exemptions []status.Exemption
+	host       hostPlan
+	// issues are what the verdict must name of the reads.
+	issues []string
+}
+
+// desired computes the firewall's spec (exemptions, host-network cgroups)
+// from w. It is pure. Without a container list every exemption goes (fail
+// closed) and the host chain is left as it is (dropping its rules would
+// unblock containers that may still run).
+func desired(w world) plan {
+	containers := w.snap.Containers
+	if w.snap.Err != nil {
+		containers = nil // a partial list must not keep an exemption alive
+	}
+	var p plan
+	var exemptSpec []firewall.Exemption
+	p.exempt, p.exemptions, exemptSpec = exemptions(w.cfg, containers)
+	p.host = desiredHost(w.cfg, containers, p.exempt, w.snap.Err == nil, w.host, w.hostLast)
+	if w.snap.Err != nil {
+		p.host.spec = nil
+		p.issues = append(p.issues, "Docker cannot be asked, so running containers are unknown: "+w.snap.Err.Error())
+	}
+	p.spec = firewall.Spec{Action: w.cfg.Action, Exempt: exemptSpec, Host: p.host.spec}
+	return p
+}
+
+// observed is what applying the plan and verifying it found.
+type observed struct {
+	// enforced per family; a missing key means the family is disabled.
+	enforced map[string]bool
+	rules    map[string]*firewall.Ruleset
+	// hostVerified: every family was verified in place, and with it the
+	// host chain; until then no host-network container counts as blocked.
+	hostVerified bool
+	awsvpc       map[string]status.AWSVPCTask
+	awsvpcBlock  bool
+	// issues are what else the verdict must name (Docker, ECS, layers).
+	issues []string
+}
+
+// judge is the pure end of a pass: each container's status and the
+// verdict, from the plan and what was observed after applying it.
+func judge(containers []docker.Container, p plan, o observed) (cs []status.ContainerStatus, v string, reasons []string) {
+	blocked := p.host.blocked
+	if !o.hostVerified {
+		blocked = nil
+	}
+	cs = classify(picture{enforced: o.enforced, containers: containers, awsvpcBlock: o.awsvpcBlock,
+		awsvpc: o.awsvpc, hostBlocked: blocked, exempt: p.exempt, rules: o.rules})
+	v, reasons = verdict(o.enforced, cs, slices.Concat(p.issues, o.issues))
+	return cs, v, reasons
+}
 
 // picture is everything one sync learned; classify turns it into a verdict.
 type picture struct {

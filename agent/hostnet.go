@@ -51,19 +51,9 @@ func within(p, q string) bool {
 	return p == q || p == "/" || strings.HasPrefix(q, p+"/")
 }
 
-// hostNetwork reports every host-network container — and every container
-// that joins one's namespace, which has a cgroup of its own — and, with
-// --block-host-network on a cgroup v2 host, returns the HostSpec that
-// blocks them. A nil spec leaves the host chain as it is. It never returns
-// a path that is, or contains, the cgroup of the agent, of PID 1 or of the
-// ECS agent container. A container that cannot be inspected or whose
-// cgroup cannot be read keeps the path the last sync found (fail closed;
-// only a listing without the container, with listed set, forgets it);
-// the error is returned so the sync is retried. stale lists the paths
-// whose cgroup was recreated (docker restart) since the rule went in: the
-// kernel resolved the old one, so the rule must be put in again.
-func (a *Agent) hostNetwork(containers []docker.Container, exempt map[string]string, listed, canInspect bool) (st status.HostNetworkStatus, spec *firewall.HostSpec, blocked map[string]string, stale []string, err error) {
-	st = status.HostNetworkStatus{Block: a.cfg.BlockHostNetwork, Containers: []status.HostContainer{}}
+// hostContainers are the host-network containers and every container
+// that joins one's namespace (it has a cgroup of its own).
+func hostContainers(containers []docker.Container) []docker.Container {
 	var hosts []docker.Container
 	ix := docker.NewIndex(containers)
 	for _, c := range containers {
@@ -73,53 +63,75 @@ func (a *Agent) hostNetwork(containers []docker.Container, exempt map[string]str
 			}
 		}
 	}
-	blocked = map[string]string{}
-	var forbidden []string
-	var cgErr error
-	if a.cfg.BlockHostNetwork {
-		cgErr = a.sys.CgroupV2Unified()
-	}
+	return hosts
+}
+
+// hostPlan is what the desired state says of host-network containers.
+type hostPlan struct {
+	status status.HostNetworkStatus
+	// spec is nil when the host chain is to be left as it is.
+	spec *firewall.HostSpec
+	// blocked says why a container is blocked, by ID.
+	blocked map[string]string
+	// stale lists the paths whose cgroup was recreated (docker restart)
+	// since the rule went in: the kernel resolved the old one, so the rule
+	// must be put in again.
+	stale []string
+	// known replaces the agent's hostCgroups when remember is set.
+	known    map[string]hostCgroup
+	remember bool
+	err      error
+}
+
+// desiredHost reports every host-network container and, with
+// --block-host-network on a cgroup v2 host, the HostSpec that blocks them.
+// It is pure: every cgroup it needs was read into r (hostread.go). It never
+// returns a path that is, or contains, the cgroup of the agent, of PID 1 or
+// of the ECS agent container. A container whose cgroup could not be read
+// keeps the path the last sync found (fail closed; only a listing without
+// the container, with listed set, forgets it); the error is returned so the
+// sync is retried.
+func desiredHost(cfg Config, containers []docker.Container, exempt map[string]string, listed bool, r hostReads, last map[string]hostCgroup) hostPlan {
+	p := hostPlan{status: status.HostNetworkStatus{Block: cfg.BlockHostNetwork, Containers: []status.HostContainer{}}, blocked: map[string]string{}}
+	st := &p.status
 	switch {
-	case !a.cfg.BlockHostNetwork:
+	case !cfg.BlockHostNetwork:
 		st.Enforcement = "off: --block-host-network is not set"
-	case cgErr != nil:
-		st.Enforcement = "unavailable: " + cgErr.Error()
-	case !canInspect:
+	case r.unified != nil:
+		st.Enforcement = "unavailable: " + r.unified.Error()
+	case !r.canInspect:
 		st.Enforcement = "unavailable: containers cannot be inspected"
+	case r.forbiddenErr != nil:
+		st.Enforcement = "unavailable: " + r.forbiddenErr.Error()
 	default:
-		var err error
-		forbidden, err = a.forbiddenCgroups(hosts)
-		if err != nil {
-			st.Enforcement = "unavailable: " + err.Error()
-			break
-		}
 		st.Enforcement = "active"
-		spec = &firewall.HostSpec{}
+		p.spec = &firewall.HostSpec{}
 	}
-	a.mu.Lock()
-	last := a.hostCgroups
-	a.mu.Unlock()
 	known := map[string]hostCgroup{}
 	var errs []error
-	for _, c := range hosts {
+	for _, c := range hostContainers(containers) {
 		hc := status.HostContainer{ID: docker.Short(c.ID), Name: c.Name, TaskARN: c.Labels[docker.LabelTaskARN], ECSContainer: c.Labels[docker.LabelContainerName]}
 		switch {
 		case c.Name == docker.ECSAgentName:
 			hc.Reason = "the ECS agent needs IMDS: never blocked"
 		case exempt[c.ID] != "":
 			hc.Reason = "exempt (" + exempt[c.ID] + ")"
-		case spec == nil:
+		case p.spec == nil:
 			hc.Reason = "can reach IMDS: host network blocking is " + st.Enforcement
 		default:
-			path, err := a.containerCgroup(c)
+			cr, ok := r.cgroups[c.ID]
+			if !ok {
+				cr.pathErr = fmt.Errorf("the cgroup of %s was not read", docker.Short(c.ID))
+			}
+			path, err := cr.path, cr.pathErr
 			var id uint64
 			if err == nil {
-				if cerr := checkCgroup(path, forbidden); cerr != nil {
+				if cerr := checkCgroup(path, r.forbidden); cerr != nil {
 					// Where it runs, not a failed read: no rule can name it.
 					hc.Cgroup, hc.Reason = path, "can reach IMDS: "+cerr.Error()
 					break
 				}
-				id, err = a.sys.CgroupID(path)
+				id, err = cr.id, cr.idErr
 			}
 			prev, had := last[c.ID]
 			kept := ""
@@ -137,27 +149,24 @@ func (a *Agent) hostNetwork(containers []docker.Container, exempt map[string]str
 				path, id = prev.path, prev.id
 				// A restart need not be seen through Docker: a new cgroup
 				// in the same path still needs its rule put in again.
-				if now, ierr := a.sys.CgroupID(path); ierr == nil && now != id {
-					stale, id = append(stale, path), now
+				if cr.prevErr == nil && cr.prevID != id {
+					p.stale, id = append(p.stale, path), cr.prevID
 				}
 			} else if had && prev.path == path && prev.id != id {
-				stale = append(stale, path)
+				p.stale = append(p.stale, path)
 			}
 			known[c.ID] = hostCgroup{path: path, id: id}
 			hc.Cgroup = path
-			spec.Cgroups = append(spec.Cgroups, path)
+			p.spec.Cgroups = append(p.spec.Cgroups, path)
 			hc.Blocked = true
 			hc.Reason = "host network: blocked in " + firewall.HostChain + " by its cgroup" + kept
-			blocked[c.ID] = hc.Reason
+			p.blocked[c.ID] = hc.Reason
 		}
 		st.Containers = append(st.Containers, hc)
 	}
-	if spec != nil && listed {
-		a.mu.Lock()
-		a.hostCgroups = known
-		a.mu.Unlock()
-	}
-	return st, spec, blocked, stale, errors.Join(errs...)
+	p.known, p.remember = known, p.spec != nil && listed
+	p.err = errors.Join(errs...)
+	return p
 }
 
 // withoutPaths is spec less the given cgroup paths.
@@ -182,57 +191,6 @@ func checkCgroup(path string, forbidden []string) error {
 		}
 	}
 	return nil
-}
-
-// forbiddenCgroups are the cgroups that must never be matched: the agent's,
-// PID 1's and the ECS agent container's.
-func (a *Agent) forbiddenCgroups(hosts []docker.Container) ([]string, error) {
-	var out []string
-	var errs []error
-	for _, pid := range []string{"self", "1"} {
-		p, err := a.pidCgroup(pid)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		out = append(out, p)
-	}
-	for _, c := range hosts {
-		if c.Name != docker.ECSAgentName {
-			continue
-		}
-		p, err := a.containerCgroup(c)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("the ECS agent's cgroup: %w", err))
-			continue
-		}
-		out = append(out, p)
-	}
-	return out, errors.Join(errs...)
-}
-
-// containerCgroup reads the cgroup of the pid the snapshot's inspect found.
-func (a *Agent) containerCgroup(c docker.Container) (string, error) {
-	d, err := details(c)
-	if err != nil {
-		return "", err
-	}
-	if d.Pid <= 0 {
-		return "", fmt.Errorf("container %s has no pid", docker.Short(c.ID))
-	}
-	return a.pidCgroup(fmt.Sprint(d.Pid))
-}
-
-func (a *Agent) pidCgroup(pid string) (string, error) {
-	b, err := a.sys.ReadFile("/proc/" + pid + "/cgroup")
-	if err != nil {
-		return "", fmt.Errorf("reading the cgroup of %s: %w", pid, err)
-	}
-	p, ok := cgroupV2Path(b)
-	if !ok {
-		return "", fmt.Errorf("/proc/%s/cgroup has no cgroup v2 line", pid)
-	}
-	return p, nil
 }
 
 // reinsertHost puts back the rules of host-network containers whose cgroup

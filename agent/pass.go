@@ -19,7 +19,9 @@ import (
 // spec (exemptions, host-network cgroups) follows from it; the daemon's
 // comes from its view, so no repair waits for dockerd, and nothing in a
 // pass calls Docker. Docker being down never stops enforcement, it only
-// withdraws every exemption.
+// withdraws every exemption. Its order: the reads (snapshot, cgroups),
+// the pure desired state (desired), apply and verify (firewall, layer 1,
+// task namespaces), the pure judgement (judge), publish.
 func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (status.Status, error) {
 	start := time.Now()
 	st := status.Status{CheckedAt: start, Version: a.version, Source: "daemon"}
@@ -43,31 +45,32 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 	}
 	if dockerErr != nil {
 		st.Docker.Error = dockerErr.Error()
-		issues = append(issues, "Docker cannot be asked, so running containers are unknown: "+dockerErr.Error())
 	}
 
-	// What the firewall must hold follows from the running containers:
-	// exemptions and host-network cgroups. Without a container list every
-	// exemption goes (fail closed) and the host chain is left as it is
-	// (dropping its rules would unblock containers that may still run).
-	exempt, exemptList, exemptSpec := exemptions(a.cfg, containers)
+	// What the firewall must hold follows from the running containers
+	// (desired.go): everything is read first, then computed.
+	a.mu.Lock()
+	last := a.hostCgroups
+	a.mu.Unlock()
+	plan := desired(world{cfg: a.cfg, snap: l, host: a.readHost(containers, l.CanInspect, last), hostLast: last})
+	exempt, host, spec := plan.exempt, plan.host.status, plan.spec
 	if enforce {
-		a.logExemptions(exemptList, containers, dockerErr)
+		a.logExemptions(plan.exemptions, containers, dockerErr)
 	}
-	host, hostSpec, hostBlocked, hostStale, hostErr := a.hostNetwork(containers, exempt, dockerErr == nil, l.CanInspect)
-	if dockerErr != nil {
-		hostSpec = nil
+	if plan.host.remember {
+		a.mu.Lock()
+		a.hostCgroups = plan.host.known
+		a.mu.Unlock()
 	}
-	if hostErr != nil {
-		errs = append(errs, hostErr.Error())
+	if plan.host.err != nil {
+		errs = append(errs, plan.host.err.Error())
 	}
-	st.Exemptions, st.HostNetwork = exemptList, &host
+	st.Exemptions, st.HostNetwork = plan.exemptions, &host
 	lap("containers")
 
 	// Firewall.
-	spec := firewall.Spec{Action: a.cfg.Action, Exempt: exemptSpec, Host: hostSpec}
-	if enforce && hostSpec != nil && len(hostStale) > 0 {
-		a.reinsertHost(ctx, spec, hostStale)
+	if enforce && spec.Host != nil && len(plan.host.stale) > 0 {
+		a.reinsertHost(ctx, spec, plan.host.stale)
 	}
 	fwStates, fwErr := a.firewall(ctx, enforce, spec)
 	if err := a.hostChainOff(ctx, enforce, &host); err != nil {
@@ -145,9 +148,6 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 	}
 	lap("awsvpc")
 	st.AWSVPC = &awsvpc
-	if !fwAllEnforced(fwStates) {
-		clear(hostBlocked) // the host chain is not verified
-	}
 	for _, t := range awsvpc.Tasks {
 		if t.Error != "" {
 			// Retried with backoff; often a task that stopped mid-sync.
@@ -167,9 +167,8 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 	a.publishOwners(containers, dockerErr == nil)
 	a.fillAttempts(&st)
 
-	st.Containers = classify(picture{enforced: enforced, containers: containers, awsvpcBlock: awsvpcBlock,
-		awsvpc: tasks, hostBlocked: hostBlocked, exempt: exempt, rules: rules})
-	st.Verdict, st.Reasons = verdict(enforced, st.Containers, issues)
+	st.Containers, st.Verdict, st.Reasons = judge(containers, plan, observed{enforced: enforced, rules: rules,
+		hostVerified: fwAllEnforced(fwStates), awsvpc: tasks, awsvpcBlock: awsvpcBlock, issues: issues})
 
 	a.mu.Lock()
 	st.Repairs, st.RepairsBy = a.repairs, a.repairCounts()
