@@ -272,11 +272,14 @@ func testAWSVPC(t *testing.T, opts sandbox.Options) {
 	if tk := e.task(t, dual.pause); !tk.IPv4Guard || !tk.IPv6Guard || tk.Escape != "" {
 		t.Fatalf("enforce mode, web task: %+v", tk)
 	}
-	// The app deletes the guard and puts its own rule first: repaired.
+	// The app puts its own rule at priority 0 and deletes the guard, so its
+	// rule is first: repaired. In this order every state a sync can land on
+	// ends the same way; deleting first would let a sync re-add the guard
+	// before the app's rule arrives, which then sits (harmless) behind it.
 	// (iproute2 from outside: busybox's ip cannot name a blackhole rule;
 	// the app's NET_ADMIN in this namespace allows the same.)
 	before := e.status(t).Repairs
-	nsRun(t, dual.netnsPath, "sh", "-c", "ip rule del pref 0 to 169.254.169.254 blackhole && ip rule add pref 0 to 169.254.169.254 lookup 100")
+	nsRun(t, dual.netnsPath, "sh", "-c", "ip rule add pref 0 to 169.254.169.254 lookup 100 && ip rule del pref 0 to 169.254.169.254 blackhole")
 	waitFor(t, "guard repaired", 5*time.Second, func() bool {
 		r := nsRun(t, dual.netnsPath, "ip", "rule")
 		return strings.HasPrefix(r, "0:\tfrom all to 169.254.169.254 blackhole") && !strings.Contains(r, "0:\tfrom all to 169.254.169.254 lookup 100")
