@@ -325,7 +325,12 @@ func (so *soak) containerRemove() {
 func (so *soak) supervise(ctx context.Context) {
 	for n := 1; ctx.Err() == nil; n++ {
 		args := append([]string{"run"}, so.e.flags()...)
-		args = append(args, "--log-format", "json", "--log-level", "info", "--resync-interval", "5s", "--exempt-label", agent.ExampleExemptLabel)
+		args = append(args, "--log-format", "json", "--log-level", "info", "--resync-interval", "5s", "--exempt-label", agent.ExampleExemptLabel,
+			// The soak's tasks get no blackhole from a CNI plugin: in check
+			// mode each would be (truly) exposed and no event after its start
+			// could reach protected. Enforce mode blocks them, as an operator
+			// who runs awsvpc tasks would configure.
+			"--awsvpc-mode", "enforce")
 		p, err := so.e.s.StartProcess(fmt.Sprintf("imdsguard-%d", n), agentBin, args...)
 		if err != nil {
 			so.t.Errorf("starting the agent: %v", err)
