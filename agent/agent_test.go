@@ -238,10 +238,14 @@ func (fx *fixture) watcher(t *testing.T) func() {
 	}
 }
 
-// start runs the daemon until the test ends.
-func (fx *fixture) start(t *testing.T) {
+// start runs the daemon until the test ends; adjust sets what the
+// fixture's options cannot before it runs.
+func (fx *fixture) start(t *testing.T, adjust ...func(*Agent)) {
 	t.Helper()
 	a := fx.build(t)
+	for _, f := range adjust {
+		f(a)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()

@@ -17,20 +17,14 @@ import (
 func TestFirewalldSignalTriggersRepair(t *testing.T) {
 	fx := newFixture(t)
 	fx.docker.containers = []docker.Container{{ID: "aaaaaaaaaaaaaaaa", Name: "web", NetworkMode: "bridge", IPv4: []netip.Addr{netip.MustParseAddr("172.17.0.2")}}}
-	a := fx.build(t)
 	signals := make(chan func(), 1)
-	a.watchFirewalld = func(ctx context.Context, changed func()) error {
-		signals <- changed
-		<-ctx.Done()
-		return nil
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
+	var a *Agent
+	fx.start(t, func(ag *Agent) {
+		a = ag
+		a.watchFirewalld = func(ctx context.Context, changed func()) error {
+			signals <- changed
+			<-ctx.Done()
+			return nil
 		}
 	})
 	eventually(t, "first sync", func() bool { return a.Status().Verdict == status.VerdictProtected })
