@@ -290,15 +290,15 @@ func TestLoopEnforcesAndRepairsDrift(t *testing.T) {
 		t.Fatalf("status before the drift: %v %+v", err, qs)
 	}
 
-	// Drift: someone flushes DOCKER-USER; the nf_tables watcher says so.
-	fx.fakes[firewall.IPv4].Flush(firewall.DockerUser)
+	// Drift: someone flushes FORWARD; the nf_tables watcher says so.
+	fx.fakes[firewall.IPv4].Flush(firewall.Forward)
 	changed()
 	eventually(t, "repair", func() bool { return fx.agent.Status().Repairs == 1 })
 	st := fx.agent.Status()
 	if st.Verdict != status.VerdictProtected || !st.Firewall.IPv4.Enforced {
 		t.Fatalf("after repair: %+v", st)
 	}
-	if !strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-A DOCKER-USER -j IMDS-GUARD") {
+	if !strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-A FORWARD -j IMDS-GUARD") {
 		t.Fatal("jump not back")
 	}
 	if fx.ready.Load() != 1 {
@@ -332,7 +332,7 @@ func TestHungDockerDoesNotDelayRepair(t *testing.T) {
 	// Docker never answers while this waits: the repair cannot have waited
 	// for it.
 	eventually(t, "repair while Docker hangs", func() bool {
-		return strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-A FORWARD -j DOCKER-USER")
+		return strings.Contains(fx.fakes[firewall.IPv4].Dump(), "-A FORWARD -j IMDS-GUARD")
 	})
 }
 

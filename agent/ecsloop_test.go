@@ -231,7 +231,7 @@ func TestFIFOConfigDoesNotStallRepair(t *testing.T) {
 		st := fx.agent.Status()
 		return strings.Contains(st.ECSConfig.Error, "FIFO") && st.ECSConfig.Stale && !st.ECSConfig.AWSVPCBlockIMDS
 	})
-	fx.fakes[firewall.IPv4].Flush(firewall.DockerUser)
+	fx.fakes[firewall.IPv4].Flush(firewall.Forward)
 	changed()
 	eventually(t, "repair with a FIFO for ecs.config", func() bool {
 		st := fx.agent.Status()

@@ -51,7 +51,7 @@ func TestLayer1InVerdict(t *testing.T) {
 
 	// Layer 2 flushed away: layer 1 still blocks, so degraded, not exposed.
 	for _, f := range fx.fakes {
-		f.Flush(firewall.DockerUser)
+		f.Flush(firewall.Forward)
 	}
 	st = once(t, a, false)
 	if st.Verdict != status.VerdictDegraded || !slices.ContainsFunc(st.Reasons, func(r string) bool { return strings.Contains(r, "nftables layer still blocks") }) {

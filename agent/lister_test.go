@@ -35,7 +35,7 @@ func TestDaemonListsOnDockerEventsOnly(t *testing.T) {
 	fx.docker.hang = hang
 	fx.docker.mu.Unlock()
 	lists := fx.docker.listCalls()
-	v4.Flush(firewall.DockerUser)
+	v4.Flush(firewall.Forward)
 	changed()
 	eventually(t, "repair", func() bool { return fx.agent.Status().Repairs == 1 })
 	if got := fx.docker.listCalls(); got != lists {

@@ -106,7 +106,7 @@ func TestSyncCallsNoDocker(t *testing.T) {
 				t.Fatal("the lister never called Docker")
 			}
 			for i := range 3 {
-				v4.Flush(firewall.DockerUser)
+				v4.Flush(firewall.Forward)
 				changed()
 				eventually(t, "repair", func() bool { return fx.agent.Status().Repairs >= uint64(i+1) })
 				aws.ns.(*fakeNS).deleteRoute("/var/run/docker/netns/pause")

@@ -6,8 +6,9 @@
 // written over one lasting netlink socket with the owner and persist flags
 // where the kernel has them, so nobody else can change or delete them and
 // they outlive the agent. Layer 2 is the IMDS-GUARD chain in the filter
-// table of iptables and ip6tables, reached from FORWARD through DOCKER-USER;
-// its body and the path to it are repaired in one iptables-restore
+// table of iptables and ip6tables, reached by imdsguard's own jump as rule 1
+// of FORWARD (and of DOCKER-USER while Docker's chain exists; imdsguard never
+// writes a rule Docker writes); its body and the jumps are repaired in one iptables-restore
 // transaction. Either layer alone blocks. The packet-walk evaluator reads
 // every table and reports per layer whether IMDS is reachable.
 //

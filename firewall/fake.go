@@ -44,10 +44,18 @@ func (e fakeErr) Error() string { return e.msg }
 
 func (f *Fake) exists(chain string) bool { _, ok := f.rules[chain]; return ok }
 
+// builtinTargets are the targets that name no chain.
+var builtinTargets = map[string]bool{
+	"ACCEPT": true, "RETURN": true, "DROP": true, "REJECT": true, "LOG": true, "NFLOG": true, "ULOG": true,
+	"MARK": true, "CONNMARK": true, "TRACE": true, "AUDIT": true, "CT": true,
+	"NOTRACK": true, "TCPMSS": true, "CLASSIFY": true, "DSCP": true, "TOS": true,
+	"TTL": true, "HL": true, "SECMARK": true, "CONNSECMARK": true,
+}
+
 // checkTarget rejects a jump to a chain that does not exist.
 func (f *Fake) checkTarget(rule string) error {
 	t := target(rule)
-	if t == "" || t == "ACCEPT" || t == "RETURN" || cannotAccept[t] && t != DockerUser {
+	if t == "" || builtinTargets[t] {
 		return nil // a built-in target, not a chain
 	}
 	if !f.exists(t) {
@@ -112,6 +120,25 @@ func (f *Fake) DeleteById(table, chain string, id int) error {
 	f.Calls++
 	f.rules[chain] = slices.Delete(f.rules[chain], id-1, id)
 	return nil
+}
+
+// deleteFirst deletes the first copy of rule from chain (iptables -D by
+// spec), if there is one.
+func (f *Fake) deleteFirst(chain, rule string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if i := slices.Index(f.rules[chain], rule); i >= 0 {
+		f.rules[chain] = slices.Delete(f.rules[chain], i, i+1)
+	}
+}
+
+// deleteAll deletes every copy of rule from chain.
+func (f *Fake) deleteAll(chain, rule string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if rs, ok := f.rules[chain]; ok {
+		f.rules[chain] = slices.DeleteFunc(rs, func(r string) bool { return r == rule })
+	}
 }
 
 // Flush empties a chain (iptables -F CHAIN).

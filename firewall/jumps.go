@@ -24,7 +24,7 @@ func (m *Manager) repair(t Tables, f Family, o observed, reasons map[Reason]bool
 	}
 	if payload, guard := m.pathPayload(f, o, reasons); payload != nil {
 		if err := t.Restore(payload); err != nil {
-			errs = append(errs, fmt.Errorf("repairing FORWARD -> %s -> %s: %w", DockerUser, Chain, err))
+			errs = append(errs, fmt.Errorf("repairing the jumps to %s: %w", Chain, err))
 		} else if guard {
 			st.Rebuilt = true
 			st.RebuiltChains = appendOnce(st.RebuiltChains, Chain)
@@ -51,24 +51,27 @@ func appendOnce(s []string, v string) []string {
 }
 
 // pathPayload renders, as one iptables-restore transaction, what the
-// forwarded path FORWARD -> DOCKER-USER -> IMDS-GUARD needs after the read
-// o: IMDS-GUARD's body when reasons say it is missing or differs,
-// DOCKER-USER when o has none, and each jump that is missing, not first or
-// doubled (guard: the body is rebuilt). nil: nothing to do.
+// forwarded path needs after the read o: IMDS-GUARD's body when reasons say
+// it is missing or differs, and each of our two jumps to it that is missing,
+// not first or doubled: FORWARD's, and DOCKER-USER's while DOCKER-USER
+// exists (guard: the body is rebuilt). nil: nothing to do.
+//
+// It never declares DOCKER-USER and never writes "-j DOCKER-USER": both are
+// Docker's, written with a check, a delete and an insert that are not
+// atomic, so a second writer of the same rule can always end up with two
+// (and creating DOCKER-USER before dockerd is moby#48560). Writing only our
+// own rules, no Docker action can double or delete one of ours.
 //
 // One transaction, because the kernel applies it whole or not at all: the
-// chain body exists before anything jumps to it, and no chain the jumps
-// name can be deleted between a separate create and the jump (firewalld
-// and Docker wipe and re-create the table while we repair). DOCKER-USER is
-// declared only when the read found none, since a ":CHAIN" line flushes an
-// existing chain, the operator's rules in it too. If another writer changed
-// what the read saw (a copy to delete is gone, a chain seen is deleted),
-// the transaction fails whole and the caller reads again.
+// chain body exists before anything jumps to it, and a DOCKER-USER deleted
+// between the read and the write fails the whole transaction, which the
+// caller then reads and repairs again (the next read finds no DOCKER-USER,
+// and FORWARD's jump alone is written).
 func (m *Manager) pathPayload(f Family, o observed, reasons map[Reason]bool) (payload []byte, guard bool) {
 	guard = reasons[ReasonChainMissing] || reasons[ReasonChainModified]
-	jump := reasons[ReasonJumpMissing] || reasons[ReasonJumpNotFirst] || reasons[ReasonJumpDuplicate] || !o.dockerUserExists
-	fwd := reasons[ReasonForwardJumpMissing] || reasons[ReasonForwardJumpLate] || reasons[ReasonForwardJumpDuplicate]
-	if !guard && !jump && !fwd {
+	fwd := reasons[ReasonForwardJumpMissing] || reasons[ReasonForwardJumpNotFirst] || reasons[ReasonForwardJumpDuplicate]
+	user := o.dockerUserExists && (reasons[ReasonJumpMissing] || reasons[ReasonJumpNotFirst] || reasons[ReasonJumpDuplicate])
+	if !guard && !fwd && !user {
 		return nil, false
 	}
 	var b strings.Builder
@@ -79,20 +82,11 @@ func (m *Manager) pathPayload(f Family, o observed, reasons map[Reason]bool) (pa
 			b.WriteString(r + "\n")
 		}
 	}
-	if !o.dockerUserExists {
-		b.WriteString(":" + DockerUser + " - [0:0]\n")
-	}
-	if jump {
-		n := 0
-		if o.dockerUserExists {
-			n = len(indices(o.dockerUser, jumpRule(DockerUser, Chain)))
-		}
-		writeJump(&b, DockerUser, Chain, n, true)
-	}
 	if fwd {
-		// Docker deletes and re-inserts this same rule at the top of FORWARD
-		// on every start, so doing the same never fights Docker.
-		writeJump(&b, Forward, DockerUser, len(indices(o.forward, jumpRule(Forward, DockerUser))), true)
+		writeJump(&b, Forward, Chain, len(indices(o.forward, jumpRule(Forward, Chain))), true)
+	}
+	if user {
+		writeJump(&b, DockerUser, Chain, len(indices(o.dockerUser, jumpRule(DockerUser, Chain))), true)
 	}
 	b.WriteString("COMMIT\n")
 	return []byte(b.String()), guard

@@ -99,6 +99,14 @@ func kernelRoundTrip(t *testing.T, mode string, action Action) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Docker's chain and its jump, as dockerd leaves them.
+	for _, f := range []Family{IPv4, IPv6} {
+		for _, args := range [][]string{{"-N", DockerUser}, {"-I", Forward, "-j", DockerUser}} {
+			if out, err := exec.Command(b.Binaries[f], args...).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %v %s", args, err, out)
+			}
+		}
+	}
 	ctx := context.Background()
 	states, err := m.Ensure(ctx)
 	if err != nil {
@@ -122,8 +130,8 @@ func kernelRoundTrip(t *testing.T, mode string, action Action) {
 			t.Fatalf("%s: steady state reports %v", st.Family, st.Problems)
 		}
 	}
-	// Drift: flush DOCKER-USER with the real binary.
-	if out, err := exec.Command(b.Binaries[IPv4], "-F", DockerUser).CombinedOutput(); err != nil {
+	// Drift: flush FORWARD with the real binary.
+	if out, err := exec.Command(b.Binaries[IPv4], "-F", Forward).CombinedOutput(); err != nil {
 		t.Fatalf("flush: %v %s", err, out)
 	}
 	states, _ = m.Check(ctx)
@@ -142,6 +150,10 @@ func kernelRoundTrip(t *testing.T, mode string, action Action) {
 	}
 	if !strings.Contains(string(out), ":"+DockerUser) {
 		t.Fatalf("remove deleted DOCKER-USER:\n%s", out)
+	}
+	out, _ = exec.Command(saveName(b.Binaries[IPv6]), "-t", Table).Output()
+	if strings.Contains(string(out), Chain) || !strings.Contains(string(out), "-A FORWARD -j DOCKER-USER\n") {
+		t.Fatalf("after remove, ipv6 (Docker's jump stays, nothing of ours):\n%s", out)
 	}
 }
 
@@ -266,9 +278,9 @@ func cgroup2Mount(t *testing.T) string {
 
 // TestKernelConcurrentEnsure runs two managers (two `imdsguard apply` without
 // the lock between them) against each drift, 50 rounds: deleting by spec in
-// one transaction must leave exactly one jump in each chain and never touch
-// the operator's own DOCKER-USER rule, which rule-number deletion from a
-// stale read did.
+// one transaction must leave exactly one of our jumps in each chain, never
+// touch the operator's own DOCKER-USER rule, which rule-number deletion from
+// a stale read did, and leave Docker's FORWARD jump as Docker put it.
 func TestKernelConcurrentEnsure(t *testing.T) {
 	for _, mode := range []string{"nft", "legacy"} {
 		t.Run(mode, func(t *testing.T) {
@@ -304,7 +316,7 @@ func kernelConcurrent(t *testing.T) {
 		for _, args := range [][]string{
 			{"-N", DockerUser}, {"-A", DockerUser, "-j", "RETURN"},
 			append([]string{"-I", DockerUser, "1"}, operator[f]...),
-			{"-A", Forward, "-j", DockerUser}, {"-A", Forward, "-j", DockerUser},
+			{"-A", Forward, "-j", DockerUser},
 		} {
 			if err := ipt(f, args...); err != nil {
 				t.Error(err)
@@ -322,15 +334,17 @@ func kernelConcurrent(t *testing.T) {
 	for round := range 50 {
 		if round > 0 {
 			// Drift both ways: a duplicate jump behind the operator's rule,
-			// and a second FORWARD jump.
+			// a second FORWARD jump of ours, and Docker's jump put back on
+			// top (its EnsureJumpRule).
 			for _, f := range []Family{IPv4, IPv6} {
-				if err := ipt(f, "-I", DockerUser, "3", "-j", Chain); err != nil {
-					t.Error(err)
-					return
-				}
-				if err := ipt(f, "-A", Forward, "-j", DockerUser); err != nil {
-					t.Error(err)
-					return
+				for _, args := range [][]string{
+					{"-I", DockerUser, "3", "-j", Chain}, {"-A", Forward, "-j", Chain},
+					{"-D", Forward, "-j", DockerUser}, {"-I", Forward, "-j", DockerUser},
+				} {
+					if err := ipt(f, args...); err != nil {
+						t.Error(err)
+						return
+					}
 				}
 			}
 		}
@@ -364,7 +378,8 @@ func kernelConcurrent(t *testing.T) {
 			if n := len(indices(o.dockerUser, jumpRule(DockerUser, Chain))); n != 1 || o.dockerUser[0] != jumpRule(DockerUser, Chain) {
 				t.Errorf("round %d %s: DOCKER-USER %q (errors %v)", round, f, o.dockerUser, ensureErrs)
 			}
-			if n := len(indices(o.forward, jumpRule(Forward, DockerUser))); n != 1 {
+			if n := len(indices(o.forward, jumpRule(Forward, Chain))); n != 1 || o.forward[0] != jumpRule(Forward, Chain) ||
+				len(indices(o.forward, jumpRule(Forward, DockerUser))) != 1 {
 				t.Errorf("round %d %s: FORWARD %q (errors %v)", round, f, o.forward, ensureErrs)
 			}
 			if !slices.Contains(o.dockerUser, rule(DockerUser, operator[f])) {

@@ -44,7 +44,7 @@ type Layer interface {
 	Remove(ctx context.Context) error
 }
 
-// IPTablesLayer is layer 2 (IMDS-GUARD in DOCKER-USER) as a Layer.
+// IPTablesLayer is layer 2 (IMDS-GUARD, jumped to from FORWARD and DOCKER-USER) as a Layer.
 type IPTablesLayer struct{ M *Manager }
 
 func (IPTablesLayer) Name() string { return "iptables" }

@@ -294,9 +294,10 @@ func (m *Manager) ensureFamily(f Family) (FamilyState, error) {
 	return st, errors.Join(errs...)
 }
 
-// Remove deletes what imdsguard owns — every DOCKER-USER jump to IMDS-GUARD,
-// every OUTPUT jump to IMDS-GUARD-HOST, and the two chains — and nothing
-// else: DOCKER-USER and its FORWARD jump belong to Docker.
+// Remove deletes what imdsguard owns — every FORWARD and DOCKER-USER jump to
+// IMDS-GUARD, every OUTPUT jump to IMDS-GUARD-HOST, and the two chains — and
+// nothing else: DOCKER-USER and FORWARD's jump to it belong to Docker, also
+// one an earlier imdsguard inserted (the two cannot be told apart).
 func (m *Manager) Remove(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -311,7 +312,7 @@ func (m *Manager) Remove(ctx context.Context) error {
 		for _, j := range []struct {
 			rules    []string
 			from, to string
-		}{{o.dockerUser, DockerUser, Chain}, {o.output, Output, HostChain}} {
+		}{{o.forward, Forward, Chain}, {o.dockerUser, DockerUser, Chain}, {o.output, Output, HostChain}} {
 			n := len(indices(j.rules, jumpRule(j.from, j.to)))
 			if n == 0 {
 				continue

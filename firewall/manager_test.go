@@ -43,6 +43,7 @@ const wantDocker = `:INPUT ACCEPT [0:0]
 :DOCKER-ISOLATION-STAGE-1 - [0:0]
 :DOCKER-USER - [0:0]
 :IMDS-GUARD - [0:0]
+-A FORWARD -j IMDS-GUARD
 -A FORWARD -j DOCKER-USER
 -A FORWARD -j DOCKER-ISOLATION-STAGE-1
 -A FORWARD -o docker0 -j DOCKER
@@ -83,31 +84,51 @@ func TestEnsureFromDockerRuleset(t *testing.T) {
 	}
 }
 
+func reasonsOf(ps []Problem) []Reason {
+	var out []Reason
+	for _, p := range ps {
+		out = append(out, p.Reason)
+	}
+	return out
+}
+
+// TestEnsureBeforeDocker: the agent may start before docker.service, with
+// nothing of Docker there yet. FORWARD's jump alone blocks; DOCKER-USER is
+// left for Docker to create (creating it first is moby#48560), and the sync
+// after Docker did gets our jump into it.
 func TestEnsureBeforeDocker(t *testing.T) {
-	// The agent may start before docker.service: nothing of Docker exists yet.
 	m, fakes := newFakeManager(ActionReject)
 	states, err := m.Ensure(context.Background())
 	must(t, err)
-	var reasons []Reason
-	for _, p := range states[0].Problems {
-		reasons = append(reasons, p.Reason)
+	if got, want := reasonsOf(states[0].Problems), []Reason{ReasonChainMissing, ReasonForwardJumpMissing}; !slices.Equal(got, want) {
+		t.Errorf("reasons %v, want %v", got, want)
 	}
-	want := []Reason{ReasonChainMissing, ReasonDockerUserMissing, ReasonJumpMissing, ReasonForwardJumpMissing}
-	if !slices.Equal(reasons, want) {
-		t.Errorf("reasons %v, want %v", reasons, want)
+	if !states[0].Enforced {
+		t.Errorf("not enforced without Docker: %+v", states[0])
 	}
 	got := fakes[IPv6].Dump()
 	want6 := `:INPUT ACCEPT [0:0]
 :FORWARD ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
 :IMDS-GUARD - [0:0]
-:DOCKER-USER - [0:0]
--A FORWARD -j DOCKER-USER
+-A FORWARD -j IMDS-GUARD
 -A IMDS-GUARD -d fd00:ec2::254/128 -p tcp -j REJECT --reject-with tcp-reset
--A IMDS-GUARD -d fd00:ec2::254/128 -j REJECT --reject-with icmp6-port-unreachable
--A DOCKER-USER -j IMDS-GUARD`
+-A IMDS-GUARD -d fd00:ec2::254/128 -j REJECT --reject-with icmp6-port-unreachable`
 	if got != want6 {
 		t.Errorf("ruleset:\n%s\nwant:\n%s", got, want6)
+	}
+	// dockerd starts: its chain, and its jump inserted at rule 1.
+	for _, f := range fakes {
+		must(t, f.NewChain(Table, DockerUser))
+		must(t, f.Insert(Table, Forward, 1, "-j", DockerUser))
+	}
+	states, err = m.Ensure(context.Background())
+	must(t, err)
+	if got, want := reasonsOf(states[0].Problems), []Reason{ReasonForwardJumpNotFirst, ReasonJumpMissing}; !slices.Equal(got, want) || !states[0].Enforced {
+		t.Errorf("after dockerd: reasons %v (want %v), enforced %v", got, want, states[0].Enforced)
+	}
+	for _, f := range fakes {
+		assertProtected(t, f)
 	}
 }
 
@@ -118,12 +139,18 @@ var drifts = map[string]func(f *Fake){
 	"flush FORWARD":            func(f *Fake) { f.Flush(Forward) },
 	"flush IMDS-GUARD":         func(f *Fake) { f.Flush(Chain) },
 	"restore without our rule": func(f *Fake) { f.Reset() },
-	"delete the jump": func(f *Fake) {
-		f.mu.Lock()
-		if rs, ok := f.rules[DockerUser]; ok {
-			f.rules[DockerUser] = slices.DeleteFunc(rs, func(r string) bool { return r == jumpRule(DockerUser, Chain) })
-		}
-		f.mu.Unlock()
+	"delete the jump":          func(f *Fake) { f.deleteAll(DockerUser, jumpRule(DockerUser, Chain)) },
+	"delete the FORWARD jump":  func(f *Fake) { f.deleteAll(Forward, jumpRule(Forward, Chain)) },
+	"duplicate FORWARD jump":   func(f *Fake) { _ = f.Append(Forward, "-j", Chain) },
+	// Docker's EnsureJumpRule on its start or a firewalld reload: delete
+	// its jump if there, insert it at rule 1.
+	"Docker re-inserts its jump": dockerEnsureJump,
+	// A restore or firewalld wiping DOCKER-USER and Docker's jump, Docker
+	// not (yet) back.
+	"DOCKER-USER deleted": func(f *Fake) {
+		f.deleteAll(Forward, jumpRule(Forward, DockerUser))
+		f.Flush(DockerUser)
+		_ = f.DeleteChain(DockerUser)
 	},
 	"chain removed (-F; -X)": func(f *Fake) {
 		f.Flush(DockerUser)
@@ -153,7 +180,9 @@ func TestEnsureRepairsEveryDrift(t *testing.T) {
 			drift(f)
 			states, err := m.Ensure(context.Background())
 			must(t, err)
-			if len(states[0].Problems) == 0 {
+			// Deleting DOCKER-USER is no problem of ours: FORWARD's jump
+			// blocks, and Docker puts its chain back.
+			if len(states[0].Problems) == 0 && name != "DOCKER-USER deleted" {
 				t.Fatalf("drift %q not noticed", name)
 			}
 			if !states[0].Enforced {
@@ -180,37 +209,63 @@ func TestEnsureAnyOrder(t *testing.T) {
 		for k := r.IntN(3) + 1; k > 0; k-- {
 			drifts[names[r.IntN(len(names))]](f)
 		}
+		if r.IntN(4) == 0 && !f.exists(DockerUser) {
+			// dockerd restarts after a wipe: its chain and its jump.
+			must(t, f.NewChain(Table, DockerUser))
+			dockerEnsureJump(f)
+		}
+		docker := notOurs(f)
 		states, err := m.Ensure(context.Background())
 		if err != nil || !states[0].Enforced {
 			t.Fatalf("step %d: err=%v state=%+v\n%s", i, err, states[0], f.Dump())
 		}
 		assertProtected(t, f)
+		if got := notOurs(f); got != docker {
+			t.Fatalf("step %d: Ensure changed rules not its own:\n%s\nwas:\n%s", i, got, docker)
+		}
 	}
 }
 
+// dockerEnsureJump is Docker's EnsureJumpRule for FORWARD -j DOCKER-USER
+// (every version): -C, -D if there, -I at rule 1.
+func dockerEnsureJump(f *Fake) {
+	if !f.exists(DockerUser) {
+		return
+	}
+	f.deleteFirst(Forward, jumpRule(Forward, DockerUser))
+	_ = f.Insert(Table, Forward, 1, "-j", DockerUser)
+}
+
+// notOurs is everything in the filter table imdsguard does not own: chains
+// and rules but IMDS-GUARD and the jumps to it. Ensure must never change it.
+func notOurs(f *Fake) string {
+	var keep []string
+	for _, l := range strings.Split(f.Dump(), "\n") {
+		if !strings.Contains(l, Chain) {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
 // assertProtected checks the invariant itself, independently of problems():
-// FORWARD reaches DOCKER-USER before anything that accepts, rule 1 of
-// DOCKER-USER is our only jump, and the chain drops IMDS.
+// rule 1 of FORWARD is our only jump there, rule 1 of DOCKER-USER (when
+// Docker's chain exists) is our only jump there, and the chain drops IMDS.
 func assertProtected(t *testing.T, f *Fake) {
 	t.Helper()
 	o := parseSave(must1(f.Save(Table)))
-	ok := false
-	for _, r := range o.forward {
-		if r == jumpRule(Forward, DockerUser) {
-			ok = true
-			break
+	for _, j := range []struct {
+		exists bool
+		rules  []string
+		from   string
+	}{{true, o.forward, Forward}, {o.dockerUserExists, o.dockerUser, DockerUser}} {
+		if j.exists && (len(j.rules) == 0 || j.rules[0] != jumpRule(j.from, Chain) || len(indices(j.rules, jumpRule(j.from, Chain))) != 1) {
+			t.Fatalf("rule 1 of %s is not our only jump:\n%s", j.from, f.Dump())
 		}
-		if target(r) == "ACCEPT" {
-			break
-		}
 	}
-	if !ok {
-		t.Fatalf("FORWARD does not reach DOCKER-USER first:\n%s", f.Dump())
-	}
-	if len(o.dockerUser) == 0 || o.dockerUser[0] != jumpRule(DockerUser, Chain) || len(indices(o.dockerUser, jumpRule(DockerUser, Chain))) != 1 {
-		t.Fatalf("DOCKER-USER rule 1 is not the only jump:\n%s", f.Dump())
-	}
-	if !slices.Equal(o.guard, []string{"-A IMDS-GUARD -d 169.254.169.254/32 -j DROP"}) {
+	if !slices.ContainsFunc([]Spec{{Action: ActionDrop}, {Action: ActionReject}}, func(s Spec) bool {
+		return slices.Equal(o.guard, s.Rules(IPv4)) || slices.Equal(o.guard, s.Rules(IPv6))
+	}) {
 		t.Fatalf("IMDS-GUARD body wrong:\n%s", f.Dump())
 	}
 }
@@ -253,8 +308,8 @@ func TestFailedRestoreNeverOpens(t *testing.T) {
 	if !strings.Contains(err.Error(), "line 2 failed") {
 		t.Errorf("error lost its cause: %v", err)
 	}
-	// The jump stays: a failed rebuild leaves the old chain in force.
-	if o := parseSave(must1(f.Save(Table))); o.dockerUser[0] != jumpRule(DockerUser, Chain) {
+	// The jumps stay: a failed rebuild leaves the old chain in force.
+	if o := parseSave(must1(f.Save(Table))); o.forward[0] != jumpRule(Forward, Chain) || o.dockerUser[0] != jumpRule(DockerUser, Chain) {
 		t.Errorf("jump removed after a failed rebuild:\n%s", f.Dump())
 	}
 }
@@ -267,7 +322,8 @@ func TestRemoveOnlyWhatWeOwn(t *testing.T) {
 	before := f.Dump()
 	_, err := m.Ensure(context.Background())
 	must(t, err)
-	must(t, f.Append(DockerUser, "-j", Chain)) // a stray duplicate goes too
+	must(t, f.Append(DockerUser, "-j", Chain)) // stray duplicates go too
+	must(t, f.Append(Forward, "-j", Chain))
 	must(t, m.Remove(context.Background()))
 	if got := f.Dump(); got != before {
 		t.Errorf("after remove:\n%s\nwant the ruleset as it was:\n%s", got, before)
@@ -313,30 +369,6 @@ func TestCountersSummed(t *testing.T) {
 	}
 }
 
-func TestForwardJumpOK(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		forward []string
-		ok      bool
-		reason  Reason
-	}{
-		{"empty", nil, false, ReasonForwardJumpMissing},
-		{"first", []string{"-A FORWARD -j DOCKER-USER", "-A FORWARD -j ACCEPT"}, true, ""},
-		{"after a log and a drop", []string{"-A FORWARD -j LOG", "-A FORWARD -s 1.2.3.4/32 -j DROP", "-A FORWARD -j DOCKER-USER"}, true, ""},
-		{"after an accept", []string{"-A FORWARD -i eth1 -j ACCEPT", "-A FORWARD -j DOCKER-USER"}, false, ReasonForwardJumpLate},
-		{"after another chain", []string{"-A FORWARD -j DOCKER-FORWARD", "-A FORWARD -j DOCKER-USER"}, false, ReasonForwardJumpLate},
-		{"after a return", []string{"-A FORWARD -j RETURN", "-A FORWARD -j DOCKER-USER"}, false, ReasonForwardJumpLate},
-		{"conditional jump only", []string{"-A FORWARD -i docker0 -j DOCKER-USER"}, false, ReasonForwardJumpMissing},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ok, reason, _ := forwardJumpOK(tc.forward)
-			if ok != tc.ok || reason != tc.reason {
-				t.Errorf("got %v %q, want %v %q", ok, reason, tc.ok, tc.reason)
-			}
-		})
-	}
-}
-
 func TestParseSave(t *testing.T) {
 	// Real iptables-nft-save -c output from a Docker 20.10 host namespace.
 	out := `# Generated by iptables-nft-save v1.8.9 (nf_tables) on Mon Nov 23 12:00:00 2026
@@ -347,7 +379,8 @@ func TestParseSave(t *testing.T) {
 :DOCKER - [0:0]
 :DOCKER-USER - [0:0]
 :IMDS-GUARD - [0:0]
-[4:240] -A FORWARD -j DOCKER-USER
+[4:240] -A FORWARD -j IMDS-GUARD
+[0:0] -A FORWARD -j DOCKER-USER
 [0:0] -A FORWARD -o docker0 -j DOCKER
 [4:240] -A DOCKER-USER -j IMDS-GUARD
 [0:0] -A DOCKER-USER -j RETURN
@@ -406,9 +439,9 @@ func BenchmarkEnsureSteadyState(b *testing.B) {
 }
 
 // TestForwardJumpNoPileUp: after a firewalld reload Docker re-adds its
-// FORWARD rules one -I at a time while the agent repairs. Each repair puts
-// the jump on top; the copies Docker's inserts pushed down must go, or one
-// is left behind per insert.
+// FORWARD rules one -I at a time, its jump to DOCKER-USER last, while the
+// agent repairs. Each repair moves our jump back to rule 1 and leaves no copy
+// behind; Docker's rules are Docker's, never doubled or removed by us.
 func TestForwardJumpNoPileUp(t *testing.T) {
 	m, fakes := newFakeManager(ActionDrop)
 	f := fakes[IPv4]
@@ -416,30 +449,22 @@ func TestForwardJumpNoPileUp(t *testing.T) {
 	dockerRuleset(t, fakes[IPv6])
 	for i := range 5 {
 		must(t, f.Insert(Table, Forward, 1, "-i", "docker0", "-o", "docker0", "-j", "ACCEPT"))
-		if _, err := m.Ensure(context.Background()); err != nil {
-			t.Fatalf("repair %d: %v", i, err)
+		dockerEnsureJump(f)
+		states, err := m.Ensure(context.Background())
+		if err != nil || !states[0].Enforced {
+			t.Fatalf("repair %d: %v %+v", i, err, states[0])
 		}
-	}
-	out, _ := f.Save(Table)
-	if n := strings.Count(string(out), "-A FORWARD -j DOCKER-USER\n"); n != 1 {
-		t.Fatalf("%d FORWARD jumps to DOCKER-USER, want 1:\n%s", n, f.Dump())
-	}
-	if first := strings.Split(f.Dump(), "\n")[7]; first != "-A FORWARD -j DOCKER-USER" {
-		t.Fatalf("first FORWARD rule %q:\n%s", first, f.Dump())
-	}
-	// Docker deletes its jump and inserts it again; a repair that fills
-	// the gap leaves two, the first still on top.
-	must(t, f.Insert(Table, Forward, 1, "-j", DockerUser))
-	states, err := m.Ensure(context.Background())
-	must(t, err)
-	out, _ = f.Save(Table)
-	if n := strings.Count(string(out), "-A FORWARD -j DOCKER-USER\n"); n != 1 || !states[0].Enforced {
-		t.Fatalf("after a duplicate: %d FORWARD jumps, enforced %v:\n%s", n, states[0].Enforced, f.Dump())
+		assertProtected(t, f)
+		o := parseSave(must1(f.Save(Table)))
+		if n := len(indices(o.forward, jumpRule(Forward, DockerUser))); n != 1 || o.forward[1] != jumpRule(Forward, DockerUser) {
+			t.Fatalf("repair %d: Docker's jump %d times, want once as rule 2:\n%s", i, n, f.Dump())
+		}
 	}
 }
 
-// TestEnsureReducesDuplicateJumps: duplicates in FORWARD and DOCKER-USER are
-// deleted by their spec, the operator's rules between them stay.
+// TestEnsureReducesDuplicateJumps: duplicates of our jumps in FORWARD and
+// DOCKER-USER are deleted by their spec, the operator's rules between them
+// stay, and a doubled Docker jump is Docker's: left alone.
 func TestEnsureReducesDuplicateJumps(t *testing.T) {
 	m, fakes := newFakeManager(ActionDrop)
 	for _, f := range fakes {
@@ -450,16 +475,18 @@ func TestEnsureReducesDuplicateJumps(t *testing.T) {
 	if _, err := m.Ensure(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	// A stale duplicate behind the operator's rule.
+	// Stale duplicates behind the operator's rule and behind Docker's jump.
 	must(t, fakes[IPv4].Insert(Table, DockerUser, 3, "-j", Chain))
+	must(t, fakes[IPv4].Insert(Table, Forward, 3, "-j", Chain))
 	states, err := m.Ensure(context.Background())
 	if err != nil || !states[0].Enforced {
 		t.Fatalf("Ensure = %+v, %v", states, err)
 	}
 	for fam, f := range fakes {
+		assertProtected(t, f)
 		o := parseSave(must1(f.Save(Table)))
-		if n := len(indices(o.forward, jumpRule(Forward, DockerUser))); n != 1 || o.forward[0] != jumpRule(Forward, DockerUser) {
-			t.Errorf("%s FORWARD = %q", fam, o.forward)
+		if n := len(indices(o.forward, jumpRule(Forward, DockerUser))); n != 2 {
+			t.Errorf("%s FORWARD = %q: Docker's two jumps changed", fam, o.forward)
 		}
 		want := []string{jumpRule(DockerUser, Chain), "-A DOCKER-USER -s 10.9.9.9/32 -j DROP", "-A DOCKER-USER -j RETURN"}
 		if !slices.Equal(o.dockerUser, want) {

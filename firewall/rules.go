@@ -36,7 +36,8 @@ func ParseAction(s string) (Action, error) {
 }
 
 // Chain and table names. DOCKER-USER and FORWARD are not ours: only the single
-// jump rule in each is.
+// jump to IMDS-GUARD in each is (FORWARD's always, DOCKER-USER's while Docker's
+// chain exists). Docker's own "FORWARD -j DOCKER-USER" is never ours.
 const (
 	Table      = "filter"
 	Chain      = "IMDS-GUARD"
@@ -317,15 +318,4 @@ func target(rule string) string {
 		}
 	}
 	return ""
-}
-
-// cannotAccept are targets after which a packet is either gone or continues
-// down the same chain. Anything else — ACCEPT, RETURN (the policy may accept),
-// a jump into another chain — could let a packet through before DOCKER-USER
-// sees it.
-var cannotAccept = map[string]bool{
-	"": true, "DROP": true, "REJECT": true, "LOG": true, "NFLOG": true, "ULOG": true,
-	"MARK": true, "CONNMARK": true, "TRACE": true, "AUDIT": true, "CT": true,
-	"NOTRACK": true, "TCPMSS": true, "CLASSIFY": true, "DSCP": true, "TOS": true,
-	"TTL": true, "HL": true, "SECMARK": true, "CONNSECMARK": true, DockerUser: true,
 }

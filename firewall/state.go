@@ -10,16 +10,18 @@ import (
 type Reason string
 
 const (
-	ReasonChainMissing       Reason = "chain_missing"
-	ReasonChainModified      Reason = "chain_modified"
-	ReasonDockerUserMissing  Reason = "docker_user_missing"
-	ReasonJumpMissing        Reason = "jump_missing"
-	ReasonJumpNotFirst       Reason = "jump_not_first"
-	ReasonJumpDuplicate      Reason = "jump_duplicate"
-	ReasonForwardJumpMissing Reason = "forward_jump_missing"
-	ReasonForwardJumpLate    Reason = "forward_jump_late"
-	// ReasonForwardJumpDuplicate: more than one FORWARD jump to
-	// DOCKER-USER, which makes every packet walk it twice.
+	ReasonChainMissing  Reason = "chain_missing"
+	ReasonChainModified Reason = "chain_modified"
+	// The jump to IMDS-GUARD in DOCKER-USER, checked only while DOCKER-USER
+	// exists (Docker creates it; imdsguard never does).
+	ReasonJumpMissing   Reason = "jump_missing"
+	ReasonJumpNotFirst  Reason = "jump_not_first"
+	ReasonJumpDuplicate Reason = "jump_duplicate"
+	// imdsguard's own jump to IMDS-GUARD in FORWARD, the one that blocks
+	// whatever Docker does. Docker inserting its "-j DOCKER-USER" at rule 1
+	// makes ours rule 2: not first, moved back.
+	ReasonForwardJumpMissing   Reason = "forward_jump_missing"
+	ReasonForwardJumpNotFirst  Reason = "forward_jump_not_first"
 	ReasonForwardJumpDuplicate Reason = "forward_jump_duplicate"
 	// Host-network blocking (only with Spec.Host).
 	ReasonHostChainMissing    Reason = "host_chain_missing"
@@ -34,8 +36,8 @@ const (
 
 // Reasons lists every Reason, so metrics can start each series at zero.
 var Reasons = []Reason{
-	ReasonChainMissing, ReasonChainModified, ReasonDockerUserMissing, ReasonJumpMissing,
-	ReasonJumpNotFirst, ReasonJumpDuplicate, ReasonForwardJumpMissing, ReasonForwardJumpLate, ReasonForwardJumpDuplicate,
+	ReasonChainMissing, ReasonChainModified, ReasonJumpMissing, ReasonJumpNotFirst, ReasonJumpDuplicate,
+	ReasonForwardJumpMissing, ReasonForwardJumpNotFirst, ReasonForwardJumpDuplicate,
 	ReasonHostChainMissing, ReasonHostChainModified, ReasonOutputJumpMissing, ReasonOutputJumpNotFirst,
 	ReasonOutputJumpDuplicate,
 }
@@ -76,21 +78,6 @@ func indices(rules []string, rule string) []int {
 	return out
 }
 
-// forwardJumpOK reports whether FORWARD reaches DOCKER-USER before any rule
-// that could accept the packet, and if not, which problem that is.
-func forwardJumpOK(forward []string) (bool, Reason, string) {
-	jump := jumpRule(Forward, DockerUser)
-	for _, r := range forward {
-		if r == jump {
-			return true, "", ""
-		}
-		if !cannotAccept[target(r)] {
-			return false, ReasonForwardJumpLate, fmt.Sprintf("FORWARD rule %q comes before the jump to DOCKER-USER", r)
-		}
-	}
-	return false, ReasonForwardJumpMissing, "FORWARD does not jump to DOCKER-USER"
-}
-
 // problems compares one observation with the spec. It is pure so every
 // combination of drift can be table-tested.
 func (o observed) problems(f Family, spec Spec) []Problem {
@@ -119,14 +106,11 @@ func (o observed) problems(f Family, spec Spec) []Problem {
 		}
 	}
 	body(Chain, o.guardExists, o.guard, spec.Rules(f), ReasonChainMissing, ReasonChainModified)
-	if !o.dockerUserExists {
-		add(ReasonDockerUserMissing, "chain %s is missing", DockerUser)
-	}
-	firstJump(o.dockerUser, DockerUser, Chain, ReasonJumpMissing, ReasonJumpNotFirst, ReasonJumpDuplicate)
-	if ok, reason, detail := forwardJumpOK(o.forward); !ok {
-		add(reason, "%s", detail)
-	} else if n := len(indices(o.forward, jumpRule(Forward, DockerUser))); n > 1 {
-		add(ReasonForwardJumpDuplicate, "%s jumps to %s %d times", Forward, DockerUser, n)
+	firstJump(o.forward, Forward, Chain, ReasonForwardJumpMissing, ReasonForwardJumpNotFirst, ReasonForwardJumpDuplicate)
+	// A missing DOCKER-USER is Docker's to create: FORWARD's jump blocks
+	// without it, and the sync after Docker creates it adds ours.
+	if o.dockerUserExists {
+		firstJump(o.dockerUser, DockerUser, Chain, ReasonJumpMissing, ReasonJumpNotFirst, ReasonJumpDuplicate)
 	}
 	if spec.Host != nil {
 		body(HostChain, o.hostExists, o.host, spec.HostRules(f), ReasonHostChainMissing, ReasonHostChainModified)
@@ -140,16 +124,14 @@ func (r Reason) Fix() string {
 	switch r {
 	case ReasonChainMissing, ReasonChainModified:
 		return "rebuilt " + Chain + " with iptables-restore"
-	case ReasonDockerUserMissing:
-		return "created " + DockerUser
 	case ReasonJumpMissing, ReasonJumpNotFirst:
 		return "inserted the jump to " + Chain + " as rule 1 of " + DockerUser
 	case ReasonJumpDuplicate:
 		return "deleted the extra jumps"
-	case ReasonForwardJumpMissing, ReasonForwardJumpLate:
-		return "inserted the jump to " + DockerUser + " as rule 1 of " + Forward
+	case ReasonForwardJumpMissing, ReasonForwardJumpNotFirst:
+		return "inserted the jump to " + Chain + " as rule 1 of " + Forward
 	case ReasonForwardJumpDuplicate:
-		return "kept one jump to " + DockerUser + ", as rule 1 of " + Forward
+		return "kept one jump to " + Chain + ", as rule 1 of " + Forward
 	case ReasonHostChainMissing, ReasonHostChainModified:
 		return "rebuilt " + HostChain + " with iptables-restore"
 	case ReasonOutputJumpMissing, ReasonOutputJumpNotFirst:
