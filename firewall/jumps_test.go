@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -116,6 +117,38 @@ func TestPathProblemsAndPayload(t *testing.T) {
 			}
 			if got := notOurs(f); got != before {
 				t.Errorf("the payload changed rules not ours:\n%s\nwas:\n%s", got, before)
+			}
+		})
+	}
+}
+
+// TestCheckOursBehindDockersJump: Docker's restart puts its jump above
+// ours for a moment. Check judges by what the kernel does: still blocked
+// while rule 1 of DOCKER-USER is our jump, open when an operator's rule
+// there accepts IMDS first (and then it names what to repair).
+func TestCheckOursBehindDockersJump(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		dockerUser string
+		dropped    bool
+	}{
+		{"DOCKER-USER jumps to us first", "-A DOCKER-USER -j IMDS-GUARD\n-A DOCKER-USER -d 169.254.169.254/32 -j ACCEPT\n", true},
+		{"DOCKER-USER returns", "-A DOCKER-USER -j RETURN\n", true},
+		{"an operator's accept in DOCKER-USER", "-A DOCKER-USER -d 169.254.169.254/32 -j ACCEPT\n-A DOCKER-USER -j IMDS-GUARD\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := NewFake()
+			must(t, f.Restore([]byte("*filter\n:DOCKER-USER - [0:0]\n:IMDS-GUARD - [0:0]\n-A IMDS-GUARD -d 169.254.169.254/32 -j DROP\n"+
+				tc.dockerUser+"-A FORWARD -j DOCKER-USER\n-A FORWARD -j IMDS-GUARD\nCOMMIT\n")))
+			m := NewManager(Spec{Action: ActionDrop}, map[Family]Tables{IPv4: f}, IPv4)
+			m.SetBridgeNF(func(Family) Tri { return No })
+			states, err := m.Check(context.Background())
+			must(t, err)
+			if st := states[0]; st.Enforced != tc.dropped || st.Probe.Dropped != tc.dropped {
+				t.Fatalf("enforced %v, probe %s; want dropped %v", st.Enforced, st.Probe, tc.dropped)
+			}
+			if !tc.dropped && !slices.Contains(reasonsOf(states[0].Problems), ReasonForwardJumpNotFirst) {
+				t.Errorf("problems %v do not say our jump is not first", states[0].Problems)
 			}
 		})
 	}
