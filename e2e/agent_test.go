@@ -199,16 +199,19 @@ func (e *env) protectedOutside(family string) bool {
 }
 
 // protectedIn says whether one family's `iptables-save -t filter` output
-// holds the whole block.
+// holds the whole block: our jump as rule 1 of FORWARD and, while Docker's
+// DOCKER-USER exists, as rule 1 there too.
 func protectedIn(out, family string) bool {
 	imds := "-A IMDS-GUARD -d 169.254.169.254/32 -j DROP"
 	if family == "ipv6" {
 		imds = "-A IMDS-GUARD -d fd00:ec2::254/128 -j DROP"
 	}
 	var fwd, du []string
-	guard := false
+	guard, user := false, false
 	for _, l := range strings.Split(out, "\n") {
 		switch {
+		case strings.HasPrefix(l, ":DOCKER-USER "):
+			user = true
 		case strings.HasPrefix(l, "-A FORWARD "):
 			fwd = append(fwd, l)
 		case strings.HasPrefix(l, "-A DOCKER-USER "):
@@ -217,7 +220,7 @@ func protectedIn(out, family string) bool {
 			guard = true
 		}
 	}
-	return guard && len(fwd) > 0 && fwd[0] == "-A FORWARD -j DOCKER-USER" && len(du) > 0 && du[0] == "-A DOCKER-USER -j IMDS-GUARD"
+	return guard && len(fwd) > 0 && fwd[0] == "-A FORWARD -j IMDS-GUARD" && (!user || len(du) > 0 && du[0] == "-A DOCKER-USER -j IMDS-GUARD")
 }
 
 // drift is one way the field breaks the firewall, as the shell command an
@@ -232,13 +235,18 @@ var drifts = []drift{
 	{"iptables -F DOCKER-USER", "ipv4", "iptables -F DOCKER-USER"},
 	{"delete the DOCKER-USER jump", "ipv4", "iptables -D DOCKER-USER -j IMDS-GUARD"},
 	{"iptables -F FORWARD", "ipv4", "iptables -F FORWARD"},
+	{"delete the FORWARD jump", "ipv4", "iptables -D FORWARD -j IMDS-GUARD"},
+	// Docker's EnsureJumpRule (its start, a firewalld reload): its jump
+	// back on top, ours rule 2.
+	{"Docker's jump re-inserted", "ipv4", "iptables -D FORWARD -j DOCKER-USER && iptables -I FORWARD -j DOCKER-USER"},
 	// What `systemctl restart iptables` does with a saved file that lacks
 	// the rule: a full restore of the table.
 	{"iptables-restore without the rule", "ipv4", "iptables-save -t filter | grep -v IMDS-GUARD | iptables-restore"},
 	// One transaction: as separate commands the agent repairs the first
 	// before the -X runs, and the -X then fails on a referenced chain.
-	{"chain removed (-X)", "ipv4", `printf '*filter\n-F DOCKER-USER\n-F IMDS-GUARD\n-X IMDS-GUARD\nCOMMIT\n' | iptables-restore --noflush`},
-	{"ip6tables -F DOCKER-USER", "ipv6", "ip6tables -F DOCKER-USER"},
+	{"chain removed (-X)", "ipv4", `printf '*filter\n-D FORWARD -j IMDS-GUARD\n-F DOCKER-USER\n-F IMDS-GUARD\n-X IMDS-GUARD\nCOMMIT\n' | iptables-restore --noflush`},
+	// Docker 20.10 has no ip6tables DOCKER-USER, and imdsguard creates none.
+	{"ip6tables -F FORWARD", "ipv6", "ip6tables -F FORWARD"},
 }
 
 func TestAgent(t *testing.T) { forEachBackend(t, testAgent) }
@@ -377,8 +385,8 @@ func testAgent(t *testing.T, opts sandbox.Options) {
 		t.Fatalf("remove: exit %d\n%s", code, out)
 	}
 	rules, _ := s.HostRun("iptables-save", "-t", "filter")
-	if strings.Contains(rules, "IMDS-GUARD") || !strings.Contains(rules, ":DOCKER-USER") {
-		t.Fatalf("after remove:\n%s", rules)
+	if strings.Contains(rules, "IMDS-GUARD") || !strings.Contains(rules, ":DOCKER-USER") || strings.Count(rules, "-A FORWARD -j DOCKER-USER\n") != 1 {
+		t.Fatalf("after remove (Docker's chain and its one jump stay):\n%s", rules)
 	}
 	if body, err := s.ReadIMDS("afterrestart"); err != nil || body != sandbox.InstanceID {
 		t.Fatalf("after remove a container reads IMDS again: %q %v", body, err)
@@ -389,14 +397,23 @@ func testAgent(t *testing.T, opts sandbox.Options) {
 }
 
 // TestAgentBeforeDocker covers the boot order the boothook produces, and
-// moby#48560: DOCKER-USER exists before dockerd starts, so dockerd may not
-// add the FORWARD jump. The agent must cover that.
+// moby#48560: DOCKER-USER exists before dockerd starts (AWS's recipe creates
+// it from a boothook; imdsguard never does), so dockerd may not add its
+// FORWARD jump. imdsguard's own FORWARD jump blocks either way.
 func TestAgentBeforeDocker(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, opts sandbox.Options) {
 		opts.NoDockerd = true
 		e := newEnv(t, opts)
+		if _, err := e.s.HostRun("iptables", "-N", "DOCKER-USER"); err != nil {
+			t.Fatal(err)
+		}
 		if out, code := e.cli(t, "apply"); code != 0 {
 			t.Fatalf("apply without Docker: exit %d\n%s", code, out)
+		}
+		for _, bin := range []string{"iptables-save", "ip6tables-save"} {
+			if rules, _ := e.s.HostRun(bin, "-t", "filter"); strings.Contains(rules, "-j DOCKER-USER") || bin == "ip6tables-save" && strings.Contains(rules, "DOCKER-USER") {
+				t.Fatalf("apply wrote Docker's rules (%s):\n%s", bin, rules)
+			}
 		}
 		if !e.protectedOutside("ipv4") || !e.protectedOutside("ipv6") {
 			t.Fatal("apply did not put the block in place")

@@ -181,19 +181,29 @@ func (e *env) ruleCensus() string {
 }
 
 // census reports what in one family's `iptables-save -t filter` is not
-// exactly one: the FORWARD -> DOCKER-USER jump, the DOCKER-USER ->
-// IMDS-GUARD jump, each line of IMDS-GUARD's body. "" means clean.
+// exactly one: our FORWARD jump, our DOCKER-USER jump (while DOCKER-USER
+// exists), each line of IMDS-GUARD's body, and never more than one of
+// Docker's FORWARD jump to DOCKER-USER (Docker's to restore, so its absence
+// is not ours to flag). "" means clean.
 func census(out string) string {
 	var bad []string
 	count := map[string]int{}
+	user := false
 	for _, l := range strings.Split(out, "\n") {
-		if l == "-A FORWARD -j DOCKER-USER" || strings.HasPrefix(l, "-A DOCKER-USER -j IMDS-GUARD") || strings.HasPrefix(l, "-A IMDS-GUARD ") {
+		if strings.HasPrefix(l, ":DOCKER-USER ") {
+			user = true
+		}
+		if l == "-A FORWARD -j IMDS-GUARD" || l == "-A FORWARD -j DOCKER-USER" || strings.HasPrefix(l, "-A DOCKER-USER -j IMDS-GUARD") || strings.HasPrefix(l, "-A IMDS-GUARD ") {
 			count[l]++
 		}
 	}
-	for _, must := range []string{"-A FORWARD -j DOCKER-USER", "-A DOCKER-USER -j IMDS-GUARD"} {
-		if count[must] == 0 {
-			bad = append(bad, "no "+must)
+	must := []string{"-A FORWARD -j IMDS-GUARD"}
+	if user {
+		must = append(must, "-A DOCKER-USER -j IMDS-GUARD")
+	}
+	for _, m := range must {
+		if count[m] == 0 {
+			bad = append(bad, "no "+m)
 		}
 	}
 	keys := make([]string, 0, len(count))

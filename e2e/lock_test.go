@@ -41,23 +41,25 @@ func legacyTables(t *testing.T, s *sandbox.Sandbox) string {
 	return strings.TrimSpace(out)
 }
 
-// countJumps counts the DOCKER-USER jumps to IMDS-GUARD and the FORWARD
-// jumps to DOCKER-USER in one family.
-func countJumps(t *testing.T, s *sandbox.Sandbox, save string) (guard, forward int) {
+// countJumps counts the FORWARD and DOCKER-USER jumps to IMDS-GUARD and the
+// jumps to DOCKER-USER (Docker's rule; no dockerd runs here) in one family.
+func countJumps(t *testing.T, s *sandbox.Sandbox, save string) (forward, user, docker int) {
 	t.Helper()
 	out, err := s.HostRun(save, "-t", "filter")
 	if err != nil {
 		t.Fatalf("%s: %v %s", save, err, out)
 	}
 	for _, l := range strings.Split(out, "\n") {
-		switch strings.TrimSpace(l) {
-		case "-A DOCKER-USER -j IMDS-GUARD":
-			guard++
-		case "-A FORWARD -j DOCKER-USER":
+		switch l = strings.TrimSpace(l); {
+		case l == "-A FORWARD -j IMDS-GUARD":
 			forward++
+		case l == "-A DOCKER-USER -j IMDS-GUARD":
+			user++
+		case strings.HasSuffix(l, " -j DOCKER-USER"):
+			docker++
 		}
 	}
-	return guard, forward
+	return forward, user, docker
 }
 
 // TestOneWriter: check creates nothing; a second daemon exits non-zero
@@ -117,12 +119,18 @@ func TestOneWriter(t *testing.T) {
 	if err := e.agent.Stop(10 * time.Second); err != nil {
 		t.Logf("stopping the daemon: %v", err)
 	}
+	// A DOCKER-USER as an operator's boothook leaves it (dockerd is not
+	// running): both of our jumps go in, and never Docker's.
+	for _, ipt := range []string{"iptables", "ip6tables"} {
+		if out, err := e.s.HostRun(ipt, "-N", "DOCKER-USER"); err != nil {
+			t.Fatalf("%s -N DOCKER-USER: %v %s", ipt, err, out)
+		}
+	}
 	for round := range 50 {
-		// Drift each round: an extra jump behind the first, and an extra
-		// FORWARD jump.
+		// Drift each round: an extra jump behind the first in each chain.
 		if round > 0 {
 			for _, ipt := range []string{"iptables", "ip6tables"} {
-				for _, args := range [][]string{{"-A", "DOCKER-USER", "-j", "IMDS-GUARD"}, {"-A", "FORWARD", "-j", "DOCKER-USER"}} {
+				for _, args := range [][]string{{"-A", "DOCKER-USER", "-j", "IMDS-GUARD"}, {"-A", "FORWARD", "-j", "IMDS-GUARD"}} {
 					if out, err := e.s.HostRun(ipt, args...); err != nil {
 						t.Fatalf("%s %v: %v %s", ipt, args, err, out)
 					}
@@ -148,8 +156,8 @@ func TestOneWriter(t *testing.T) {
 			}
 		}
 		for _, save := range []string{"iptables-save", "ip6tables-save"} {
-			if g, f := countJumps(t, e.s, save); g != 1 || f != 1 {
-				t.Fatalf("round %d %s: %d DOCKER-USER jumps to IMDS-GUARD, %d FORWARD jumps to DOCKER-USER; want 1 and 1", round, save, g, f)
+			if f, u, d := countJumps(t, e.s, save); f != 1 || u != 1 || d != 0 {
+				t.Fatalf("round %d %s: %d FORWARD and %d DOCKER-USER jumps to IMDS-GUARD, %d jumps to DOCKER-USER; want 1, 1 and 0", round, save, f, u, d)
 			}
 		}
 	}
