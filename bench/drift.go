@@ -43,24 +43,47 @@ func (c *contender) drift(kind string) error {
 	var err error
 	switch kind {
 	case "rule-deleted":
+		if c.kind == kindImdsguard {
+			// Both of its jumps, in one transaction: either alone blocks.
+			_, err = c.sb.HostRun("sh", "-c", deleteEvery("FORWARD -j IMDS-GUARD", "DOCKER-USER -j IMDS-GUARD"))
+			break
+		}
 		_, err = c.sb.HostRun("iptables", append([]string{"-w", "-D", "DOCKER-USER"}, c.rule()...)...)
 	case "docker-user-flushed":
+		// For imdsguard no drift any more: its FORWARD jump still blocks,
+		// and the sample says 0 (the block never opened).
 		_, err = c.sb.HostRun("iptables", "-w", "-F", "DOCKER-USER")
 	case "forward-jump-removed":
-		// Every unconditional jump, in one transaction: Docker and the agent
-		// can each have inserted one, and deleting only the first of two
-		// leaves the block whole, which is no drift at all.
-		_, err = c.sb.HostRun("sh", "-c", `n=$(iptables-save -t filter | grep -c -x -- '-A FORWARD -j DOCKER-USER'); `+
-			`{ echo '*filter'; i=0; while [ "$i" -lt "$n" ]; do echo '-D FORWARD -j DOCKER-USER'; i=$((i+1)); done; echo COMMIT; } | iptables-restore -w --noflush`)
+		// Every unconditional FORWARD jump that leads to the block, in one
+		// transaction: Docker's to DOCKER-USER, and imdsguard's own to
+		// IMDS-GUARD. Deleting one of two leaves the block whole, which is
+		// no drift at all.
+		_, err = c.sb.HostRun("sh", "-c", deleteEvery("FORWARD -j DOCKER-USER", "FORWARD -j IMDS-GUARD"))
 	case "restore-without-rule":
 		// An old saved ruleset restored over the live one (full table, no
 		// --noflush), as a config-management run or a boot script would.
-		line := "-A DOCKER-USER " + strings.Join(c.rule(), " ")
-		_, err = c.sb.HostRun("sh", "-c", fmt.Sprintf(`iptables-save -t filter | grep -v -x -- '%s' | iptables-restore -w`, line))
+		lines := "-e '-A DOCKER-USER " + strings.Join(c.rule(), " ") + "'"
+		if c.kind == kindImdsguard {
+			lines += " -e '-A FORWARD -j IMDS-GUARD'" // its other jump, which alone blocks
+		}
+		_, err = c.sb.HostRun("sh", "-c", fmt.Sprintf(`iptables-save -t filter | grep -v -x %s | iptables-restore -w`, lines))
 	default:
 		err = fmt.Errorf("unknown drift %q", kind)
 	}
 	return err
+}
+
+// deleteEvery is a shell script that deletes every copy of each rule ("CHAIN
+// spec", as iptables -S prints it after -A) in one iptables-restore
+// transaction.
+func deleteEvery(rules ...string) string {
+	var b strings.Builder
+	b.WriteString(`s=$(iptables-save -t filter); { echo '*filter'; `)
+	for _, r := range rules {
+		fmt.Fprintf(&b, `printf '%%s\n' "$s" | grep -x -- '-A %s' | sed 's/^-A /-D /'; `, r)
+	}
+	b.WriteString(`echo COMMIT; } | iptables-restore -w --noflush`)
+	return b.String()
 }
 
 // restore puts a saved filter table back (the "reboot" for contenders that
@@ -142,7 +165,9 @@ func (c *contender) measureNFT(ctx context.Context, s sample, window time.Durati
 	last := tDrift
 	deadline := time.NewTimer(time.Until(tDrift.Add(window)))
 	defer deadline.Stop()
-	pending := false // a commit arrived during the last check
+	// Check at once: a drift that leaves the block whole (imdsguard's
+	// FORWARD jump after -F DOCKER-USER) measures 0.
+	pending := true // a commit may have arrived during the last check
 	for {
 		if !pending {
 			select {

@@ -16,6 +16,9 @@ func TestBlocked(t *testing.T) {
 		{"jump not first", head + "-A FORWARD -j DOCKER-FORWARD\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -d 169.254.169.254/32 -j DROP\n", false},
 		{"a subnet accepted", head + "-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j IMDS-GUARD\n-A IMDS-GUARD -s 172.17.0.0/16 -d 169.254.169.254/32 -j ACCEPT\n-A IMDS-GUARD -d 169.254.169.254/32 -j DROP\n", false},
 		{"every source accepted", head + "-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j IMDS-GUARD\n-A IMDS-GUARD -d 169.254.169.254/32 -j ACCEPT\n-A IMDS-GUARD -d 169.254.169.254/32 -j DROP\n", false},
+		{"imdsguard's own FORWARD jump", head + "-A FORWARD -j IMDS-GUARD\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j IMDS-GUARD\n-A DOCKER-USER -j RETURN\n-A IMDS-GUARD -d 169.254.169.254/32 -j DROP\n", true},
+		{"imdsguard's FORWARD jump, DOCKER-USER flushed", head + "-A FORWARD -j IMDS-GUARD\n-A FORWARD -j DOCKER-USER\n-A IMDS-GUARD -d 169.254.169.254/32 -j DROP\n", true},
+		{"imdsguard's FORWARD jump behind Docker's, DOCKER-USER accepts", head + "-A FORWARD -j DOCKER-USER\n-A FORWARD -j IMDS-GUARD\n-A DOCKER-USER -d 169.254.169.254/32 -j ACCEPT\n-A IMDS-GUARD -d 169.254.169.254/32 -j DROP\n", false},
 		{"chain missing", head + "-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j IMDS-GUARD\n", false},
 	} {
 		if got := blocked(tc.save); got != tc.want {
