@@ -237,8 +237,9 @@ var drifts = []drift{
 	{"iptables -F FORWARD", "ipv4", "iptables -F FORWARD"},
 	{"delete the FORWARD jump", "ipv4", "iptables -D FORWARD -j IMDS-GUARD"},
 	// Docker's EnsureJumpRule (its start, a firewalld reload): its jump
-	// back on top, ours rule 2.
-	{"Docker's jump re-inserted", "ipv4", "iptables -D FORWARD -j DOCKER-USER && iptables -I FORWARD -j DOCKER-USER"},
+	// back on top, ours rule 2. (After -F FORWARD Docker's jump is gone
+	// until Docker's next start: imdsguard repairs only its own.)
+	{"Docker's jump re-inserted", "ipv4", "iptables -C FORWARD -j DOCKER-USER 2>/dev/null && iptables -D FORWARD -j DOCKER-USER; iptables -I FORWARD -j DOCKER-USER"},
 	// What `systemctl restart iptables` does with a saved file that lacks
 	// the rule: a full restore of the table.
 	{"iptables-restore without the rule", "ipv4", "iptables-save -t filter | grep -v IMDS-GUARD | iptables-restore"},

@@ -10,9 +10,9 @@ tmp=$dir/$scenario.txt.tmp
 r() { echo "$1=$2" >>"$tmp"; }
 prop() { systemctl show -p "$2" --value "$1"; }
 jump() {
-	if [ "$("$1" -w 5 -S DOCKER-USER 2>/dev/null | sed -n 2p)" = "-A DOCKER-USER -j IMDS-GUARD" ]; then
+	if [ "$("$1" -w 5 -S FORWARD 2>/dev/null | sed -n 2p)" = "-A FORWARD -j IMDS-GUARD" ]; then
 		echo rule1
-	elif "$1" -w 5 -C DOCKER-USER -j IMDS-GUARD 2>/dev/null; then
+	elif "$1" -w 5 -C FORWARD -j IMDS-GUARD 2>/dev/null; then
 		echo elsewhere
 	else
 		echo absent

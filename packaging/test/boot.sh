@@ -2,7 +2,7 @@
 # Boots a Debian tree with systemd-nspawn (own network namespace, so the
 # host's firewall is never touched), with imdsguard installed from the .deb
 # and a stand-in docker.service that records, as it starts, whether the
-# IMDS-GUARD jump is already rule 1 of DOCKER-USER.
+# IMDS-GUARD jump is already rule 1 of FORWARD.
 #
 # usage: boot.sh DEB [PARTS_DIR]   PARTS_DIR: user data parts split by
 # parse_userdata.py (boothook + ECS script), for the boothook scenario.

@@ -1,10 +1,11 @@
 #!/bin/bash
 # Stand-in for dockerd: at the moment Docker would start, record whether
-# rule 1 of DOCKER-USER (both families) is the jump to IMDS-GUARD.
+# rule 1 of FORWARD (both families) is imdsguard's jump to IMDS-GUARD (it
+# never creates DOCKER-USER, which is Docker's).
 rule1() {
-	if [ "$("$1" -w 5 -S DOCKER-USER 2>/dev/null | sed -n 2p)" = "-A DOCKER-USER -j IMDS-GUARD" ]; then
+	if [ "$("$1" -w 5 -S FORWARD 2>/dev/null | sed -n 2p)" = "-A FORWARD -j IMDS-GUARD" ]; then
 		echo rule1
-	elif "$1" -w 5 -C DOCKER-USER -j IMDS-GUARD 2>/dev/null; then
+	elif "$1" -w 5 -C FORWARD -j IMDS-GUARD 2>/dev/null; then
 		echo elsewhere
 	else
 		echo absent
