@@ -32,15 +32,22 @@ type Namespaces interface {
 	Watch(ctx context.Context, path string, changed func()) error
 }
 
-// readTasks reads the routes of every task namespace the snapshot locates.
-// A failed read is kept as such: planTasks never repairs, and taskStatus
-// never protects, on a read that failed.
+// readTasks reads the routes of every task namespace the snapshot locates,
+// or takes the last verified read where the namespace's watch vouches for
+// it (routewatch.go). A failed read is kept as such: planTasks never
+// repairs, and taskStatus never protects, on a read that failed.
 func (a *Agent) readTasks(tasks []*awsvpcTask) map[string]nsRead {
 	reads := map[string]nsRead{}
 	for _, t := range tasks {
 		if t.err != nil {
 			continue
 		}
+		id := t.pause.ID
+		if v, ok := a.vouched(id, t.path, t.byPid); ok {
+			reads[id] = nsRead{path: v.path, routes: v.routes}
+			continue
+		}
+		before := a.beforeRead(id)
 		r, err := a.namespaces.Routes(t.path)
 		read := nsRead{path: t.path, routes: r, err: err}
 		if err != nil && !errors.Is(err, tasknet.ErrHostNamespace) && t.byPid != "" {
@@ -48,7 +55,8 @@ func (a *Agent) readTasks(tasks []*awsvpcTask) map[string]nsRead {
 				read = nsRead{path: t.byPid, routes: r}
 			}
 		}
-		reads[t.pause.ID] = read
+		a.afterRead(id, before, read)
+		reads[id] = read
 	}
 	return reads
 }
@@ -67,7 +75,9 @@ func (a *Agent) applyTasks(ctx context.Context, p taskPlan) (map[string]taskResu
 		res := taskResult{routes: in.read.routes}
 		if len(in.blackhole) > 0 {
 			err := a.namespaces.Blackhole(path, in.blackhole)
+			before := a.beforeRead(id)
 			r, rerr := a.namespaces.Routes(path)
+			a.afterRead(id, before, nsRead{path: path, routes: r, err: rerr})
 			if rerr == nil {
 				res.routes = r
 			}
@@ -112,53 +122,6 @@ func (a *Agent) recordRouteFix(t *awsvpcTask, fams []firewall.Family, err error)
 
 // ReasonAWSVPCRoute is the repairs_total reason for a deleted task route.
 const ReasonAWSVPCRoute = "awsvpc_route_missing"
-
-// watchNamespaces keeps one route watcher per awsvpc namespace: new ones
-// start, those of tasks that are gone stop (a watcher's socket would keep a
-// dead task's namespace alive).
-func (a *Agent) watchNamespaces(ctx context.Context, want map[string]string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for id, w := range a.watches {
-		if want[id] != w.path {
-			w.cancel()
-			delete(a.watches, id)
-		}
-	}
-	for id := range a.routesSeen {
-		if _, ok := want[id]; !ok {
-			delete(a.routesSeen, id)
-		}
-	}
-	for id, path := range want {
-		if _, ok := a.watches[id]; ok {
-			continue
-		}
-		wctx, cancel := context.WithCancel(ctx)
-		a.watches[id] = nsWatch{path: path, cancel: cancel}
-		a.wg.Add(1)
-		go func() {
-			defer a.wg.Done()
-			err := a.namespaces.Watch(wctx, path, a.runner.Trigger)
-			if wctx.Err() != nil {
-				return
-			}
-			a.log.WithError(err).WithField("pause", docker.Short(id)).Debug("route watch ended")
-			// The next sync starts a new watcher if the task is still
-			// there; until then the periodic resync covers it.
-			a.mu.Lock()
-			if w, ok := a.watches[id]; ok && w.path == path {
-				delete(a.watches, id)
-			}
-			a.mu.Unlock()
-		}()
-	}
-}
-
-type nsWatch struct {
-	path   string
-	cancel context.CancelFunc
-}
 
 // details is what the snapshot's inspect found of c.
 func details(c docker.Container) (docker.Details, error) {
