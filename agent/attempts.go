@@ -282,6 +282,7 @@ func (a *Agent) resolvePorts(ctx context.Context, w *attemptsWiring) {
 		}
 		found := false
 		live := map[string]bool{}
+		links := hostLinks()
 		for _, c := range cs {
 			live[c.ID] = true
 			class, _ := docker.ModeClass(c)
@@ -289,10 +290,15 @@ func (a *Agent) resolvePorts(ctx context.Context, w *attemptsWiring) {
 				continue
 			}
 			w.mu.Lock()
-			_, known := w.ports[c.ID]
-			tried := w.tried[c.ID]
+			known, tried := w.ports[c.ID], w.tried[c.ID]
+			if known != nil && portsGone(known, links) {
+				// Started again under the same ID (a restart policy, a
+				// dockerd restart, docker restart): new veths, found again.
+				delete(w.ports, c.ID)
+				known, tried, found = nil, false, true
+			}
 			w.mu.Unlock()
-			if known || tried {
+			if known != nil || tried {
 				continue
 			}
 			ports := c.Ports
@@ -322,6 +328,34 @@ func (a *Agent) resolvePorts(ctx context.Context, w *attemptsWiring) {
 			w.publish()
 		}
 	}
+}
+
+// hostLinks names the host namespace's interfaces; nil when they cannot
+// be listed (then no port is taken for gone).
+func hostLinks() map[string]bool {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	names := make(map[string]bool, len(ifs))
+	for _, i := range ifs {
+		names[i.Name] = true
+	}
+	return names
+}
+
+// portsGone reports whether none of a container's bridge ports is among
+// links any more (nil links: unknown, so not gone).
+func portsGone(ports map[netip.Addr]docker.BridgePort, links map[string]bool) bool {
+	if links == nil {
+		return false
+	}
+	for _, p := range ports {
+		if links[p.Name] {
+			return false
+		}
+	}
+	return len(ports) > 0
 }
 
 // refreshAttempts puts the recorder's last attempts into the published

@@ -224,6 +224,55 @@ func TestBlockedAttempts(t *testing.T) {
 		}
 		t.Logf("reuse-a: %d attempts, reuse-b: %d", gone, countBy(st, "reuse-b"))
 	})
+
+	// A container dockerd starts again by its restart policy keeps its ID
+	// and gets a new veth, and it tries IMDS from its first moment, before
+	// the agent's first listing after the restart: every attempt is still
+	// its own, none "no container known".
+	t.Run("after a dockerd restart", func(t *testing.T) {
+		args := append([]string{"run", "-d", "--init", "--name", "again", "--network", "attnet", "--restart", "always"}, ecsLabels(acct+"again", "again", "app")...)
+		args = append(args, sandbox.Image, "sh", "-c", "while :; do ( nc -w 1 "+sandbox.IMDSv4+" 80 </dev/null ) & usleep 100000; done")
+		if _, err := s.Docker(args...); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "again's attempts", 30*time.Second, func() bool { return countBy(e.status(t), "again") > 0 })
+		if err := s.RestartDockerd(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		restarted := time.Now()
+		waitFor(t, "again listed after the restart", 60*time.Second, func() bool {
+			st, err := status.QueryStatus(t.Context(), e.socket)
+			return err == nil && st.Docker.Reachable && st.Docker.ListedAt.After(restarted) && containerListed(st, "again")
+		})
+		listed := time.Now()
+		// Attempts from before the listing are decided within the wait
+		// after it; those are the ones at stake.
+		var st *status.Status
+		waitFor(t, "attempts from after the listing decided", 30*time.Second, func() bool {
+			st = e.status(t)
+			for _, a := range st.BlockedAttempts {
+				if a.At.After(listed.Add(attempts.PendingWait)) {
+					return true
+				}
+			}
+			return false
+		})
+		byAgain, other := 0, []string{}
+		for _, a := range st.BlockedAttempts {
+			if !a.At.After(restarted.Add(-time.Second)) {
+				continue
+			}
+			if a.Name == "again" && a.Attributed && strings.HasPrefix(a.By, "bridge port ") {
+				byAgain++
+			} else {
+				other = append(other, fmt.Sprintf("%s %s attributed %v by %q", a.At.Format("15:04:05.000"), a.Name, a.Attributed, a.By))
+			}
+		}
+		t.Logf("after the restart: %d attempts by again's bridge port, %d otherwise", byAgain, len(other))
+		if len(other) > 0 || byAgain == 0 {
+			t.Fatalf("attempts after the dockerd restart not again's by its port:\n%s", strings.Join(other, "\n"))
+		}
+	})
 }
 
 func containerListed(st *status.Status, name string) bool {
