@@ -74,15 +74,6 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 		errs = append(errs, plan.host.err.Error())
 	}
 	st.Exemptions, st.HostNetwork, st.ECSConfig = plan.exemptions, &host, plan.ecs
-	// The daemon's ECS read failed in its own loop: the sync is not fully
-	// verified (health says so), but retrying it cannot fix a file.
-	var unverified []string
-	if plan.ecsErr == nil && plan.ecs.Error != "" {
-		unverified = append(unverified, plan.ecs.Error)
-	}
-	if plan.ecsErr != nil {
-		errs = append(errs, plan.ecsErr.Error())
-	}
 	lap("containers")
 
 	// 3. Apply and verify: layer 2 (iptables), layer 1 (nftables), then
@@ -121,6 +112,15 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 	j := judge(containers, plan, observed{enforced: enforced, rules: rules,
 		hostVerified: fwAllEnforced(fwStates), nft: st.Firewall.NFTables, tasks: taskResults})
 	st.AWSVPC, st.Containers, st.Verdict, st.Reasons = &j.awsvpc, j.containers, j.verdict, j.reasons
+	// The daemon's ECS read failed in its own loop: the sync is not fully
+	// verified (health says so), but retrying it cannot fix a file.
+	var unverified []string
+	if plan.ecsErr == nil && plan.ecs.Error != "" {
+		unverified = append(unverified, plan.ecs.Error)
+	}
+	if plan.ecsErr != nil {
+		errs = append(errs, plan.ecsErr.Error())
+	}
 	errs = append(errs, j.taskErrs...)
 
 	// 5. Publish: what the attempts reader attributes by, and the sync.
