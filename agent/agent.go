@@ -104,8 +104,12 @@ type Agent struct {
 	// route that goes missing later is counted as drift.
 	routesSeen map[string]bool
 	watches    map[string]nsWatch
-	runCtx     context.Context
-	wg         sync.WaitGroup
+	watchSeq   uint64
+	// verified is each task's last full route read (routewatch.go).
+	verified map[string]verifiedRead
+	now      func() time.Time
+	runCtx   context.Context
+	wg       sync.WaitGroup
 	// l1 is imdsguard's own nftables tables (layer1.go), tasks1 the same
 	// in awsvpc task namespaces (layer1_task.go); nil: off.
 	l1     *layer1
@@ -158,6 +162,7 @@ func New(o Options) *Agent {
 		version: o.Version, watchNFT: o.WatchNFTables,
 		blocked: map[firewall.Family][2]uint64{}, lastCounts: map[string][2]uint64{}, repairsBy: map[string]map[string]uint64{},
 		namespaces: o.Namespaces, sys: o.System, routesSeen: map[string]bool{}, watches: map[string]nsWatch{},
+		verified: map[string]verifiedRead{}, now: time.Now,
 	}
 	a.watchFirewalld = o.WatchFirewalld
 	probe := o.IPv6

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 
@@ -11,28 +12,46 @@ import (
 )
 
 // The pure part of a pass: no I/O, table-tested (desired_test.go,
-// verdict_test.go, TestClassify, TestExemptions). desired turns what the
-// pass read (the snapshot, the cgroups) into the firewall's spec; classify
-// turns the picture — that plan and what the firewall and the task
-// namespaces were found to hold — into each container's status; verdict
-// sums up the host.
+// tasks_test.go, verdict_test.go, TestClassify, TestExemptions). desired
+// turns what the pass read (the snapshot, the cgroups, the ECS files, the
+// task namespaces' routes) into the firewall's spec, layer 1's intent and
+// the task repairs; judge turns that plan and what applying it found into
+// each task's and container's status (classify) and the verdict.
 
-// world is everything a pass read before deciding what the firewall must
-// hold: the Docker snapshot and the machine's cgroups.
+// world is everything a pass read before deciding what to apply.
 type world struct {
 	cfg  Config
 	snap docker.Snapshot
-	host hostReads
+	// enforce: the pass applies the plan (a check only compares).
+	enforce bool
+	host    hostReads
 	// hostLast is what the last sync knew of host-network cgroups.
 	hostLast map[string]hostCgroup
+	ecs      ecsRead
+	// tasks are the awsvpc tasks the snapshot locates, taskReads their
+	// namespaces' routes by pause container ID; nsUnavailable: no
+	// namespace can be read here (no inspecting client or no netlink).
+	tasks         []*awsvpcTask
+	taskReads     map[string]nsRead
+	nsUnavailable bool
 }
 
 // plan is the desired state a world asks for, before anything is applied.
 type plan struct {
 	spec       firewall.Spec
+	families   []firewall.Family
 	exempt     map[string]string
 	exemptions []status.Exemption
 	host       hostPlan
+	// layer1 is the host's intent for imdsguard's own nftables tables.
+	layer1 firewall.Intent
+	// ecs is what the ECS configuration says, ecsIssues what the verdict
+	// must name of it, ecsErr a one-shot command's failed read.
+	ecs       status.ECSStatus
+	ecsIssues []string
+	ecsErr    error
+	// tasks is what each awsvpc task's namespace must get (tasks.go).
+	tasks taskPlan
 	// issues are what the verdict must name of the reads.
 	issues []string
 }
@@ -55,6 +74,10 @@ func desired(w world) plan {
 		p.issues = append(p.issues, "Docker cannot be asked, so running containers are unknown: "+w.snap.Err.Error())
 	}
 	p.spec = firewall.Spec{Action: w.cfg.Action, Exempt: exemptSpec, Host: p.host.spec}
+	p.families = w.cfg.Families()
+	p.layer1 = nftIntent(w.cfg, p.spec)
+	p.ecs, p.ecsIssues, p.ecsErr = ecsStatus(w.cfg.ECSConfigMode, w.snap.Containers, w.ecs)
+	p.tasks = planTasks(w.cfg, w.tasks, w.taskReads, p.exempt, w.enforce, w.nsUnavailable)
 	return p
 }
 
@@ -66,23 +89,51 @@ type observed struct {
 	// hostVerified: every family was verified in place, and with it the
 	// host chain; until then no host-network container counts as blocked.
 	hostVerified bool
-	awsvpc       map[string]status.AWSVPCTask
-	awsvpcBlock  bool
-	// issues are what else the verdict must name (Docker, ECS, layers).
-	issues []string
+	// nft is layer 1 as applied and verified (nil: off).
+	nft *status.NFTStatus
+	// tasks is what applying each awsvpc task's intent found.
+	tasks map[string]taskResult
 }
 
-// judge is the pure end of a pass: each container's status and the
-// verdict, from the plan and what was observed after applying it.
-func judge(containers []docker.Container, p plan, o observed) (cs []status.ContainerStatus, v string, reasons []string) {
+// judgement is what a pass publishes of the plan and what it observed.
+type judgement struct {
+	containers []status.ContainerStatus
+	verdict    string
+	reasons    []string
+	awsvpc     status.AWSVPCStatus
+	// taskErrs fail the sync (retried): a task that could not be checked
+	// or repaired.
+	taskErrs []string
+}
+
+// judge is the pure end of a pass: each task's and container's status and
+// the verdict, from the plan and what was observed after applying it.
+func judge(containers []docker.Container, p plan, o observed) judgement {
+	var j judgement
 	blocked := p.host.blocked
 	if !o.hostVerified {
 		blocked = nil
 	}
-	cs = classify(picture{enforced: o.enforced, containers: containers, awsvpcBlock: o.awsvpcBlock,
-		awsvpc: o.awsvpc, hostBlocked: blocked, exempt: p.exempt, rules: o.rules})
-	v, reasons = verdict(o.enforced, cs, slices.Concat(p.issues, o.issues))
-	return cs, v, reasons
+	// A family is blocked when either layer holds it (layer1.go).
+	enforced := maps.Clone(o.enforced)
+	if enforced == nil {
+		enforced = map[string]bool{}
+	}
+	layers := mergeLayers(p.families, enforced, o.nft)
+	var tasks map[string]status.AWSVPCTask
+	j.awsvpc, tasks = judgeTasks(p.tasks, o.tasks)
+	taskIssues, taskErrs := taskIssues(j.awsvpc)
+	j.taskErrs = taskErrs
+	// What the running ECS agent applies decides for tasks whose namespace
+	// was not checked.
+	awsvpcBlock := p.ecs.AWSVPCBlockIMDS
+	if p.ecs.RunningAgent != nil {
+		awsvpcBlock = p.ecs.RunningAgent.AWSVPCBlockIMDS
+	}
+	j.containers = classify(picture{enforced: enforced, containers: containers, awsvpcBlock: awsvpcBlock,
+		awsvpc: tasks, hostBlocked: blocked, exempt: p.exempt, rules: o.rules})
+	j.verdict, j.reasons = verdict(enforced, j.containers, slices.Concat(p.issues, layers, p.ecsIssues, taskIssues))
+	return j
 }
 
 // picture is everything one sync learned; classify turns it into a verdict.

@@ -8,8 +8,10 @@ import (
 	"testing"
 
 	"github.com/imdsguard/imdsguard/docker"
+	"github.com/imdsguard/imdsguard/ecsconfig"
 	"github.com/imdsguard/imdsguard/firewall"
 	"github.com/imdsguard/imdsguard/status"
+	"github.com/imdsguard/imdsguard/tasknet"
 )
 
 // TestDesired runs the pure part of a pass, desired then judge, over what a
@@ -44,8 +46,12 @@ func TestDesired(t *testing.T) {
 			Labels: labels, ImageLabels: image, Ports: map[netip.Addr]docker.BridgePort{a: {Name: "veth" + id, Bridge: "docker0"}}}
 	}
 	hostc := docker.Container{ID: "h00000000000", Name: "hostc", NetworkMode: "host", Details: &docker.Details{Pid: 42}}
-	agentc := docker.Container{ID: "e00000000000", Name: docker.ECSAgentName, NetworkMode: "host", Details: &docker.Details{Pid: 7}}
-	task := docker.Container{ID: "p00000000000", Name: "pause", NetworkMode: "none", Labels: map[string]string{docker.LabelTaskARN: "arn:task/1"}}
+	agentc := docker.Container{ID: "e00000000000", Name: docker.ECSAgentName, NetworkMode: "host", Details: &docker.Details{Pid: 7},
+		Env: []string{"ECS_AWSVPC_BLOCK_IMDS=true"}}
+	ecsBlocks := ecsRead{last: ecsFiles{res: ecsconfig.Result{AWSVPCBlockIMDS: true}}}
+	const taskNS = "/var/run/docker/netns/p"
+	task := docker.Container{ID: "p00000000000", Name: "pause", NetworkMode: "none", Labels: map[string]string{docker.LabelTaskARN: "arn:task/1"},
+		Details: &docker.Details{Pid: 4242, SandboxKey: taskNS}}
 	forbidden := []string{"/system.slice/imdsguard.service", "/init.scope", "/ecs/agent"}
 	cfgExempt := Config{Action: firewall.ActionDrop, ExemptLabel: "imdsguard.allow-imds", ExemptTaskFamilies: []string{"cwagent"}}
 	cfgHost := Config{Action: firewall.ActionDrop, BlockHostNetwork: true}
@@ -85,7 +91,7 @@ func TestDesired(t *testing.T) {
 			protected: map[string]bool{"c5": true}, verdict: status.VerdictProtected},
 		{name: "exempt by family", w: world{cfg: cfgExempt, snap: docker.Snapshot{Containers: []docker.Container{bridged("6", family, none)}}}, o: withAccept("6"),
 			exempt: []string{"veth6"}, protected: map[string]bool{"c6": false}, verdict: status.VerdictProtected},
-		{name: "host network, cgroup resolved", w: world{cfg: cfgHost, snap: docker.Snapshot{Containers: []docker.Container{hostc, agentc}},
+		{name: "host network, cgroup resolved", w: world{cfg: cfgHost, snap: docker.Snapshot{Containers: []docker.Container{hostc, agentc}}, ecs: ecsBlocks,
 			host: readsOK(map[string]cgroupRead{hostc.ID: {path: "/docker/h", id: 9}})}, o: verified,
 			host: []string{"/docker/h"}, protected: map[string]bool{"hostc": true, docker.ECSAgentName: false}, verdict: status.VerdictProtected, remember: true},
 		{name: "host network, the firewall not verified", w: world{cfg: cfgHost, snap: docker.Snapshot{Containers: []docker.Container{hostc}},
@@ -108,15 +114,21 @@ func TestDesired(t *testing.T) {
 		{name: "Docker unreachable", w: world{cfg: cfgHost, snap: docker.Snapshot{Err: errors.New("connection refused")},
 			host: readsOK(nil), hostLast: map[string]hostCgroup{hostc.ID: {path: "/docker/h", id: 9}}}, o: verified,
 			verdict: status.VerdictDegraded},
-		{name: "awsvpc task with its route", w: world{cfg: cfgExempt, snap: docker.Snapshot{Containers: []docker.Container{task}}},
-			o:         observed{enforced: map[string]bool{"ipv4": true}, rules: v4, awsvpc: map[string]status.AWSVPCTask{task.ID: {Protected: true, Reason: "blackhole route"}}},
-			protected: map[string]bool{"pause": true}, verdict: status.VerdictProtected},
-		{name: "awsvpc task without its route", w: world{cfg: cfgExempt, snap: docker.Snapshot{Containers: []docker.Container{task}}},
-			o:         observed{enforced: map[string]bool{"ipv4": true}, rules: v4, awsvpc: map[string]status.AWSVPCTask{task.ID: {Reason: "no route"}}},
-			protected: map[string]bool{"pause": false}, verdict: status.VerdictDegraded},
-		{name: "awsvpc task not checked, the ECS agent blocks", w: world{cfg: cfgExempt, snap: docker.Snapshot{Containers: []docker.Container{task}}},
-			o:         observed{enforced: map[string]bool{"ipv4": true}, rules: v4, awsvpcBlock: true},
-			protected: map[string]bool{"pause": true}, verdict: status.VerdictProtected},
+		{name: "awsvpc task with its route", w: world{cfg: cfgExempt, snap: docker.Snapshot{Containers: []docker.Container{task}},
+			taskReads: map[string]nsRead{task.ID: {path: taskNS, routes: tasknet.NSRoutes{V4Blackhole: true, V4Guard: true}}}}, o: verified,
+			protected: map[string]bool{"pause": true}, reason: map[string]string{"pause": "guard rule comes first"}, verdict: status.VerdictProtected},
+		{name: "awsvpc task without its route", w: world{cfg: cfgExempt, snap: docker.Snapshot{Containers: []docker.Container{task}},
+			taskReads: map[string]nsRead{task.ID: {path: taskNS, routes: tasknet.NSRoutes{V4Escape: "a route lookup reaches IMDS"}}}}, o: verified,
+			protected: map[string]bool{"pause": false}, reason: map[string]string{"pause": "no blackhole route"}, verdict: status.VerdictDegraded},
+		{name: "awsvpc task whose namespace could not be read", w: world{cfg: cfgExempt, snap: docker.Snapshot{Containers: []docker.Container{task}},
+			taskReads: map[string]nsRead{task.ID: {path: taskNS, err: errors.New("no such file")}}}, o: verified,
+			protected: map[string]bool{"pause": false}, reason: map[string]string{"pause": "cannot check"}, verdict: status.VerdictDegraded},
+		{name: "awsvpc task not checked, the ECS agent blocks", w: world{cfg: cfgExempt, snap: docker.Snapshot{Containers: []docker.Container{task}},
+			nsUnavailable: true, ecs: ecsBlocks}, o: verified,
+			protected: map[string]bool{"pause": true}, reason: map[string]string{"pause": "in effect"}, verdict: status.VerdictProtected},
+		{name: "awsvpc task not checked, the ECS agent does not block", w: world{cfg: cfgExempt, snap: docker.Snapshot{Containers: []docker.Container{task}},
+			nsUnavailable: true}, o: verified,
+			protected: map[string]bool{"pause": false}, reason: map[string]string{"pause": "not in effect"}, verdict: status.VerdictDegraded},
 		{name: "IPv6 not applicable", w: world{cfg: Config{Action: firewall.ActionDrop}, snap: docker.Snapshot{Containers: []docker.Container{bridged("8", nil, nil)}}},
 			o: verified, protected: map[string]bool{"c8": true}, verdict: status.VerdictProtected},
 		{name: "IPv6 block not in place", w: world{cfg: Config{Action: firewall.ActionDrop, IPv6: true}, snap: docker.Snapshot{Containers: []docker.Container{bridged("9", nil, nil)}}},
@@ -124,6 +136,7 @@ func TestDesired(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			tc.w.tasks = awsvpcTasks(tc.w.snap.Containers) // as the read phase locates them
 			p := desired(tc.w)
 			var ports []string
 			for _, e := range p.spec.Exempt {
@@ -144,7 +157,8 @@ func TestDesired(t *testing.T) {
 			if p.spec.Action != tc.w.cfg.Action {
 				t.Errorf("action %q", p.spec.Action)
 			}
-			cs, v, reasons := judge(tc.w.snap.Containers, p, tc.o)
+			j := judge(tc.w.snap.Containers, p, tc.o)
+			cs, v, reasons := j.containers, j.verdict, j.reasons
 			if v != tc.verdict {
 				t.Errorf("verdict %s %q, want %s", v, reasons, tc.verdict)
 			}

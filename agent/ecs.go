@@ -10,24 +10,37 @@ import (
 	"github.com/imdsguard/imdsguard/status"
 )
 
-// ecs evaluates ECS_AWSVPC_BLOCK_IMDS as the ECS agent will see it, and as
-// the running agent sees it now. The daemon takes the ECS loop's last read
-// and reports a failed read as an issue (retrying the sync cannot fix a
-// file); a one-shot command reads now, bounded the same way, and returns
-// the error.
-func (a *Agent) ecs(ctx context.Context, containers []docker.Container, enforce bool) (status.ECSStatus, []string, error) {
-	st := status.ECSStatus{Mode: a.cfg.ECSConfigMode}
-	// The running ECS agent's environment comes with the snapshot.
-	agent, agentOK := ecsAgent(containers)
-	var last, good ecsFiles
+// ecsRead is what a pass knows of the ECS configuration files: the last
+// read and the last good one.
+type ecsRead struct {
+	last, good ecsFiles
+	// daemon: the read is the ECS loop's, whose failure retrying the sync
+	// cannot fix.
+	daemon bool
+}
+
+// readECS takes the ECS loop's last read (the daemon) or, in a one-shot
+// command, reads now, bounded the same way.
+func (a *Agent) readECS(ctx context.Context, enforce bool) ecsRead {
 	if a.ecsView != nil {
-		last, good = a.ecsView.get(ctx, a.maxECSAge())
-	} else {
-		last = a.newECSReader(enforce && a.cfg.ECSConfigMode == ECSModeEnforce).get(ctx)
-		if last.err == nil {
-			good = last
-		}
+		last, good := a.ecsView.get(ctx, a.maxECSAge())
+		return ecsRead{last: last, good: good, daemon: true}
 	}
+	r := ecsRead{last: a.newECSReader(enforce && a.cfg.ECSConfigMode == ECSModeEnforce).get(ctx)}
+	if r.last.err == nil {
+		r.good = r.last
+	}
+	return r
+}
+
+// ecsStatus evaluates ECS_AWSVPC_BLOCK_IMDS as the ECS agent will see it,
+// and as the running agent sees it now (its environment comes with the
+// snapshot). It is pure. The daemon reports a failed read as an issue; a
+// one-shot command also returns the error.
+func ecsStatus(mode string, containers []docker.Container, r ecsRead) (status.ECSStatus, []string, error) {
+	st := status.ECSStatus{Mode: mode}
+	agent, agentOK := ecsAgent(containers)
+	last, good := r.last, r.good
 	st.Wrote, st.WriteFailed = last.wrote, last.writeFailed
 	st.Present = agentOK
 	if last.err != nil {
@@ -46,7 +59,7 @@ func (a *Agent) ecs(ctx context.Context, containers []docker.Container, enforce 
 		if st.Stale {
 			issue += fmt.Sprintf(" (last good read %s; ECS_AWSVPC_BLOCK_IMDS is not claimed)", good.at.Format(time.RFC3339))
 		}
-		if a.ecsView != nil {
+		if r.daemon {
 			return st, []string{issue}, nil
 		}
 		return st, []string{issue}, last.err

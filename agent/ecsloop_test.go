@@ -182,7 +182,7 @@ func TestECSStatusFromFailedRead(t *testing.T) {
 	a.ecsView.set(ecsFiles{at: at, res: ecsconfig.Result{AWSVPCBlockIMDS: true, Reason: "set"},
 		in: ecsconfig.Inputs{UserConfig: ecsconfig.File{Present: true}}})
 	a.ecsView.set(ecsFiles{at: time.Now(), err: errors.New("cannot read the ECS configuration: /etc/ecs/ecs.config is a named pipe (FIFO), not a regular file: not read")})
-	st, issues, err := a.ecs(context.Background(), nil, true)
+	st, issues, err := ecsStatus(a.cfg.ECSConfigMode, nil, a.readECS(context.Background(), true))
 	if err != nil {
 		t.Fatalf("the daemon's sync failed on a config read: %v", err)
 	}

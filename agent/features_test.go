@@ -46,6 +46,9 @@ type fakeNS struct {
 	bypassed map[string]bool
 	added    []string // "path family", in order
 	watches  map[string]func()
+	reads    int // Routes calls
+	// silent watches never report, not even once subscribed.
+	silent bool
 }
 
 func newFakeNS() *fakeNS {
@@ -55,6 +58,7 @@ func newFakeNS() *fakeNS {
 func (n *fakeNS) Routes(path string) (tasknet.NSRoutes, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.reads++
 	if n.host[path] {
 		return tasknet.NSRoutes{}, fmt.Errorf("%s: %w", path, tasknet.ErrHostNamespace)
 	}
@@ -114,7 +118,16 @@ func (n *fakeNS) Blackhole(path string, fams []firewall.Family) error {
 	return nil
 }
 
+// Watch reports once subscribed, as tasknet's does, then on every change
+// the fake's helpers make.
+// A watch counts as watching once it has reported.
 func (n *fakeNS) Watch(ctx context.Context, path string, changed func()) error {
+	n.mu.Lock()
+	silent := n.silent
+	n.mu.Unlock()
+	if !silent {
+		changed()
+	}
 	n.mu.Lock()
 	n.watches[path] = changed
 	n.mu.Unlock()
@@ -128,8 +141,13 @@ func (n *fakeNS) Watch(ctx context.Context, path string, changed func()) error {
 // deleteRoute is `ip route del 169.254.169.254` inside the task, then the
 // kernel's notification.
 func (n *fakeNS) deleteRoute(path string) {
+	n.change(path, func(r *tasknet.NSRoutes) { r.V4Blackhole = false })
+}
+
+// change changes the namespace's routes, then notifies as the kernel does.
+func (n *fakeNS) change(path string, fn func(*tasknet.NSRoutes)) {
 	n.mu.Lock()
-	n.routes[path].V4Blackhole = false
+	fn(n.routes[path])
 	cb := n.watches[path]
 	n.mu.Unlock()
 	if cb != nil {
@@ -234,11 +252,9 @@ func TestAWSVPCEnforceRetrofitsAndRepairs(t *testing.T) {
 		t.Fatalf("after repair: %s %+v", st.Verdict, st.AWSVPC.Tasks[0])
 	}
 
-	// The namespace gains IPv6: the IPv6 blackhole follows.
-	ns.mu.Lock()
-	ns.routes[path].HasIPv6 = true
-	ns.mu.Unlock()
-	fx.agent.Trigger()
+	// The namespace gains IPv6 (its routes come with it): the IPv6
+	// blackhole follows.
+	ns.change(path, func(r *tasknet.NSRoutes) { r.HasIPv6 = true })
 	eventually(t, "ipv6 blackhole", func() bool { return fx.agent.Status().AWSVPC.Tasks[0].IPv6Route })
 
 	// The task stops: its watch goes with it.

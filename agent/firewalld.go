@@ -25,14 +25,16 @@ func (a *Agent) startFirewalldWatch(ctx context.Context, wg *sync.WaitGroup) {
 				return
 			}
 			// No system bus is a host without D-Bus (and so without
-			// firewalld): say it once, then look again every resync.
+			// firewalld): say it once, then look again every resync. No
+			// sync is triggered here: the resync timer runs anyway, and a
+			// watch that subscribes again triggers one itself (each failed
+			// look used to add a second full sync to every resync).
 			if !lost {
 				a.log.WithError(err).Info("firewalld's D-Bus signals are not followed; reloads are seen by the nf_tables watch or the periodic resync")
 				lost = true
 			} else {
 				a.log.WithError(err).Debug("firewalld's D-Bus signals: still not followed")
 			}
-			a.runner.Trigger()
 			if !sleep(ctx, a.cfg.ResyncInterval) {
 				return
 			}

@@ -128,13 +128,13 @@ func (a *Agent) closeLayer1() {
 // mergeLayers folds layer 1 into the per-family verdict: a family is
 // blocked when either layer holds it. It returns the issues that make the
 // verdict degraded: a layer that should exist and does not.
-func mergeLayers(cfg Config, enforced map[string]bool, nft *status.NFTStatus) []string {
+func mergeLayers(families []firewall.Family, enforced map[string]bool, nft *status.NFTStatus) []string {
 	if nft == nil {
 		return nil
 	}
 	var issues []string
 	l2 := true
-	for _, f := range cfg.Families() {
+	for _, f := range families {
 		ok := enforced[string(f)]
 		l2 = l2 && ok
 		if nft.Present {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/imdsguard/imdsguard/firewall"
-	"github.com/imdsguard/imdsguard/status"
 )
 
 // Layer 1 inside awsvpc task namespaces (--awsvpc-mode enforce): the same
@@ -59,7 +58,7 @@ func (a *Agent) taskLayer1(ctx context.Context, pauseID, path string, ipv6 bool)
 
 // pruneTaskLayers closes the sockets of tasks no longer running (nil: all,
 // when the agent stops).
-func (a *Agent) pruneTaskLayers(running map[string]status.AWSVPCTask) {
+func (a *Agent) pruneTaskLayers(running map[string]bool) {
 	tl := a.tasks1
 	if tl == nil {
 		return
@@ -68,7 +67,7 @@ func (a *Agent) pruneTaskLayers(running map[string]status.AWSVPCTask) {
 	defer tl.mu.Unlock()
 	var errs []error
 	for id, l := range tl.m {
-		if _, ok := running[id]; !ok {
+		if !running[id] {
 			a.closeTaskAttempts(id)
 			errs = append(errs, l.Close())
 			delete(tl.m, id)

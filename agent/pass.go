@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -15,17 +14,17 @@ import (
 )
 
 // pass takes the snapshot of the running containers and, with enforce,
-// fixes what is wrong. The snapshot comes first because the firewall's
-// spec (exemptions, host-network cgroups) follows from it; the daemon's
-// comes from its view, so no repair waits for dockerd, and nothing in a
-// pass calls Docker. Docker being down never stops enforcement, it only
-// withdraws every exemption. Its order: the reads (snapshot, cgroups),
-// the pure desired state (desired), apply and verify (firewall, layer 1,
-// task namespaces), the pure judgement (judge), publish.
+// fixes what is wrong. Nothing in a pass calls Docker: the daemon's
+// snapshot comes from its view, so no repair waits for dockerd; Docker
+// being down never stops enforcement, it only withdraws every exemption.
+// Its stages, in order: the reads (snapshot, host-network cgroups, ECS
+// files, task namespaces' routes), the pure desired state (desired), apply
+// and verify (layer 2, layer 1, task namespaces), the pure judgement
+// (judge), publish.
 func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (status.Status, error) {
 	start := time.Now()
 	st := status.Status{CheckedAt: start, Version: a.version, Source: "daemon"}
-	var errs, issues []string
+	var errs []string
 	var hard []error
 	// Where a slow sync spends its time, for status and the benchmarks.
 	stages := map[string]float64{}
@@ -36,9 +35,8 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 		mark = now
 	}
 
-	// Containers.
+	// 1. Reads.
 	containers, dockerErr := l.Containers, l.Err
-	lap("docker")
 	st.Docker = status.DockerStatus{Reachable: dockerErr == nil}
 	if !l.At.IsZero() {
 		st.Docker.ListedAt, st.Docker.ListMS = l.At, float64(l.Took.Microseconds())/1000
@@ -46,14 +44,23 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 	if dockerErr != nil {
 		st.Docker.Error = dockerErr.Error()
 	}
-
-	// What the firewall must hold follows from the running containers
-	// (desired.go): everything is read first, then computed.
+	lap("docker")
+	w := world{cfg: a.cfg, snap: l, enforce: enforce}
 	a.mu.Lock()
-	last := a.hostCgroups
+	w.hostLast = a.hostCgroups
 	a.mu.Unlock()
-	plan := desired(world{cfg: a.cfg, snap: l, host: a.readHost(containers, l.CanInspect, last), hostLast: last})
-	exempt, host, spec := plan.exempt, plan.host.status, plan.spec
+	w.host = a.readHost(containers, l.CanInspect, w.hostLast)
+	lap("containers")
+	w.ecs = a.readECS(ctx, enforce)
+	lap("ecs")
+	w.tasks, w.nsUnavailable = awsvpcTasks(containers), !l.CanInspect || a.namespaces == nil
+	if !w.nsUnavailable {
+		w.taskReads = a.readTasks(w.tasks)
+	}
+	lap("routes")
+
+	// 2. The desired state (desired.go), pure.
+	plan := desired(w)
 	if enforce {
 		a.logExemptions(plan.exemptions, containers, dockerErr)
 	}
@@ -62,21 +69,85 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 		a.hostCgroups = plan.host.known
 		a.mu.Unlock()
 	}
+	host := plan.host.status
 	if plan.host.err != nil {
 		errs = append(errs, plan.host.err.Error())
 	}
-	st.Exemptions, st.HostNetwork = plan.exemptions, &host
+	st.Exemptions, st.HostNetwork, st.ECSConfig = plan.exemptions, &host, plan.ecs
 	lap("containers")
 
-	// Firewall.
-	if enforce && spec.Host != nil && len(plan.host.stale) > 0 {
-		a.reinsertHost(ctx, spec, plan.host.stale)
+	// 3. Apply and verify: layer 2 (iptables), layer 1 (nftables), then
+	// the task namespaces.
+	if enforce && plan.spec.Host != nil && len(plan.host.stale) > 0 {
+		a.reinsertHost(ctx, plan.spec, plan.host.stale)
 	}
-	fwStates, fwErr := a.firewall(ctx, enforce, spec)
+	fwStates, fwErr := a.firewall(ctx, enforce, plan.spec)
 	if err := a.hostChainOff(ctx, enforce, &host); err != nil {
 		errs = append(errs, err.Error())
 	}
+	enforced, rules := a.fillFirewall(&st, fwStates)
+	if fwErr != nil {
+		st.Firewall.Error = fwErr.Error()
+		errs = append(errs, fwErr.Error())
+		if len(fwStates) == 0 {
+			hard = append(hard, fwErr)
+		}
+	}
 	lap("firewall")
+	st.Firewall.NFTables = a.syncLayer1(ctx, enforce, plan.layer1)
+	lap("nftables")
+	taskResults, watch := a.applyTasks(ctx, plan.tasks)
+	if dockerErr == nil { // without a listing every task keeps its layer-1 socket
+		a.pruneTaskLayers(plan.tasks.running())
+	}
+	a.mu.Lock()
+	runCtx := a.runCtx
+	a.mu.Unlock()
+	if enforce && runCtx != nil && a.namespaces != nil && dockerErr == nil {
+		a.watchNamespaces(runCtx, watch)
+	}
+	lap("awsvpc")
+
+	// 4. The judgement (desired.go), pure.
+	j := judge(containers, plan, observed{enforced: enforced, rules: rules,
+		hostVerified: fwAllEnforced(fwStates), nft: st.Firewall.NFTables, tasks: taskResults})
+	st.AWSVPC, st.Containers, st.Verdict, st.Reasons = &j.awsvpc, j.containers, j.verdict, j.reasons
+	// The daemon's ECS read failed in its own loop: the sync is not fully
+	// verified (health says so), but retrying it cannot fix a file.
+	var unverified []string
+	if plan.ecsErr == nil && plan.ecs.Error != "" {
+		unverified = append(unverified, plan.ecs.Error)
+	}
+	if plan.ecsErr != nil {
+		errs = append(errs, plan.ecsErr.Error())
+	}
+	errs = append(errs, j.taskErrs...)
+
+	// 5. Publish: what the attempts reader attributes by, and the sync.
+	a.publishOwners(containers, dockerErr == nil)
+	a.fillAttempts(&st)
+	a.mu.Lock()
+	st.Repairs, st.RepairsBy = a.repairs, a.repairCounts()
+	a.mu.Unlock()
+	dur := time.Since(start)
+	lap("report")
+	sum := &status.SyncSummary{At: start, DurationMS: float64(dur.Microseconds()) / 1000, StagesMS: stages, OK: len(errs)+len(unverified) == 0}
+	if !sum.OK {
+		sum.Error = fmt.Sprint(append(errs, unverified...))
+	}
+	st.LastSync = sum
+	if len(hard) > 0 {
+		return st, errors.Join(hard...)
+	}
+	if len(errs) > 0 {
+		return st, &partialError{msgs: errs}
+	}
+	return st, nil
+}
+
+// fillFirewall puts layer 2's states in st and returns, per family, whether
+// its block was verified (a missing key: disabled) and its ruleset.
+func (a *Agent) fillFirewall(st *status.Status, fwStates []firewall.FamilyState) (map[string]bool, map[string]*firewall.Ruleset) {
 	a.mu.Lock()
 	st.Firewall = status.FirewallStatus{Backend: a.backend.Mode, Why: a.backend.Why, Action: string(a.cfg.Action)}
 	a.mu.Unlock()
@@ -101,13 +172,6 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 			st.Firewall.IPv4 = s
 		}
 	}
-	if fwErr != nil {
-		st.Firewall.Error = fwErr.Error()
-		errs = append(errs, fwErr.Error())
-		if len(fwStates) == 0 {
-			hard = append(hard, fwErr)
-		}
-	}
 	// Enabled follows the configuration, not the states returned: a
 	// family with no state is enabled and not enforced (BlockInPlace).
 	st.Firewall.IPv4.Enabled = true
@@ -116,77 +180,7 @@ func (a *Agent) pass(ctx context.Context, l docker.Snapshot, enforce bool) (stat
 	} else {
 		st.Firewall.IPv6 = status.FamilyStatus{Enabled: a.ipv6NA != "", NotApplicable: a.ipv6NA}
 	}
-	// Layer 1 (layer1.go): either layer whole blocks every bridged container.
-	st.Firewall.NFTables = a.syncLayer1(ctx, enforce, nftIntent(a.cfg, spec))
-	issues = append(issues, mergeLayers(a.cfg, enforced, st.Firewall.NFTables)...)
-	lap("nftables")
-
-	// ECS configuration, and what the running ECS agent applies.
-	ecs, ecsIssues, ecsErr := a.ecs(ctx, containers, enforce)
-	lap("ecs")
-	st.ECSConfig = ecs
-	issues = append(issues, ecsIssues...)
-	// The daemon's ECS read failed in its own loop: the sync is not fully
-	// verified (health says so), but retrying it cannot fix a file.
-	var unverified []string
-	if ecsErr == nil && ecs.Error != "" {
-		unverified = append(unverified, ecs.Error)
-	}
-	if ecsErr != nil {
-		errs = append(errs, ecsErr.Error())
-	}
-	awsvpcBlock := ecs.AWSVPCBlockIMDS
-	if ecs.RunningAgent != nil {
-		awsvpcBlock = ecs.RunningAgent.AWSVPCBlockIMDS
-	}
-
-	// awsvpc tasks: their own namespaces, after the firewall so a slow or
-	// failing namespace never delays the bridge block.
-	awsvpc, tasks, watch := a.awsvpc(ctx, containers, exempt, enforce, l.CanInspect)
-	if dockerErr == nil { // without a listing every task keeps its layer-1 socket
-		a.pruneTaskLayers(tasks)
-	}
-	lap("awsvpc")
-	st.AWSVPC = &awsvpc
-	for _, t := range awsvpc.Tasks {
-		if t.Error != "" {
-			// Retried with backoff; often a task that stopped mid-sync.
-			errs = append(errs, fmt.Sprintf("awsvpc task %s: %s", t.Pause, t.Error))
-		}
-		if t.Exempt == "" && len(t.NetAdmin) > 0 && awsvpc.Mode != ECSModeEnforce {
-			issues = append(issues, fmt.Sprintf("awsvpc task %s: %s can delete its IMDS blackhole route and nothing would repair it (--awsvpc-mode check)", t.Pause, strings.Join(t.NetAdmin, ", ")))
-		}
-	}
-	a.mu.Lock()
-	runCtx := a.runCtx
-	a.mu.Unlock()
-	if enforce && runCtx != nil && a.namespaces != nil && dockerErr == nil {
-		a.watchNamespaces(runCtx, watch)
-	}
-
-	a.publishOwners(containers, dockerErr == nil)
-	a.fillAttempts(&st)
-
-	st.Containers, st.Verdict, st.Reasons = judge(containers, plan, observed{enforced: enforced, rules: rules,
-		hostVerified: fwAllEnforced(fwStates), awsvpc: tasks, awsvpcBlock: awsvpcBlock, issues: issues})
-
-	a.mu.Lock()
-	st.Repairs, st.RepairsBy = a.repairs, a.repairCounts()
-	a.mu.Unlock()
-	dur := time.Since(start)
-	lap("report")
-	sum := &status.SyncSummary{At: start, DurationMS: float64(dur.Microseconds()) / 1000, StagesMS: stages, OK: len(errs)+len(unverified) == 0}
-	if !sum.OK {
-		sum.Error = fmt.Sprint(append(errs, unverified...))
-	}
-	st.LastSync = sum
-	if len(hard) > 0 {
-		return st, errors.Join(hard...)
-	}
-	if len(errs) > 0 {
-		return st, &partialError{msgs: errs}
-	}
-	return st, nil
+	return enforced, rules
 }
 
 // take is a one-shot command's snapshot; the daemon's comes from its view.

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -14,6 +15,12 @@ import (
 // sync is one daemon pass: enforce, publish, tell the supervisor.
 func (a *Agent) sync(ctx context.Context) error {
 	st, err := a.pass(ctx, a.snapshot(ctx), true)
+	if ctx.Err() != nil {
+		// The daemon is stopping: the pass's reads failed because of the
+		// stop, not because anything changed, so its verdict is not
+		// published (it would log every stop as exposed). The tables stay.
+		return fmt.Errorf("sync cut short by the stop: %w", ctx.Err())
+	}
 	a.mu.Lock()
 	st.Repairs, st.RepairsBy = a.repairs, a.repairCounts()
 	ok := st.BlockInPlace()

@@ -111,7 +111,7 @@ func syncReadBack(st *status.Status, t time.Time, until string) (time.Time, bool
 		return time.Time{}, false
 	}
 	var ms float64
-	for _, k := range []string{"docker", "containers", "firewall", "nftables", "ecs", "awsvpc"} {
+	for _, k := range []string{"docker", "containers", "ecs", "routes", "firewall", "nftables", "awsvpc"} {
 		ms += ls.StagesMS[k]
 		if k == until {
 			break

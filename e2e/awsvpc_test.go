@@ -41,10 +41,8 @@ func ecsLabels(taskARN, family, container string) []string {
 	}
 }
 
-// simTask is a simulated awsvpc task: a pause container with --network none
-// and the ECS labels, given an "ENI" the way the ECS CNI plugins do — a
-// veth whose other end is in the IMDS namespace, addressed, with the
-// task's default route through it.
+// simTask is a sandbox.Task (no blackhole: the tests decide) whose pause
+// container carries the ECS labels, optionally with IPv6 on its ENI.
 type simTask struct {
 	pause, netnsPath string
 }
@@ -52,33 +50,14 @@ type simTask struct {
 func newSimTask(t *testing.T, s *sandbox.Sandbox, name string, n int, ipv6 bool) simTask {
 	t.Helper()
 	arn := "arn:aws:ecs:us-east-1:123456789012:task/e2e/" + name
-	args := append([]string{"--network", "none"}, ecsLabels(arn, name, docker.PauseContainerName)...)
-	pause := name + "-pause"
-	if _, err := s.RunContainer(pause, args...); err != nil {
-		t.Fatal(err)
+	tk, err := s.NewTask(name+"-pause", n, false, ecsLabels(arn, name, docker.PauseContainerName)...)
+	if err == nil && ipv6 {
+		err = s.AddIPv6(tk, n)
 	}
-	pid, err := s.Docker("inspect", "-f", "{{.State.Pid}}", pause)
 	if err != nil {
 		t.Fatal(err)
 	}
-	task := simTask{pause: pause, netnsPath: "/proc/" + strings.TrimSpace(pid) + "/ns/net"}
-	// TEST-NET-1 /30s and a ULA /64 per task: nothing else uses them, and
-	// the addresses exist only in the two sandbox namespaces.
-	imdsSide, taskSide := fmt.Sprintf("192.0.2.%d", 4*n+1), fmt.Sprintf("192.0.2.%d", 4*n+2)
-	veth := fmt.Sprintf("eni%d", n)
-	nsRun(t, s.IMDSNetNSPath, "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth1", "netns", strings.TrimSpace(pid))
-	nsRun(t, s.IMDSNetNSPath, "ip", "addr", "add", imdsSide+"/30", "dev", veth)
-	nsRun(t, s.IMDSNetNSPath, "ip", "link", "set", veth, "up")
-	nsRun(t, task.netnsPath, "ip", "addr", "add", taskSide+"/30", "dev", "eth1")
-	nsRun(t, task.netnsPath, "ip", "link", "set", "eth1", "up")
-	nsRun(t, task.netnsPath, "ip", "route", "add", "default", "via", imdsSide, "dev", "eth1")
-	if ipv6 {
-		nsRun(t, task.netnsPath, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.eth1.disable_ipv6=0")
-		nsRun(t, s.IMDSNetNSPath, "ip", "addr", "add", fmt.Sprintf("fd00:ec2:5:%d::1/64", n), "dev", veth, "nodad")
-		nsRun(t, task.netnsPath, "ip", "addr", "add", fmt.Sprintf("fd00:ec2:5:%d::2/64", n), "dev", "eth1", "nodad")
-		nsRun(t, task.netnsPath, "ip", "-6", "route", "add", "default", "via", fmt.Sprintf("fd00:ec2:5:%d::1", n), "dev", "eth1")
-	}
-	return task
+	return simTask{pause: tk.Pause, netnsPath: tk.NetNSPath}
 }
 
 // blackholes reads the task namespace's IMDS blackhole routes, from outside

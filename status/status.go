@@ -117,8 +117,10 @@ type DockerStatus struct {
 type SyncSummary struct {
 	At         time.Time `json:"at"`
 	DurationMS float64   `json:"duration_ms"`
-	// StagesMS splits the duration: firewall, docker, containers, ecs,
-	// awsvpc, report.
+	// StagesMS splits the duration, in the pass's order: docker,
+	// containers (host-network cgroups and the desired state), ecs,
+	// routes (reading the task namespaces), firewall, nftables, awsvpc
+	// (their repairs), report.
 	StagesMS map[string]float64 `json:"stages_ms,omitempty"`
 	OK       bool               `json:"ok"`
 	Error    string             `json:"error,omitempty"`

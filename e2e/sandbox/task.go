@@ -56,6 +56,24 @@ func (s *Sandbox) NewTask(name string, n int, blackhole bool, dockerArgs ...stri
 	return t, nil
 }
 
+// AddIPv6 gives task number n's ENI an IPv6 ULA /64 on both ends and the
+// task its IPv6 default route through it.
+func (s *Sandbox) AddIPv6(t *Task, n int) error {
+	imdsSide := fmt.Sprintf("fd00:ec2:5:%d::1", n)
+	steps := [][]string{
+		{t.NetNSPath, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.eth1.disable_ipv6=0"},
+		{s.IMDSNetNSPath, "ip", "addr", "add", imdsSide + "/64", "dev", fmt.Sprintf("eni%d", n), "nodad"},
+		{t.NetNSPath, "ip", "addr", "add", fmt.Sprintf("fd00:ec2:5:%d::2/64", n), "dev", "eth1", "nodad"},
+		{t.NetNSPath, "ip", "-6", "route", "add", "default", "via", imdsSide, "dev", "eth1"},
+	}
+	for _, st := range steps {
+		if _, err := nsRun(context.Background(), st[0], st[1], st[2:]...); err != nil {
+			return fmt.Errorf("task %s: %w", t.Pause, err)
+		}
+	}
+	return nil
+}
+
 // Run runs a short command in the task's network namespace, as a process
 // of the task with NET_ADMIN would.
 func (t *Task) Run(name string, args ...string) (string, error) {
