@@ -31,7 +31,7 @@ func (a *Agent) startFirewalldWatch(ctx context.Context, wg *sync.WaitGroup) {
 			// No system bus is a host without D-Bus (and so without
 			// firewalld): say it once, then look again every minute (each
 			// look costs a dial and godbus's setup; on an idle host without a
-			// bus, looking every resync was a tenth of the agent's CPU). No
+			// bus, looking every resync was 7 % of the agent's CPU). No
 			// sync is triggered here: the resync timer runs anyway, and a
 			// watch that subscribes again triggers one itself (each failed
 			// look used to add a second full sync to every resync).
