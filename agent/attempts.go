@@ -37,8 +37,8 @@ type attemptsWiring struct {
 	host    *attempts.Reader
 	tasks   map[string]*attempts.Reader // by pause container ID
 	ports   map[string]map[netip.Addr]docker.BridgePort
-	tried   map[string]bool // containers the resolver has asked about
-	last    attempts.Table  // the last published, without resolved ports
+	tried   map[string]time.Time // containers the resolver has asked about, when
+	last    attempts.Table       // the last published, without resolved ports
 	resolve chan []docker.Container
 	refresh func()
 }
@@ -48,7 +48,7 @@ type attemptsWiring struct {
 // process bound the group) is an error in the status, never a failed sync.
 func (a *Agent) startAttempts(ctx context.Context, wg *sync.WaitGroup) {
 	w := &attemptsWiring{log: a.log.WithField("component", "attempts"), tasks: map[string]*attempts.Reader{},
-		ports: map[string]map[netip.Addr]docker.BridgePort{}, tried: map[string]bool{}, resolve: make(chan []docker.Container, 1)}
+		ports: map[string]map[netip.Addr]docker.BridgePort{}, tried: map[string]time.Time{}, resolve: make(chan []docker.Container, 1)}
 	if a.cfg.AuditLog != "" {
 		l, err := attempts.OpenAuditLog(a.cfg.AuditLog, 0)
 		if err != nil {
@@ -290,7 +290,10 @@ func (a *Agent) resolvePorts(ctx context.Context, w *attemptsWiring) {
 				continue
 			}
 			w.mu.Lock()
-			known, tried := w.ports[c.ID], w.tried[c.ID]
+			known, triedAt := w.ports[c.ID], w.tried[c.ID]
+			// A try that found nothing (an inspect dockerd refused while
+			// starting, a veth not there yet) is tried again, not never.
+			tried := !triedAt.IsZero() && time.Since(triedAt) < portRetry
 			if known != nil && portsGone(known, links) {
 				// Started again under the same ID (a restart policy, a
 				// dockerd restart, docker restart): new veths, found again.
@@ -309,7 +312,7 @@ func (a *Agent) resolvePorts(ctx context.Context, w *attemptsWiring) {
 				}
 			}
 			w.mu.Lock()
-			w.tried[c.ID] = true
+			w.tried[c.ID] = time.Now()
 			if len(ports) > 0 {
 				w.ports[c.ID] = ports
 				found = true
@@ -329,6 +332,10 @@ func (a *Agent) resolvePorts(ctx context.Context, w *attemptsWiring) {
 		}
 	}
 }
+
+// portRetry is how long a container whose bridge ports could not be found
+// waits for the resolver's next try.
+const portRetry = 10 * time.Second
 
 // hostLinks names the host namespace's interfaces; nil when they cannot
 // be listed (then no port is taken for gone).
