@@ -47,18 +47,32 @@ func (a *Agent) readTasks(tasks []*awsvpcTask) map[string]nsRead {
 			reads[id] = nsRead{path: v.path, routes: v.routes}
 			continue
 		}
-		before := a.beforeRead(id)
-		r, err := a.namespaces.Routes(t.path)
-		read := nsRead{path: t.path, routes: r, err: err}
-		if err != nil && !errors.Is(err, tasknet.ErrHostNamespace) && t.byPid != "" {
-			if r, err2 := a.namespaces.Routes(t.byPid); err2 == nil {
-				read = nsRead{path: t.byPid, routes: r}
-			}
-		}
-		a.afterRead(id, before, read)
-		reads[id] = read
+		reads[id] = a.readRoutes(id, t.path, t.byPid)
 	}
 	return reads
+}
+
+// readRoutes reads task id's routes at path, or at the first of fallbacks
+// that answers when path fails for another reason than being the host's
+// namespace (the read keeps path's error when none does). The watch is
+// marked before and the read kept for it to vouch for (routewatch.go).
+func (a *Agent) readRoutes(id, path string, fallbacks ...string) nsRead {
+	before := a.beforeRead(id)
+	read := nsRead{path: path}
+	read.routes, read.err = a.namespaces.Routes(path)
+	for _, p := range fallbacks {
+		if read.err == nil || errors.Is(read.err, tasknet.ErrHostNamespace) {
+			break
+		}
+		if p == "" {
+			continue
+		}
+		if r, err := a.namespaces.Routes(p); err == nil {
+			read = nsRead{path: p, routes: r}
+		}
+	}
+	a.afterRead(id, before, read)
+	return read
 }
 
 // applyTasks adds the blackholes the plan asks for, re-reads the repaired
@@ -75,13 +89,11 @@ func (a *Agent) applyTasks(ctx context.Context, p taskPlan) (map[string]taskResu
 		res := taskResult{routes: in.read.routes}
 		if len(in.blackhole) > 0 {
 			err := a.namespaces.Blackhole(path, in.blackhole)
-			before := a.beforeRead(id)
-			r, rerr := a.namespaces.Routes(path)
-			a.afterRead(id, before, nsRead{path: path, routes: r, err: rerr})
-			if rerr == nil {
-				res.routes = r
+			verify := a.readRoutes(id, path)
+			if verify.err == nil {
+				res.routes = verify.routes
 			}
-			res.added, res.repairErr = in.blackhole, errors.Join(err, rerr)
+			res.added, res.repairErr = in.blackhole, errors.Join(err, verify.err)
 			a.recordRouteFix(in.task, in.blackhole, res.repairErr)
 		}
 		if in.layer1 {
