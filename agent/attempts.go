@@ -282,7 +282,8 @@ func (a *Agent) resolvePorts(ctx context.Context, w *attemptsWiring) {
 		}
 		found := false
 		live := map[string]bool{}
-		links := hostLinks()
+		// Listed only when a container with known ports is met.
+		links := sync.OnceValue(hostLinks)
 		for _, c := range cs {
 			live[c.ID] = true
 			class, _ := docker.ModeClass(c)
@@ -291,16 +292,18 @@ func (a *Agent) resolvePorts(ctx context.Context, w *attemptsWiring) {
 			}
 			w.mu.Lock()
 			known, triedAt := w.ports[c.ID], w.tried[c.ID]
+			w.mu.Unlock()
 			// A try that found nothing (an inspect dockerd refused while
 			// starting, a veth not there yet) is tried again, not never.
 			tried := !triedAt.IsZero() && time.Since(triedAt) < portRetry
-			if known != nil && portsGone(known, links) {
+			if known != nil && portsGone(known, links()) {
 				// Started again under the same ID (a restart policy, a
 				// dockerd restart, docker restart): new veths, found again.
+				w.mu.Lock()
 				delete(w.ports, c.ID)
+				w.mu.Unlock()
 				known, tried, found = nil, false, true
 			}
-			w.mu.Unlock()
 			if known != nil || tried {
 				continue
 			}

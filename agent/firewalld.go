@@ -6,15 +6,15 @@ import (
 	"time"
 )
 
+// firewalldRetry is how often a daemon without a system bus looks again.
+const firewalldRetry = time.Minute
+
 // startFirewalldWatch follows firewalld's D-Bus signals (Options.
 // WatchFirewalld, firewall.WatchFirewalld in the daemon): a reload or a
 // restart of firewalld triggers a sync at once. On iptables-legacy nothing
 // else announces that firewalld has just wiped the chains; on iptables-nft
 // the nf_tables watch sees it too, and the runner folds the two triggers
 // into one sync.
-// firewalldRetry is how often a daemon without a system bus looks again.
-const firewalldRetry = time.Minute
-
 func (a *Agent) startFirewalldWatch(ctx context.Context, wg *sync.WaitGroup) {
 	if a.watchFirewalld == nil {
 		return
@@ -33,8 +33,7 @@ func (a *Agent) startFirewalldWatch(ctx context.Context, wg *sync.WaitGroup) {
 			// look costs a dial and godbus's setup; on an idle host without a
 			// bus, looking every resync was 7 % of the agent's CPU). No
 			// sync is triggered here: the resync timer runs anyway, and a
-			// watch that subscribes again triggers one itself (each failed
-			// look used to add a second full sync to every resync).
+			// watch that subscribes again triggers one itself.
 			if !lost {
 				a.log.WithError(err).Info("firewalld's D-Bus signals are not followed; reloads are seen by the nf_tables watch or the periodic resync")
 				lost = true
