@@ -48,10 +48,8 @@ func (s *Sandbox) NewTask(name string, n int, blackhole bool, dockerArgs ...stri
 	if blackhole {
 		steps = append(steps, []string{t.NetNSPath, "ip", "route", "replace", "blackhole", IMDSv4 + "/32"})
 	}
-	for _, st := range steps {
-		if _, err := nsRun(context.Background(), st[0], st[1], st[2:]...); err != nil {
-			return nil, fmt.Errorf("task %s: %w", name, err)
-		}
+	if err := runSteps(name, steps); err != nil {
+		return nil, err
 	}
 	return t, nil
 }
@@ -66,9 +64,15 @@ func (s *Sandbox) AddIPv6(t *Task, n int) error {
 		{t.NetNSPath, "ip", "addr", "add", fmt.Sprintf("fd00:ec2:5:%d::2/64", n), "dev", "eth1", "nodad"},
 		{t.NetNSPath, "ip", "-6", "route", "add", "default", "via", imdsSide, "dev", "eth1"},
 	}
+	return runSteps(t.Pause, steps)
+}
+
+// runSteps runs each step (a namespace path, then the command) of task
+// name's wiring in order, stopping at the first that fails.
+func runSteps(name string, steps [][]string) error {
 	for _, st := range steps {
 		if _, err := nsRun(context.Background(), st[0], st[1], st[2:]...); err != nil {
-			return fmt.Errorf("task %s: %w", t.Pause, err)
+			return fmt.Errorf("task %s: %w", name, err)
 		}
 	}
 	return nil
